@@ -1,0 +1,13 @@
+//! crl: a transactional, object-granularity distributed shared memory for Rust.
+//!
+//! Programs on several machines share typed **regions** (plain structs deriving [`Region`]).
+//! A program maps a region by its id and brackets each access with `start_read` /
+//! `start_write` … `end`; between those calls the data is local memory. A directory-based home
+//! protocol keeps every cached copy coherent.
+//!
+//! This facade re-exports the crates: [`core`] (regions, wire format, protocol engine) and
+//! [`net`] (the QUIC driver, in progress).
+
+pub use crl_core as core;
+pub use crl_core::{CodecError, NodeId, Region, RegionId};
+pub use crl_net as net;
