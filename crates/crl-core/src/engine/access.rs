@@ -1,0 +1,536 @@
+//! The hit path: a region's local copy and the atomic word that admits accesses to it.
+//!
+//! Every mapped region has one [`RegionCell`] per node, shared (through an `Arc`) by the
+//! engine and by the program's handles. The cell holds the local copy of the value and an
+//! [`AccessWord`]: a reader count, a writer bit, and two permission bits that the engine sets
+//! according to the protocol state (`READ_OK` on a valid copy, `WRITE_OK` on a Modified copy or
+//! an unshared home copy). A read or write *hit* is one compare-and-swap on that word and sends
+//! nothing; anything else goes to the engine's slow path.
+//!
+//! When the engine must take a copy away (a recall, a flush, a request it serves at the home)
+//! it clears the permission bits and sets `NOTIFY` in one atomic step, and reads the counts in
+//! that same step. If accesses are still in progress the action is deferred: the access that
+//! ends last sees `NOTIFY` and reports the region on the node's drain list, and the engine
+//! finishes the action in [`Engine::process_drained`](super::Engine::process_drained). This is
+//! what makes every operation indivisible.
+
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::region::{CodecError, Region, RegionId};
+
+const READERS: u64 = (1 << 32) - 1;
+const WRITER: u64 = 1 << 32;
+const READ_OK: u64 = 1 << 33;
+const WRITE_OK: u64 = 1 << 34;
+const NOTIFY: u64 = 1 << 35;
+
+/// The atomic admission word of a [`RegionCell`]: reader count, writer bit, permissions.
+#[derive(Default)]
+pub struct AccessWord(AtomicU64);
+
+/// In-progress accesses observed when the engine revoked a cell's permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InProgress {
+    /// Reads in progress.
+    pub readers: u32,
+    /// Whether a write is in progress.
+    pub writer: bool,
+}
+
+impl InProgress {
+    /// No access is in progress.
+    pub fn is_idle(self) -> bool {
+        self.readers == 0 && !self.writer
+    }
+}
+
+impl AccessWord {
+    #[inline]
+    fn try_read(&self) -> bool {
+        let mut w = self.0.load(Ordering::Relaxed);
+        loop {
+            if w & (READ_OK | WRITER) != READ_OK || w & READERS == READERS {
+                return false;
+            }
+            match self
+                .0
+                .compare_exchange_weak(w, w + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    #[inline]
+    fn try_write(&self) -> bool {
+        self.0
+            .compare_exchange(
+                READ_OK | WRITE_OK,
+                READ_OK | WRITE_OK | WRITER,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Ends a read; returns true if the engine asked to hear when accesses drain.
+    #[inline]
+    fn end_read(&self) -> bool {
+        let prev = self.0.fetch_sub(1, Ordering::Release);
+        debug_assert!(prev & READERS != 0, "end_read without a read in progress");
+        prev & NOTIFY != 0 && prev & READERS == 1
+    }
+
+    /// Ends a write; returns true if the engine asked to hear when accesses drain.
+    #[inline]
+    fn end_write(&self) -> bool {
+        let prev = self.0.fetch_and(!WRITER, Ordering::Release);
+        debug_assert!(prev & WRITER != 0, "end_write without a write in progress");
+        prev & NOTIFY != 0
+    }
+
+    /// Engine: revoke both permissions, ask for a drain notice, and report what is in progress.
+    pub(crate) fn revoke(&self) -> InProgress {
+        let prev = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            Some((w & !(READ_OK | WRITE_OK)) | NOTIFY)
+        });
+        let w = prev.unwrap_or_else(|w| w);
+        InProgress {
+            readers: (w & READERS) as u32,
+            writer: w & WRITER != 0,
+        }
+    }
+
+    /// Engine: set the permissions for the protocol state and drop any drain request.
+    pub(crate) fn permit(&self, read: bool, write: bool) {
+        let bits = if read { READ_OK } else { 0 } | if write { WRITE_OK | READ_OK } else { 0 };
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            Some((w & (READERS | WRITER)) | bits)
+        });
+    }
+
+    /// Engine: admit one read on behalf of a queued operation (permissions are revoked).
+    pub(crate) fn grant_read(&self) {
+        let prev = self.0.fetch_add(1, Ordering::Acquire);
+        debug_assert!(prev & WRITER == 0, "granted a read beside a write");
+    }
+
+    /// Engine: admit the write on behalf of a queued operation (permissions are revoked).
+    pub(crate) fn grant_write(&self) {
+        let prev = self.0.fetch_or(WRITER, Ordering::Acquire);
+        debug_assert!(prev & (WRITER | READERS) == 0, "granted a write beside another access");
+    }
+
+    /// What is in progress now.
+    pub fn in_progress(&self) -> InProgress {
+        let w = self.0.load(Ordering::Acquire);
+        InProgress {
+            readers: (w & READERS) as u32,
+            writer: w & WRITER != 0,
+        }
+    }
+
+    /// The current permissions (read hit allowed, write hit allowed).
+    pub fn permissions(&self) -> (bool, bool) {
+        let w = self.0.load(Ordering::Acquire);
+        (w & READ_OK != 0, w & WRITE_OK != 0)
+    }
+}
+
+impl fmt::Debug for AccessWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.0.load(Ordering::Relaxed);
+        f.debug_struct("AccessWord")
+            .field("readers", &(w & READERS))
+            .field("writer", &(w & WRITER != 0))
+            .field("read_ok", &(w & READ_OK != 0))
+            .field("write_ok", &(w & WRITE_OK != 0))
+            .field("notify", &(w & NOTIFY != 0))
+            .finish()
+    }
+}
+
+/// Where ended accesses report regions the engine is waiting to see drained.
+pub struct DrainList {
+    drained: Mutex<Vec<RegionId>>,
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl DrainList {
+    pub(crate) fn new(wake: Option<Arc<dyn Fn() + Send + Sync>>) -> Self {
+        DrainList {
+            drained: Mutex::new(Vec::new()),
+            wake,
+        }
+    }
+
+    #[cold]
+    fn push(&self, id: RegionId) {
+        self.drained.lock().push(id);
+        if let Some(wake) = &self.wake {
+            wake();
+        }
+    }
+
+    pub(crate) fn take(&self) -> Vec<RegionId> {
+        std::mem::take(&mut *self.drained.lock())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.drained.lock().is_empty()
+    }
+}
+
+/// A node's local copy of one region, shared by the engine and the program's handles.
+///
+/// Reads and writes go through [`try_read`](Self::try_read) / [`try_write`](Self::try_write)
+/// (the hit path) or through the engine (a miss), which hands back an [`Access`].
+pub struct RegionCell<T> {
+    word: AccessWord,
+    version: AtomicU64,
+    id: RegionId,
+    drains: Arc<DrainList>,
+    value: UnsafeCell<Option<T>>,
+}
+
+// SAFETY: the value is only reached through the access protocol: shared references while the
+// word counts a read (never beside a write), a unique reference while the word holds the writer
+// bit, and the engine replaces it only when no access is in progress and the permissions are
+// revoked (so none can start). That is the same contract as `RwLock<T>`, which is `Sync` when
+// `T: Send + Sync`; `Region` requires both.
+unsafe impl<T: Send + Sync> Sync for RegionCell<T> {}
+
+impl<T: Region> RegionCell<T> {
+    pub(crate) fn new(id: RegionId, value: Option<T>, drains: Arc<DrainList>) -> Self {
+        RegionCell {
+            word: AccessWord::default(),
+            version: AtomicU64::new(0),
+            id,
+            drains,
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// The region this cell caches.
+    pub fn id(&self) -> RegionId {
+        self.id
+    }
+
+    /// The version of the local copy (bumped by each completed write).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The admission word (for inspection and tests).
+    pub fn word(&self) -> &AccessWord {
+        &self.word
+    }
+
+    /// Starts a read if the local copy is valid and no local write or pending protocol action
+    /// stands in the way: a hit, no message. `None` means: ask the engine.
+    #[inline]
+    pub fn try_read(&self) -> Option<ReadGuard<'_, T>> {
+        if self.word.try_read() {
+            Some(ReadGuard { cell: self })
+        } else {
+            None
+        }
+    }
+
+    /// Starts a write if this node holds the only copy and nothing else is in progress: a
+    /// hit, no message. `None` means: ask the engine.
+    #[inline]
+    pub fn try_write(&self) -> Option<WriteGuard<'_, T>> {
+        if self.word.try_write() {
+            Some(WriteGuard { cell: self })
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn end_read(&self) {
+        if self.word.end_read() {
+            self.drains.push(self.id);
+        }
+    }
+
+    #[inline]
+    fn end_write(&self) {
+        // Only the writer touches the version while it holds the writer bit.
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v + 1, Ordering::Release);
+        if self.word.end_write() {
+            self.drains.push(self.id);
+        }
+    }
+
+    #[inline]
+    fn value(&self) -> &T {
+        // SAFETY: called only while this thread holds a read or the write on the word, so no
+        // unique reference exists and the engine does not replace the value (see `Sync`).
+        let v = unsafe { &*self.value.get() };
+        v.as_ref().expect("crl: access granted on a cell without a value")
+    }
+
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    fn value_mut(&self) -> &mut T {
+        // SAFETY: called only while this thread holds the writer bit: no read, no other write
+        // and no engine replacement can run (see `Sync`), so this reference is unique.
+        let v = unsafe { &mut *self.value.get() };
+        v.as_mut().expect("crl: access granted on a cell without a value")
+    }
+}
+
+/// A read in progress on a region's local copy; ends on [`end`](Self::end) or drop.
+pub struct ReadGuard<'a, T: Region> {
+    cell: &'a RegionCell<T>,
+}
+
+impl<T: Region> ReadGuard<'_, T> {
+    /// Ends the read (the same as dropping the guard).
+    pub fn end(self) {}
+}
+
+impl<T: Region> Deref for ReadGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        self.cell.value()
+    }
+}
+
+impl<T: Region> Drop for ReadGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.cell.end_read();
+    }
+}
+
+/// A write in progress on a region's only valid copy; ends on [`end`](Self::end) or drop,
+/// which bumps the region's version.
+pub struct WriteGuard<'a, T: Region> {
+    cell: &'a RegionCell<T>,
+}
+
+impl<T: Region> WriteGuard<'_, T> {
+    /// Ends the write (the same as dropping the guard).
+    pub fn end(self) {}
+}
+
+impl<T: Region> Deref for WriteGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        self.cell.value()
+    }
+}
+
+impl<T: Region> DerefMut for WriteGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        self.cell.value_mut()
+    }
+}
+
+impl<T: Region> Drop for WriteGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.cell.end_write();
+    }
+}
+
+/// The kind of an [`Access`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessMode {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+}
+
+/// An access the engine granted to a queued operation (after a miss). It owns its cell and
+/// ends the access when dropped; [`read`](Self::read) / [`write`](Self::write) turn it into a
+/// typed guard.
+pub struct Access {
+    cell: Arc<dyn ErasedCell>,
+    mode: AccessMode,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access")
+            .field("region", &self.cell.id())
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Access {
+    pub(crate) fn new(cell: Arc<dyn ErasedCell>, mode: AccessMode) -> Self {
+        Access { cell, mode }
+    }
+
+    /// The region accessed.
+    pub fn region(&self) -> RegionId {
+        self.cell.id()
+    }
+
+    /// Read or write.
+    pub fn mode(&self) -> AccessMode {
+        self.mode
+    }
+
+    /// Turns a granted read into a guard on `cell` (which must be this access's cell).
+    ///
+    /// # Panics
+    /// If `cell` is another cell or this is a write.
+    pub fn read<T: Region>(self, cell: &RegionCell<T>) -> ReadGuard<'_, T> {
+        self.check(cell, AccessMode::Read);
+        std::mem::forget(self);
+        ReadGuard { cell }
+    }
+
+    /// Turns a granted write into a guard on `cell` (which must be this access's cell).
+    ///
+    /// # Panics
+    /// If `cell` is another cell or this is a read.
+    pub fn write<T: Region>(self, cell: &RegionCell<T>) -> WriteGuard<'_, T> {
+        self.check(cell, AccessMode::Write);
+        std::mem::forget(self);
+        WriteGuard { cell }
+    }
+
+    /// Wraps a hit (a guard from the fast path) as an owned access on `cell`'s `Arc`.
+    pub fn from_read<T: Region>(guard: ReadGuard<'_, T>, cell: &Arc<RegionCell<T>>) -> Access {
+        assert!(std::ptr::eq(guard.cell, &**cell), "guard of another cell");
+        std::mem::forget(guard);
+        Access::new(cell.clone(), AccessMode::Read)
+    }
+
+    /// Wraps a write hit as an owned access on `cell`'s `Arc`.
+    pub fn from_write<T: Region>(guard: WriteGuard<'_, T>, cell: &Arc<RegionCell<T>>) -> Access {
+        assert!(std::ptr::eq(guard.cell, &**cell), "guard of another cell");
+        std::mem::forget(guard);
+        Access::new(cell.clone(), AccessMode::Write)
+    }
+
+    /// Runs `f` on the value under this access (read or write).
+    pub fn with_value<T: Region, R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        let cell = self.typed::<T>();
+        f(cell.value())
+    }
+
+    /// Runs `f` on the value under this write access.
+    ///
+    /// # Panics
+    /// If this is a read.
+    pub fn with_value_mut<T: Region, R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
+        assert_eq!(self.mode, AccessMode::Write, "mutable access under a read");
+        let cell = self.typed::<T>();
+        f(cell.value_mut())
+    }
+
+    fn typed<T: Region>(&self) -> &RegionCell<T> {
+        self.cell
+            .as_any()
+            .downcast_ref::<RegionCell<T>>()
+            .expect("access of another region type")
+    }
+
+    fn check<T: Region>(&self, cell: &RegionCell<T>, mode: AccessMode) {
+        let same = std::ptr::addr_eq(Arc::as_ptr(&self.cell), cell as *const RegionCell<T>);
+        assert!(same, "access granted on another cell");
+        assert_eq!(self.mode, mode, "access of another mode");
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        match self.mode {
+            AccessMode::Read => self.cell.end_read_erased(),
+            AccessMode::Write => self.cell.end_write_erased(),
+        }
+    }
+}
+
+/// The engine's untyped view of a [`RegionCell`].
+pub(crate) trait ErasedCell: Send + Sync + 'static {
+    fn id(&self) -> RegionId;
+    fn word(&self) -> &AccessWord;
+    fn version(&self) -> u64;
+    fn fingerprint(&self) -> u64;
+    fn type_name(&self) -> &'static str;
+    /// Archives the local copy. Caller: no write in progress, and none can start.
+    fn encode(&self) -> Result<Vec<u8>, CodecError>;
+    /// Replaces the local copy. Caller: no access in progress, and none can start.
+    fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError>;
+    /// Drops the local copy (it is invalid). Caller: as for `install`.
+    fn clear(&self);
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn end_read_erased(&self);
+    fn end_write_erased(&self);
+}
+
+impl<T: Region> ErasedCell for RegionCell<T> {
+    fn id(&self) -> RegionId {
+        self.id
+    }
+    fn word(&self) -> &AccessWord {
+        &self.word
+    }
+    fn version(&self) -> u64 {
+        RegionCell::version(self)
+    }
+    fn fingerprint(&self) -> u64 {
+        T::FINGERPRINT
+    }
+    fn type_name(&self) -> &'static str {
+        T::TYPE_NAME
+    }
+    fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        debug_assert!(!self.word.in_progress().writer);
+        // SAFETY: the caller guarantees no write is in progress and none can start, so only
+        // shared references to the value exist.
+        let v = unsafe { &*self.value.get() };
+        v.as_ref()
+            .expect("crl: encoding a cell without a value")
+            .encode_region()
+    }
+    fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError> {
+        let value = T::decode_region(bytes)?;
+        debug_assert!(self.word.in_progress().is_idle());
+        // SAFETY: the caller guarantees no access is in progress and none can start, so no
+        // reference to the value exists.
+        unsafe { *self.value.get() = Some(value) };
+        self.version.store(version, Ordering::Release);
+        Ok(())
+    }
+    fn clear(&self) {
+        debug_assert!(self.word.in_progress().is_idle());
+        // SAFETY: as for `install`.
+        unsafe { *self.value.get() = None };
+    }
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+    fn end_read_erased(&self) {
+        self.end_read();
+    }
+    fn end_write_erased(&self) {
+        self.end_write();
+    }
+}
