@@ -12,6 +12,8 @@ pub mod region;
 pub mod wire;
 
 pub use region::{CodecError, NodeId, Region, RegionId};
+pub use crl_macros::Region;
+pub use region::{RegionField, RegionRef};
 
 #[doc(hidden)]
 pub mod __private {
