@@ -8,7 +8,10 @@
 //! - `sim` (feature `sim`): a deterministic, seeded simulator driving many engines in one
 //!   thread against a reference model.
 
+pub mod engine;
 pub mod region;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod wire;
 
 pub use region::{CodecError, NodeId, Region, RegionId};

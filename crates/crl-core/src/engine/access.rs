@@ -158,6 +158,16 @@ impl fmt::Debug for AccessWord {
     }
 }
 
+impl<T> fmt::Debug for RegionCell<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionCell")
+            .field("id", &self.id)
+            .field("version", &self.version.load(Ordering::Relaxed))
+            .field("word", &self.word)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where ended accesses report regions the engine is waiting to see drained.
 pub struct DrainList {
     drained: Mutex<Vec<RegionId>>,

@@ -335,8 +335,8 @@ impl Engine {
                     DirState::Shared(s) => want == AccessMode::Read && s.contains(&from),
                     DirState::Unowned => false,
                 };
-                let queued = entry.queue.iter().any(|r| r.who == Requester::Remote(from))
-                    || entry.serving.as_ref().is_some_and(|s| s.req.who == Requester::Remote(from));
+                let asked = |r: &Request| r.who == Requester::Remote(from) && r.want != Want::Delete;
+                let queued = entry.queue.iter().any(asked) || entry.serving.as_ref().is_some_and(|s| asked(&s.req));
                 if holds || queued {
                     return Err(self.violation(from, Some(id), "request for a copy it holds or already asked for"));
                 }

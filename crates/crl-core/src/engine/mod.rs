@@ -236,6 +236,8 @@ pub enum EntrySnapshot {
         queued: usize,
         /// Accesses in progress.
         in_progress: InProgress,
+        /// Whether a recall is waiting for accesses in progress to end.
+        recalling: bool,
         /// Whether the region is known deleted.
         deleted: bool,
     },
@@ -383,9 +385,15 @@ impl Engine {
     /// cached (bounded LRU); when evicted it is flushed to its home.
     pub fn unmap(&mut self, id: RegionId) -> Result<(), OpError> {
         if id.home == self.node {
-            let entry = self.homes.get_mut(&id.seq).ok_or(OpError::NotMapped(id))?;
-            entry.map_count = entry.map_count.saturating_sub(1);
-            return Ok(());
+            return match self.homes.get_mut(&id.seq) {
+                Some(entry) => {
+                    entry.map_count = entry.map_count.saturating_sub(1);
+                    Ok(())
+                }
+                // Unmapping a deleted region (e.g. dropping its last handle) is fine.
+                None if self.deleted.contains(&id.seq) => Ok(()),
+                None => Err(OpError::NotMapped(id)),
+            };
         }
         let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
         if entry.map_count == 0 {
@@ -555,6 +563,7 @@ impl Engine {
                 pending: e.pending.is_some(),
                 queued: e.queue.len(),
                 in_progress: e.cell.word().in_progress(),
+                recalling: e.recall.is_some(),
                 deleted: e.deleted,
             })
         }
