@@ -47,3 +47,130 @@ fn random_schedules_keep_every_invariant() {
     assert!(total.steps >= 100_000, "too few steps: {}", total.steps);
     assert!(total.hits > 0 && total.misses > 0 && total.writes > 0);
 }
+
+fn op_kind() -> impl Strategy<Value = OpKind> {
+    prop_oneof![
+        5 => Just(OpKind::Read),
+        4 => Just(OpKind::Write),
+        1 => Just(OpKind::Flush),
+        1 => Just(OpKind::Unmap),
+        1 => Just(OpKind::Delete),
+    ]
+}
+
+fn choice() -> impl Strategy<Value = Choice> {
+    prop_oneof![
+        4 => any::<u16>().prop_map(|link| Choice::Deliver { link }),
+        3 => (any::<u8>(), any::<u8>(), op_kind())
+            .prop_map(|(node, region, kind)| Choice::Start { node, region, kind }),
+        2 => any::<u16>().prop_map(|index| Choice::End { index }),
+    ]
+}
+
+/// A cluster shape and a schedule: 2–8 nodes, 1–16 regions, any mix of operations and
+/// delivery orders. Shrinks toward fewer nodes, regions and choices.
+fn scenario(max_choices: usize) -> impl Strategy<Value = (usize, usize, bool, usize, Vec<Choice>)> {
+    (
+        2usize..=8,
+        1usize..=16,
+        any::<bool>(),
+        0usize..4,
+        proptest::collection::vec(choice(), 0..max_choices),
+    )
+}
+
+fn runner(cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    // Deterministic: the same schedules on every run, so a CI failure replays locally.
+    TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
+}
+
+/// proptest-generated schedules; a failure is shrunk to a short schedule and printed.
+#[test]
+fn proptest_schedules_keep_every_invariant() {
+    let steps = std::cell::Cell::new(0u64);
+    let started = Instant::now();
+    let result = runner(400).run(
+        &scenario(300),
+        |(nodes, regions, deletes, capacity, choices)| match Sim::run_choices(
+            config(nodes, regions, deletes, capacity),
+            &choices,
+        ) {
+            Ok(report) => {
+                steps.set(steps.get() + report.steps);
+                Ok(())
+            }
+            Err(failure) => Err(TestCaseError::fail(failure.to_string())),
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    println!(
+        "proptest schedules: 400 cases, {} steps in {:.1} s",
+        steps.get(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(steps.get() >= 50_000, "too few steps: {}", steps.get());
+}
+
+/// A planted bug must be caught by random schedules: proof the checker can fail.
+fn caught(fault: PlantedFault) -> String {
+    for seed in 0..500u64 {
+        let cfg = SimConfig {
+            fault: Some(fault),
+            ..config(2 + seed as usize % 3, 1 + seed as usize % 3, false, 2)
+        };
+        if let Err(failure) = Sim::run_random(cfg, seed, 2_000) {
+            println!("{fault:?} caught:\n{failure}");
+            return failure.reason;
+        }
+    }
+    panic!("the checker missed the planted bug {fault:?} in 500 seeds");
+}
+
+#[test]
+fn planted_bug_recall_not_deferred_is_caught() {
+    let reason = caught(PlantedFault::RecallNotDeferred);
+    assert!(!reason.is_empty());
+}
+
+#[test]
+fn planted_bug_skipped_sharer_recall_is_caught() {
+    let reason = caught(PlantedFault::SkipOneSharerRecall);
+    assert!(!reason.is_empty());
+}
+
+/// proptest finds the planted bug and shrinks the schedule to a small counterexample.
+#[test]
+fn planted_bug_shrinks_to_a_small_schedule() {
+    let result = runner(2_000).run(&scenario(200), |(nodes, regions, _, capacity, choices)| {
+        let cfg = SimConfig {
+            fault: Some(PlantedFault::RecallNotDeferred),
+            ..config(nodes, regions, false, capacity)
+        };
+        match Sim::run_choices(cfg, &choices) {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(TestCaseError::fail(failure.to_string())),
+        }
+    });
+    match result {
+        Err(proptest::test_runner::TestError::Fail(reason, (nodes, regions, _, _, choices))) => {
+            println!(
+                "shrunk counterexample: {nodes} nodes, {regions} regions, {} choices: {choices:?}\n{reason}",
+                choices.len()
+            );
+            assert!(
+                choices.len() <= 40,
+                "shrinking left {} choices",
+                choices.len()
+            );
+        }
+        other => panic!("the planted bug was not found: {other:?}"),
+    }
+}

@@ -14,8 +14,8 @@ pub mod region;
 pub mod sim;
 pub mod wire;
 
-pub use region::{CodecError, NodeId, Region, RegionId};
 pub use crl_macros::Region;
+pub use region::{CodecError, NodeId, Region, RegionId};
 pub use region::{RegionField, RegionRef};
 
 #[doc(hidden)]

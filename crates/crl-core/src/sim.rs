@@ -196,8 +196,16 @@ pub struct SimFailure {
 impl fmt::Display for SimFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.seed {
-            Some(seed) => writeln!(f, "simulation failed (seed {seed}) at step {}: {}", self.step, self.reason)?,
-            None => writeln!(f, "simulation failed at step {}: {}", self.step, self.reason)?,
+            Some(seed) => writeln!(
+                f,
+                "simulation failed (seed {seed}) at step {}: {}",
+                self.step, self.reason
+            )?,
+            None => writeln!(
+                f,
+                "simulation failed at step {}: {}",
+                self.step, self.reason
+            )?,
         }
         writeln!(f, "last events:")?;
         for line in &self.trace {
@@ -286,7 +294,10 @@ impl Sim {
         let mut regions = Vec::new();
         for r in 0..cfg.regions {
             let home = r % n;
-            let cell = engines[home].create(SimValue { value: 0, writer: home as u32 });
+            let cell = engines[home].create(SimValue {
+                value: 0,
+                writer: home as u32,
+            });
             regions.push(cell.id());
             for (node, m) in maps.iter_mut().enumerate() {
                 m.push(if node == home {
@@ -357,7 +368,9 @@ impl Sim {
                 kind,
             }
         } else {
-            Choice::End { index: rng.random() }
+            Choice::End {
+                index: rng.random(),
+            }
         }
     }
 
@@ -374,7 +387,12 @@ impl Sim {
         let mut trace: Vec<String> = self
             .trace
             .iter()
-            .filter(|line| named.is_empty() || named.iter().any(|id| line.contains(id.as_str()) || line.ends_with(id.trim_end())))
+            .filter(|line| {
+                named.is_empty()
+                    || named
+                        .iter()
+                        .any(|id| line.contains(id.as_str()) || line.ends_with(id.trim_end()))
+            })
             .cloned()
             .collect();
         if trace.len() > self.cfg.trace_len {
@@ -395,7 +413,8 @@ impl Sim {
         if self.trace.len() == 16 * self.cfg.trace_len {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("#{} {line}", self.report.steps));
+        self.trace
+            .push_back(format!("#{} {line}", self.report.steps));
     }
 
     /// Takes one scheduling decision.
@@ -421,7 +440,9 @@ impl Sim {
     }
 
     fn deliver(&mut self, pick: usize) -> Check {
-        let live: Vec<usize> = (0..self.links.len()).filter(|&l| !self.links[l].is_empty()).collect();
+        let live: Vec<usize> = (0..self.links.len())
+            .filter(|&l| !self.links[l].is_empty())
+            .collect();
         if live.is_empty() {
             return Ok(());
         }
@@ -430,8 +451,10 @@ impl Sim {
         let msg = self.links[link].pop_front().expect("non-empty link");
         self.report.messages += 1;
         let msg = if self.cfg.wire {
-            let bytes = wire::encode(&msg).map_err(|e| self.fail(format!("encode {msg:?}: {e}")))?;
-            let back = wire::decode_frame(&bytes).map_err(|e| self.fail(format!("decode {msg:?}: {e}")))?;
+            let bytes =
+                wire::encode(&msg).map_err(|e| self.fail(format!("encode {msg:?}: {e}")))?;
+            let back = wire::decode_frame(&bytes)
+                .map_err(|e| self.fail(format!("decode {msg:?}: {e}")))?;
             if back != msg {
                 return Err(self.fail(format!("wire round trip changed {msg:?} into {back:?}")));
             }
@@ -452,8 +475,13 @@ impl Sim {
     }
 
     fn busy_on(&self, node: usize, region: usize) -> bool {
-        self.pending.values().any(|p| p.node == node && p.region == region)
-            || self.held.iter().any(|h| h.node == node && h.region == region)
+        self.pending
+            .values()
+            .any(|p| p.node == node && p.region == region)
+            || self
+                .held
+                .iter()
+                .any(|h| h.node == node && h.region == region)
     }
 
     fn start(&mut self, node: usize, region: usize, kind: OpKind) -> Check {
@@ -474,13 +502,21 @@ impl Sim {
                 match self.engines[node].map::<SimValue>(id, op) {
                     Ok((cell, Progress::Done)) => {
                         if self.engines[node].stats().messages_sent != sent {
-                            return Err(self.fail(format!("n{node}: a map completed at once sent a message")));
+                            return Err(self
+                                .fail(format!("n{node}: a map completed at once sent a message")));
                         }
                         self.maps[node][region] = MapState::Mapped(cell);
                     }
                     Ok((cell, Progress::Pending)) => {
                         self.maps[node][region] = MapState::Mapping(cell);
-                        self.pending.insert(op, PendingOp { node, region, kind: PendingKind::Map });
+                        self.pending.insert(
+                            op,
+                            PendingOp {
+                                node,
+                                region,
+                                kind: PendingKind::Map,
+                            },
+                        );
                     }
                     Err(e) => self.expect_deleted(region, e)?,
                 }
@@ -495,7 +531,14 @@ impl Sim {
                 match self.engines[node].flush(id, op) {
                     Ok(Progress::Done) => {}
                     Ok(Progress::Pending) => {
-                        self.pending.insert(op, PendingOp { node, region, kind: PendingKind::Flush });
+                        self.pending.insert(
+                            op,
+                            PendingOp {
+                                node,
+                                region,
+                                kind: PendingKind::Flush,
+                            },
+                        );
                     }
                     Err(e) => self.expect_deleted(region, e)?,
                 }
@@ -521,7 +564,14 @@ impl Sim {
                 match self.engines[node].delete(id, op) {
                     Ok(Progress::Done) => self.model[region].deleted = true,
                     Ok(Progress::Pending) => {
-                        self.pending.insert(op, PendingOp { node, region, kind: PendingKind::Delete });
+                        self.pending.insert(
+                            op,
+                            PendingOp {
+                                node,
+                                region,
+                                kind: PendingKind::Delete,
+                            },
+                        );
                     }
                     Err(e) => return Err(self.fail(format!("n{node}: delete {id}: {e}"))),
                 }
@@ -547,7 +597,10 @@ impl Sim {
         };
         if let Some(access) = hit {
             self.report.hits += 1;
-            self.note(format!("n{node}: {} {id} hit", if write { "write" } else { "read" }));
+            self.note(format!(
+                "n{node}: {} {id} hit",
+                if write { "write" } else { "read" }
+            ));
             return self.granted(node, region, access);
         }
         if self.hit_expected(node, id, write) {
@@ -566,15 +619,27 @@ impl Sim {
         match started {
             Ok(Start::Granted(access)) => {
                 if self.engines[node].stats().messages_sent != sent {
-                    return Err(self.fail(format!("n{node}: access to {id} granted at once but sent a message")));
+                    return Err(self.fail(format!(
+                        "n{node}: access to {id} granted at once but sent a message"
+                    )));
                 }
                 self.report.hits += 1;
-                self.note(format!("n{node}: {} {id} granted by the engine", if write { "write" } else { "read" }));
+                self.note(format!(
+                    "n{node}: {} {id} granted by the engine",
+                    if write { "write" } else { "read" }
+                ));
                 self.granted(node, region, access)?;
             }
             Ok(Start::Queued) => {
-                self.note(format!("n{node}: {} {id} queued (op {op})", if write { "write" } else { "read" }));
-                let kind = if write { PendingKind::Write } else { PendingKind::Read };
+                self.note(format!(
+                    "n{node}: {} {id} queued (op {op})",
+                    if write { "write" } else { "read" }
+                ));
+                let kind = if write {
+                    PendingKind::Write
+                } else {
+                    PendingKind::Read
+                };
                 self.pending.insert(op, PendingOp { node, region, kind });
             }
             Err(e) => self.expect_deleted(region, e)?,
@@ -585,7 +650,14 @@ impl Sim {
     /// Whether the protocol state at `node` means this access must be a hit.
     fn hit_expected(&self, node: usize, id: RegionId, write: bool) -> bool {
         match self.engines[node].inspect(id) {
-            Some(EntrySnapshot::Cache { state, pending, queued, in_progress, recalling, deleted }) => {
+            Some(EntrySnapshot::Cache {
+                state,
+                pending,
+                queued,
+                in_progress,
+                recalling,
+                deleted,
+            }) => {
                 let idle = !pending && queued == 0 && !recalling && !deleted && !in_progress.writer;
                 match (write, state) {
                     (false, CacheState::Shared | CacheState::Modified) => idle,
@@ -593,7 +665,12 @@ impl Sim {
                     _ => false,
                 }
             }
-            Some(EntrySnapshot::Home { dir, busy, queued, in_progress }) => {
+            Some(EntrySnapshot::Home {
+                dir,
+                busy,
+                queued,
+                in_progress,
+            }) => {
                 let idle = !busy && queued == 0 && !in_progress.writer;
                 match (write, dir) {
                     (false, DirState::Unowned | DirState::Shared(_)) => idle,
@@ -619,7 +696,9 @@ impl Sim {
         let id = self.regions[region];
         let m = &self.model[region];
         if m.deleted {
-            return Err(self.fail(format!("n{node}: access to {id} granted after its delete completed")));
+            return Err(self.fail(format!(
+                "n{node}: access to {id} granted after its delete completed"
+            )));
         }
         if let Some(w) = m.writer {
             return Err(self.fail(format!(
@@ -657,7 +736,12 @@ impl Sim {
                 Some(new)
             }
         };
-        self.held.push(Held { node, region, access, wrote });
+        self.held.push(Held {
+            node,
+            region,
+            access,
+            wrote,
+        });
         Ok(())
     }
 
@@ -713,22 +797,34 @@ impl Sim {
                 return Err(self.fail(format!("op {op} of n{} completed at n{node}", p.node)));
             }
             let id = self.regions[p.region];
-            self.note(format!("n{node}: op {op} ({:?} {id}) done: {}", p.kind, match &outcome {
-                Ok(_) => "ok".to_string(),
-                Err(e) => e.to_string(),
-            }));
+            self.note(format!(
+                "n{node}: op {op} ({:?} {id}) done: {}",
+                p.kind,
+                match &outcome {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            ));
             match (p.kind, outcome) {
                 (PendingKind::Read | PendingKind::Write, Ok(Some(access))) => {
-                    let want = if p.kind == PendingKind::Read { AccessMode::Read } else { AccessMode::Write };
+                    let want = if p.kind == PendingKind::Read {
+                        AccessMode::Read
+                    } else {
+                        AccessMode::Write
+                    };
                     if access.mode() != want || access.region() != id {
-                        return Err(self.fail(format!("op {op}: granted {access:?}, wanted {want:?} of {id}")));
+                        return Err(self.fail(format!(
+                            "op {op}: granted {access:?}, wanted {want:?} of {id}"
+                        )));
                     }
                     self.report.misses += 1;
                     self.granted(node, p.region, access)?;
                 }
                 (PendingKind::Map, Ok(None)) => {
                     let MapState::Mapping(cell) = &self.maps[node][p.region] else {
-                        return Err(self.fail(format!("op {op}: map completed on a region not being mapped")));
+                        return Err(self.fail(format!(
+                            "op {op}: map completed on a region not being mapped"
+                        )));
                     };
                     self.maps[node][p.region] = MapState::Mapped(cell.clone());
                 }
@@ -774,9 +870,17 @@ impl Sim {
             let stuck: Vec<String> = self
                 .pending
                 .iter()
-                .map(|(op, p)| format!("op {op}: n{} {:?} {}", p.node, p.kind, self.regions[p.region]))
+                .map(|(op, p)| {
+                    format!(
+                        "op {op}: n{} {:?} {}",
+                        p.node, p.kind, self.regions[p.region]
+                    )
+                })
                 .collect();
-            return Err(self.fail(format!("deadlock: operations never completed: {}", stuck.join("; "))));
+            return Err(self.fail(format!(
+                "deadlock: operations never completed: {}",
+                stuck.join("; ")
+            )));
         }
         self.check_agreement()
     }
@@ -788,36 +892,59 @@ impl Sim {
             let snapshot = self.engines[home].inspect(id);
             if self.model[r].deleted {
                 if snapshot.is_some() {
-                    return Err(self.fail(format!("{id} was deleted but its home still has it: {snapshot:?}")));
+                    return Err(self.fail(format!(
+                        "{id} was deleted but its home still has it: {snapshot:?}"
+                    )));
                 }
                 for n in 0..self.cfg.nodes {
                     if let Some(EntrySnapshot::Cache { state, .. }) = self.engines[n].inspect(id) {
                         if state != CacheState::Invalid {
-                            return Err(self.fail(format!("n{n} still holds a {state:?} copy of deleted {id}")));
+                            return Err(self.fail(format!(
+                                "n{n} still holds a {state:?} copy of deleted {id}"
+                            )));
                         }
                     }
                 }
                 continue;
             }
-            let Some(EntrySnapshot::Home { dir, busy, queued, in_progress }) = snapshot else {
+            let Some(EntrySnapshot::Home {
+                dir,
+                busy,
+                queued,
+                in_progress,
+            }) = snapshot
+            else {
                 if self.model[r].delete_issued {
-                    return Err(self.fail(format!("{id}: delete issued, home dropped it, delete never completed")));
+                    return Err(self.fail(format!(
+                        "{id}: delete issued, home dropped it, delete never completed"
+                    )));
                 }
                 return Err(self.fail(format!("{id}: home has no entry")));
             };
             if busy || queued > 0 || !in_progress.is_idle() {
-                return Err(self.fail(format!("{id}: home not quiescent: busy={busy} queued={queued} {in_progress:?}")));
+                return Err(self.fail(format!(
+                    "{id}: home not quiescent: busy={busy} queued={queued} {in_progress:?}"
+                )));
             }
             for n in (0..self.cfg.nodes).filter(|&n| n != home) {
                 let state = match self.engines[n].inspect(id) {
                     None => CacheState::Invalid,
-                    Some(EntrySnapshot::Cache { state, pending, queued, in_progress, recalling, .. }) => {
+                    Some(EntrySnapshot::Cache {
+                        state,
+                        pending,
+                        queued,
+                        in_progress,
+                        recalling,
+                        ..
+                    }) => {
                         if pending || queued > 0 || recalling || !in_progress.is_idle() {
                             return Err(self.fail(format!("n{n}: {id} not quiescent")));
                         }
                         state
                     }
-                    Some(other) => return Err(self.fail(format!("n{n}: {id} has a home entry {other:?}"))),
+                    Some(other) => {
+                        return Err(self.fail(format!("n{n}: {id} has a home entry {other:?}")));
+                    }
                 };
                 let expected = match &dir {
                     DirState::Unowned => CacheState::Invalid,
@@ -855,15 +982,23 @@ impl Sim {
             MapState::Mapped(cell) => (cell.clone(), false),
             _ => match self.engines[node].map::<SimValue>(id, u64::MAX) {
                 Ok((cell, Progress::Done)) => (cell, true),
-                other => return Err(self.fail(format!("n{node}: cannot map {id} to check it: {other:?}"))),
+                other => {
+                    return Err(
+                        self.fail(format!("n{node}: cannot map {id} to check it: {other:?}"))
+                    );
+                }
             },
         };
         let value = match cell.try_read() {
             Some(g) => g.value,
-            None => return Err(self.fail(format!("n{node}: read of {id} at quiescence is not a hit"))),
+            None => {
+                return Err(self.fail(format!("n{node}: read of {id} at quiescence is not a hit")));
+            }
         };
         if fresh {
-            self.engines[node].unmap(id).map_err(|e| self.fail(e.to_string()))?;
+            self.engines[node]
+                .unmap(id)
+                .map_err(|e| self.fail(e.to_string()))?;
         }
         Ok(value)
     }

@@ -99,9 +99,11 @@ impl AccessWord {
 
     /// Engine: revoke both permissions, ask for a drain notice, and report what is in progress.
     pub(crate) fn revoke(&self) -> InProgress {
-        let prev = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            Some((w & !(READ_OK | WRITE_OK)) | NOTIFY)
-        });
+        let prev = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some((w & !(READ_OK | WRITE_OK)) | NOTIFY)
+            });
         let w = prev.unwrap_or_else(|w| w);
         InProgress {
             readers: (w & READERS) as u32,
@@ -112,9 +114,11 @@ impl AccessWord {
     /// Engine: set the permissions for the protocol state and drop any drain request.
     pub(crate) fn permit(&self, read: bool, write: bool) {
         let bits = if read { READ_OK } else { 0 } | if write { WRITE_OK | READ_OK } else { 0 };
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            Some((w & (READERS | WRITER)) | bits)
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some((w & (READERS | WRITER)) | bits)
+            });
     }
 
     /// Engine: admit one read on behalf of a queued operation (permissions are revoked).
@@ -126,7 +130,10 @@ impl AccessWord {
     /// Engine: admit the write on behalf of a queued operation (permissions are revoked).
     pub(crate) fn grant_write(&self) {
         let prev = self.0.fetch_or(WRITER, Ordering::Acquire);
-        debug_assert!(prev & (WRITER | READERS) == 0, "granted a write beside another access");
+        debug_assert!(
+            prev & (WRITER | READERS) == 0,
+            "granted a write beside another access"
+        );
     }
 
     /// What is in progress now.
@@ -288,7 +295,8 @@ impl<T: Region> RegionCell<T> {
         // SAFETY: called only while this thread holds a read or the write on the word, so no
         // unique reference exists and the engine does not replace the value (see `Sync`).
         let v = unsafe { &*self.value.get() };
-        v.as_ref().expect("crl: access granted on a cell without a value")
+        v.as_ref()
+            .expect("crl: access granted on a cell without a value")
     }
 
     #[inline]
@@ -297,7 +305,8 @@ impl<T: Region> RegionCell<T> {
         // SAFETY: called only while this thread holds the writer bit: no read, no other write
         // and no engine replacement can run (see `Sync`), so this reference is unique.
         let v = unsafe { &mut *self.value.get() };
-        v.as_mut().expect("crl: access granted on a cell without a value")
+        v.as_mut()
+            .expect("crl: access granted on a cell without a value")
     }
 }
 
@@ -509,9 +518,15 @@ impl<T: Region> ErasedCell for RegionCell<T> {
         T::TYPE_NAME
     }
     fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        debug_assert!(!self.word.in_progress().writer);
-        // SAFETY: the caller guarantees no write is in progress and none can start, so only
-        // shared references to the value exist.
+        // Checked in every build (one load on the miss path): never read beside a writer.
+        if self.word.in_progress().writer {
+            return Err(CodecError::Encode {
+                type_name: T::TYPE_NAME,
+                reason: "a write is in progress".into(),
+            });
+        }
+        // SAFETY: no write is in progress (checked above) and none can start: the engine
+        // revoked the write permission before calling, so only shared references exist.
         let v = unsafe { &*self.value.get() };
         v.as_ref()
             .expect("crl: encoding a cell without a value")
@@ -519,7 +534,13 @@ impl<T: Region> ErasedCell for RegionCell<T> {
     }
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError> {
         let value = T::decode_region(bytes)?;
-        debug_assert!(self.word.in_progress().is_idle());
+        // Checked in every build: the engine only installs into an idle cell whose permissions
+        // are revoked; if a protocol bug ever broke that, refuse rather than race a reader.
+        assert!(
+            self.word.in_progress().is_idle(),
+            "crl: region {} replaced while an access is in progress",
+            self.id
+        );
         // SAFETY: the caller guarantees no access is in progress and none can start, so no
         // reference to the value exists.
         unsafe { *self.value.get() = Some(value) };
@@ -527,8 +548,11 @@ impl<T: Region> ErasedCell for RegionCell<T> {
         Ok(())
     }
     fn clear(&self) {
-        debug_assert!(self.word.in_progress().is_idle());
-        // SAFETY: as for `install`.
+        if !self.word.in_progress().is_idle() {
+            return; // only frees memory; never race an access
+        }
+        // SAFETY: as for `install`: no access is in progress (checked just above, and none can
+        // start because the engine revoked the permissions before calling).
         unsafe { *self.value.get() = None };
     }
     fn as_any(&self) -> &(dyn Any + Send + Sync) {

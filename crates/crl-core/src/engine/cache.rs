@@ -109,9 +109,7 @@ impl CacheEntry {
 
     fn invalidate(&mut self) {
         self.state = CacheState::Invalid;
-        if self.cell.word().in_progress().is_idle() {
-            self.cell.clear();
-        }
+        self.cell.clear();
     }
 
     fn permit(&self) {
@@ -194,12 +192,24 @@ impl Engine {
                 }
                 (LocalOp::Read(_), CacheState::Invalid) => {
                     entry.pending = Some(Grant::Shared);
-                    self.send(id.home, Message::GetShared { region: id, fingerprint });
+                    self.send(
+                        id.home,
+                        Message::GetShared {
+                            region: id,
+                            fingerprint,
+                        },
+                    );
                     return;
                 }
                 (LocalOp::Write(_), CacheState::Invalid | CacheState::Shared) => {
                     entry.pending = Some(Grant::Exclusive);
-                    self.send(id.home, Message::GetExclusive { region: id, fingerprint });
+                    self.send(
+                        id.home,
+                        Message::GetExclusive {
+                            region: id,
+                            fingerprint,
+                        },
+                    );
                     return;
                 }
                 (LocalOp::Flush(op), CacheState::Invalid) => {
@@ -250,24 +260,44 @@ impl Engine {
         msg: Message,
     ) -> Result<(), ProtocolViolation> {
         if from != id.home {
-            return Err(self.violation(from, Some(id), format!("{} about a region homed at {}", msg.kind_name(), id.home)));
+            return Err(self.violation(
+                from,
+                Some(id),
+                format!("{} about a region homed at {}", msg.kind_name(), id.home),
+            ));
         }
         if let Message::Recall { kind, .. } = msg {
             self.stats.recalls_received += 1;
             let Some(entry) = self.cache.get_mut(&id) else {
                 // Evicted (its flush reached the home first): nothing to give back.
-                self.send(from, Message::RecallAck { region: id, image: None });
+                self.send(
+                    from,
+                    Message::RecallAck {
+                        region: id,
+                        image: None,
+                    },
+                );
                 return Ok(());
             };
             if entry.recall.is_some() {
-                return Err(self.violation(from, Some(id), "second recall while one is outstanding"));
+                return Err(self.violation(
+                    from,
+                    Some(id),
+                    "second recall while one is outstanding",
+                ));
             }
             if entry.state == CacheState::Invalid {
                 // Our flush crossed the recall, or our copy was never installed.
                 if kind == Recall::Delete {
                     entry.deleted = true;
                 }
-                self.send(from, Message::RecallAck { region: id, image: None });
+                self.send(
+                    from,
+                    Message::RecallAck {
+                        region: id,
+                        image: None,
+                    },
+                );
             } else {
                 entry.recall = Some(kind);
             }
@@ -284,7 +314,11 @@ impl Engine {
             }
         }
         let Some(entry) = self.cache.get_mut(&id) else {
-            return Err(self.violation(from, Some(id), format!("{} for a region not cached here", msg.kind_name())));
+            return Err(self.violation(
+                from,
+                Some(id),
+                format!("{} for a region not cached here", msg.kind_name()),
+            ));
         };
         match msg {
             Message::MapOk { .. } => {
@@ -329,13 +363,22 @@ impl Engine {
                 }
                 match image {
                     Some(image) => {
-                        if entry.state != CacheState::Invalid {
-                            return Err(self.violation(from, Some(id), "data for a copy already held"));
+                        if entry.state != CacheState::Invalid
+                            || !entry.cell.word().in_progress().is_idle()
+                        {
+                            return Err(self.violation(
+                                from,
+                                Some(id),
+                                "data for a copy already held or in use",
+                            ));
                         }
                         if let Err(source) = entry.cell.install(&image.bytes, image.version) {
                             entry.pending = None;
                             let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
-                            let e = OpError::Codec { region: id, source: source.clone() };
+                            let e = OpError::Codec {
+                                region: id,
+                                source: source.clone(),
+                            };
                             for op in failed {
                                 self.complete(op, Err(e.clone()));
                             }
@@ -344,7 +387,11 @@ impl Engine {
                     }
                     None => {
                         if grant != Grant::Exclusive || entry.state != CacheState::Shared {
-                            return Err(self.violation(from, Some(id), "upgrade of a copy not held"));
+                            return Err(self.violation(
+                                from,
+                                Some(id),
+                                "upgrade of a copy not held",
+                            ));
                         }
                     }
                 }
@@ -375,7 +422,11 @@ impl Engine {
             | Message::Delete { .. }
             | Message::Hello { .. }
             | Message::Recall { .. } => {
-                return Err(self.violation(from, Some(id), format!("{} sent to a non-home node", msg.kind_name())));
+                return Err(self.violation(
+                    from,
+                    Some(id),
+                    format!("{} sent to a non-home node", msg.kind_name()),
+                ));
             }
         }
         Ok(())

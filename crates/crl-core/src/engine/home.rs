@@ -335,10 +335,16 @@ impl Engine {
                     DirState::Shared(s) => want == AccessMode::Read && s.contains(&from),
                     DirState::Unowned => false,
                 };
-                let asked = |r: &Request| r.who == Requester::Remote(from) && r.want != Want::Delete;
-                let queued = entry.queue.iter().any(asked) || entry.serving.as_ref().is_some_and(|s| asked(&s.req));
+                let asked =
+                    |r: &Request| r.who == Requester::Remote(from) && r.want != Want::Delete;
+                let queued = entry.queue.iter().any(asked)
+                    || entry.serving.as_ref().is_some_and(|s| asked(&s.req));
                 if holds || queued {
-                    return Err(self.violation(from, Some(id), "request for a copy it holds or already asked for"));
+                    return Err(self.violation(
+                        from,
+                        Some(id),
+                        "request for a copy it holds or already asked for",
+                    ));
                 }
                 self.home_enqueue(id, Request::access(Requester::Remote(from), want));
             }
@@ -363,9 +369,13 @@ impl Engine {
                 match image {
                     Some(image) => {
                         if !owner {
-                            return violation(self, "recall ack with data from a node that does not own the region");
+                            return violation(
+                                self,
+                                "recall ack with data from a node that does not own the region",
+                            );
                         }
-                        install(&*entry.cell, &image).map_err(|e| self.violation(from, Some(id), e.to_string()))?;
+                        install(&*entry.cell, &image)
+                            .map_err(|e| self.violation(from, Some(id), e))?;
                         let entry = self.homes.get_mut(&id.seq).expect("home entry");
                         entry.dir = if downgrade {
                             DirState::Shared(BTreeSet::from([from]))
@@ -389,14 +399,23 @@ impl Engine {
                 match image {
                     Some(image) => {
                         if entry.dir != DirState::Exclusive(from) {
-                            return Err(self.violation(from, Some(id), "flush with data from a node that does not own the region"));
+                            return Err(self.violation(
+                                from,
+                                Some(id),
+                                "flush with data from a node that does not own the region",
+                            ));
                         }
-                        install(&*entry.cell, &image).map_err(|e| self.violation(from, Some(id), e.to_string()))?;
+                        install(&*entry.cell, &image)
+                            .map_err(|e| self.violation(from, Some(id), e))?;
                         self.homes.get_mut(&id.seq).expect("home entry").dir = DirState::Unowned;
                     }
                     None => {
                         if !matches!(&entry.dir, DirState::Shared(s) if s.contains(&from)) {
-                            return Err(self.violation(from, Some(id), "flush of a shared copy the home does not know of"));
+                            return Err(self.violation(
+                                from,
+                                Some(id),
+                                "flush of a shared copy the home does not know of",
+                            ));
                         }
                         entry.remove_holder(from);
                     }
@@ -411,20 +430,30 @@ impl Engine {
             | Message::DeleteAck { .. }
             | Message::Refused { .. }
             | Message::Hello { .. } => {
-                return Err(self.violation(from, Some(id), format!("{} sent to the region's home", msg.kind_name())));
+                return Err(self.violation(
+                    from,
+                    Some(id),
+                    format!("{} sent to the region's home", msg.kind_name()),
+                ));
             }
         }
         Ok(())
     }
 }
 
-pub(crate) fn encode_image(cell: &dyn ErasedCell) -> Result<RegionImage, crate::region::CodecError> {
+pub(crate) fn encode_image(
+    cell: &dyn ErasedCell,
+) -> Result<RegionImage, crate::region::CodecError> {
     Ok(RegionImage {
         version: cell.version(),
         bytes: cell.encode()?,
     })
 }
 
-fn install(cell: &dyn ErasedCell, image: &RegionImage) -> Result<(), crate::region::CodecError> {
+fn install(cell: &dyn ErasedCell, image: &RegionImage) -> Result<(), String> {
+    if !cell.word().in_progress().is_idle() {
+        return Err("returned data for a region the home is using".into());
+    }
     cell.install(&image.bytes, image.version)
+        .map_err(|e| e.to_string())
 }

@@ -118,7 +118,9 @@ pub enum OpError {
     #[error("no region {0} exists at its home")]
     NoSuchRegion(RegionId),
     /// The region exists with another type.
-    #[error("region {region} is not a {expected}: type fingerprints differ ({actual:#x} at the home)")]
+    #[error(
+        "region {region} is not a {expected}: type fingerprints differ ({actual:#x} at the home)"
+    )]
     WrongType {
         /// The region.
         region: RegionId,
@@ -369,7 +371,10 @@ impl Engine {
         Ok((cell, Progress::Pending))
     }
 
-    fn map_home<T: Region>(&mut self, id: RegionId) -> Result<(Arc<RegionCell<T>>, Progress), OpError> {
+    fn map_home<T: Region>(
+        &mut self,
+        id: RegionId,
+    ) -> Result<(Arc<RegionCell<T>>, Progress), OpError> {
         match self.homes.get_mut(&id.seq) {
             Some(entry) => {
                 let cell = downcast::<T>(id, &entry.cell)?;
@@ -571,7 +576,11 @@ impl Engine {
 
     /// Ids of the regions homed here (not deleted).
     pub fn homed_regions(&self) -> Vec<RegionId> {
-        let mut v: Vec<_> = self.homes.keys().map(|&s| RegionId::new(self.node, s)).collect();
+        let mut v: Vec<_> = self
+            .homes
+            .keys()
+            .map(|&s| RegionId::new(self.node, s))
+            .collect();
         v.sort();
         v
     }
@@ -602,7 +611,12 @@ impl Engine {
         self.events.push_back(Event::Granted { op, access });
     }
 
-    fn violation(&self, peer: NodeId, region: Option<RegionId>, what: impl Into<String>) -> ProtocolViolation {
+    fn violation(
+        &self,
+        peer: NodeId,
+        region: Option<RegionId>,
+        what: impl Into<String>,
+    ) -> ProtocolViolation {
         let v = ProtocolViolation {
             peer,
             region,
@@ -611,7 +625,6 @@ impl Engine {
         warn!(node = %self.node, %peer, "{v}");
         v
     }
-
 }
 
 /// Whether a planted fault is switched on (always false without the `sim` feature).
@@ -629,7 +642,10 @@ macro_rules! planted {
 }
 pub(crate) use planted;
 
-fn downcast<T: Region>(id: RegionId, cell: &Arc<dyn ErasedCell>) -> Result<Arc<RegionCell<T>>, OpError> {
+fn downcast<T: Region>(
+    id: RegionId,
+    cell: &Arc<dyn ErasedCell>,
+) -> Result<Arc<RegionCell<T>>, OpError> {
     if cell.fingerprint() != T::FINGERPRINT {
         return Err(OpError::WrongType {
             region: id,
