@@ -360,12 +360,19 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     };
 
     // --- Per-field assertions: each field type must implement RegionField. The call is
-    // spanned at the field's type so the diagnostic points at it.
+    // spanned at the field's type so the diagnostic points at it. A field folded into the
+    // fingerprint is already checked there (`<FieldTy as RegionField>::FIELD_FINGERPRINT`,
+    // spanned the same way), so only `omit_bounds` fields need an explicit assertion, unless
+    // nothing but the assertions is emitted (see `obviously_unsupported`).
     let region_field = quote!(#krate::RegionField);
-    let asserts = all_fields.iter().map(|f| {
-        let ty = &f.ty;
-        quote_spanned!(ty.span()=> __crl_assert_region_field::<#ty>();)
-    });
+    let only_asserts = all_fields.iter().any(|f| obviously_unsupported(&f.ty));
+    let asserts = all_fields
+        .iter()
+        .filter(|f| only_asserts || f.omit_bounds)
+        .map(|f| {
+            let ty = &f.ty;
+            quote_spanned!(ty.span()=> __crl_assert_region_field::<#ty>();)
+        });
     let mut assert_generics = generics.clone();
     for p in assert_generics.type_params_mut() {
         p.bounds.push(parse_quote!(#region_field));
@@ -381,7 +388,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         };
     };
 
-    if all_fields.iter().any(|f| obviously_unsupported(&f.ty)) {
+    if only_asserts {
         return Ok(field_asserts);
     }
 
@@ -419,7 +426,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         .filter(|f| !f.omit_bounds)
         .map(|f| {
             let ty = &f.ty;
-            quote!(<#ty as #region_field>::FIELD_FINGERPRINT)
+            quote_spanned!(ty.span()=> <#ty as #region_field>::FIELD_FINGERPRINT)
         })
         .collect();
     let n_parts = nested_fps.len() + 1;

@@ -1,0 +1,8 @@
+use crl::Region;
+
+#[derive(Region)]
+struct Sizes {
+    len: usize,
+}
+
+fn main() {}
