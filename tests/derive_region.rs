@@ -112,3 +112,36 @@ fn bad_bytes_are_errors() {
         ));
     }
 }
+
+#[test]
+fn types_local_to_a_function() {
+    #[derive(Debug, Clone, PartialEq, Region)]
+    struct Local {
+        id: u8,
+    }
+    #[derive(Debug, Clone, PartialEq, Region)]
+    struct Holder {
+        locals: Vec<Local>,
+    }
+    round_trip(&Holder {
+        locals: vec![Local { id: 1 }],
+    });
+}
+
+#[test]
+fn archived_form_is_reachable_through_rkyv() {
+    // Zero-copy access to the archived form (crl's engine does this through its rkyv
+    // re-export; applications normally just call decode_region).
+    use crl::__private::rkyv;
+    let bytes = Passenger {
+        name: "Ada".into(),
+        seat: Some((3, 'A')),
+    }
+    .encode_region()
+    .unwrap();
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&bytes);
+    let archived =
+        rkyv::access::<rkyv::Archived<Passenger>, rkyv::rancor::Error>(&aligned).unwrap();
+    assert_eq!(archived.name.as_str(), "Ada");
+}

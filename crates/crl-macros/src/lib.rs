@@ -15,9 +15,11 @@
 //! UserType`, which rkyv's remote deserialization needs). The user type *is* then an rkyv type,
 //! so region types nest, and `Vec<T>`, `Option<T>`, `Box<T>`, enums and generics work.
 //!
-//! Emitted items, for `struct Flight`: `ArchivedFlight` (the archived form, same visibility as
-//! `Flight`), `FlightResolver` and `__FlightRegionShadow` (hidden), and impls of
-//! `rkyv::{Archive, Serialize, Deserialize}`, `crl::RegionField` and `crl::Region`.
+//! Emitted items, for `struct Flight`, all inside an anonymous `const _: () = { ... };` block
+//! (so nothing is added to the user's namespace): the shadow `__FlightRegionShadow`, its
+//! archived form `ArchivedFlight` (reachable from outside as `rkyv::Archived<Flight>`) and
+//! resolver `FlightResolver`, and impls of `rkyv::{Archive, Serialize, Deserialize}`,
+//! `crl::RegionField` and `crl::Region` for `Flight`.
 //!
 //! # Attributes
 //!
@@ -33,7 +35,7 @@
 //! `Region::FINGERPRINT` is FNV-1a 64 computed at expansion time over a canonical text of the
 //! definition (`struct`/`enum`, name, generic parameters and where clause, variant names,
 //! field names and field type tokens, in order), then folded at compile time (const
-//! evaluation) with the `RegionField::FINGERPRINT` of every field type not marked
+//! evaluation) with the `RegionField::FIELD_FINGERPRINT` of every field type not marked
 //! `omit_bounds`, so changing a nested region type changes the outer fingerprint too. It is
 //! identical on every platform and build. Limits: types are compared by their tokens as
 //! written, so `Vec<u32>` and `std::vec::Vec<u32>` (or a type alias) give different
@@ -701,12 +703,19 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         }
     };
 
+    // Everything lives in an anonymous const block: the shadow, its archived type and its
+    // resolver are unreachable from outside (so `missing_docs` does not ask for docs on
+    // rkyv-generated items, and no names leak into the user's module), yet the block sees
+    // the user's items, including types local to a function body. The archived type stays
+    // reachable as `rkyv::Archived<UserType>`.
     Ok(quote! {
-        #shadow_def
-        #from_impl
-        #rkyv_impls
-        #region_field_impl
-        #region_impl
+        const _: () = {
+            #shadow_def
+            #from_impl
+            #rkyv_impls
+            #region_field_impl
+            #region_impl
+        };
         #field_asserts
     })
 }
