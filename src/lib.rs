@@ -9,8 +9,8 @@
 //! [`net`] (the QUIC driver, in progress).
 
 pub use crl_core as core;
-pub use crl_core::{CodecError, NodeId, Region, RegionId};
-pub use crl_core::{RegionField, RegionRef};
 #[doc(hidden)]
 pub use crl_core::__private;
+pub use crl_core::{CodecError, NodeId, Region, RegionId};
+pub use crl_core::{RegionField, RegionRef};
 pub use crl_net as net;

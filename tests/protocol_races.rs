@@ -2,14 +2,14 @@
 //! a recall crossing a flush, an upgrade crossing an invalidation, requests queued behind a
 //! busy region, the home waiting on a remote owner, delete racing a map, and more.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crl::Region;
 use crl::core::engine::{
-    Access, CacheState, DirState, Engine, EngineConfig, EntrySnapshot, Event, OpError, OpId,
-    Progress, RegionCell, Start,
+    Access, CacheState, DirState, Engine, EngineConfig, EntrySnapshot, OpError, OpId, Progress,
+    RegionCell, Start,
 };
+use crl::core::sim::Network;
 use crl::core::wire::{Grant, Message, Recall, Refusal};
 use crl::{NodeId, RegionId};
 
@@ -23,98 +23,18 @@ struct Other {
     name: String,
 }
 
-/// Engines joined by per-link FIFO queues that the test delivers from by hand.
-struct Net {
-    engines: Vec<Engine>,
-    links: HashMap<(usize, usize), VecDeque<Message>>,
-    events: Vec<Vec<Event>>,
+/// Test helpers on top of the simulator's hand-driven network.
+trait NetExt {
+    fn map(&mut self, node: usize, id: RegionId) -> Arc<RegionCell<Counter>>;
+    fn access(&mut self, node: usize, id: RegionId, op: OpId, write: bool) -> Access;
+    fn cache_state(&self, node: usize, id: RegionId) -> CacheState;
+    fn dir(&self, id: RegionId) -> DirState;
 }
 
-impl Net {
-    fn new(n: usize) -> Self {
-        Net {
-            engines: (0..n)
-                .map(|i| Engine::new(NodeId(i as u32), EngineConfig::default()))
-                .collect(),
-            links: HashMap::new(),
-            events: (0..n).map(|_| Vec::new()).collect(),
-        }
-    }
-
-    /// Moves node `i`'s output onto the links and into its event list.
-    fn pump(&mut self, i: usize) {
-        while let Some(t) = self.engines[i].poll_transmit() {
-            self.links
-                .entry((i, t.to.0 as usize))
-                .or_default()
-                .push_back(t.msg);
-        }
-        while let Some(e) = self.engines[i].poll_event() {
-            self.events[i].push(e);
-        }
-    }
-
-    fn peek(&self, from: usize, to: usize) -> Option<&Message> {
-        self.links.get(&(from, to)).and_then(|l| l.front())
-    }
-
-    fn in_flight(&self, from: usize, to: usize) -> usize {
-        self.links.get(&(from, to)).map_or(0, |l| l.len())
-    }
-
-    /// Delivers the head of link `from → to` and returns it.
-    fn deliver(&mut self, from: usize, to: usize) -> Message {
-        let msg = self
-            .links
-            .get_mut(&(from, to))
-            .and_then(|l| l.pop_front())
-            .unwrap_or_else(|| panic!("nothing in flight n{from} -> n{to}"));
-        self.engines[to]
-            .handle_message(NodeId(from as u32), msg.clone())
-            .unwrap_or_else(|v| panic!("protocol violation: {v}"));
-        self.pump(to);
-        msg
-    }
-
-    /// Delivers everything, in link order, until nothing is in flight.
-    fn settle(&mut self) {
-        loop {
-            let next = self
-                .links
-                .iter()
-                .find(|(_, l)| !l.is_empty())
-                .map(|(&k, _)| k);
-            match next {
-                Some((from, to)) => {
-                    self.deliver(from, to);
-                }
-                None => return,
-            }
-        }
-    }
-
-    fn granted(&mut self, node: usize, op: OpId) -> Option<Access> {
-        let pos = self.events[node]
-            .iter()
-            .position(|e| matches!(e, Event::Granted { op: o, .. } if *o == op))?;
-        match self.events[node].remove(pos) {
-            Event::Granted { access, .. } => Some(access),
-            Event::Completed { .. } => unreachable!(),
-        }
-    }
-
-    fn completed(&mut self, node: usize, op: OpId) -> Option<Result<(), OpError>> {
-        let pos = self.events[node]
-            .iter()
-            .position(|e| matches!(e, Event::Completed { op: o, .. } if *o == op))?;
-        match self.events[node].remove(pos) {
-            Event::Completed { result, .. } => Some(result),
-            Event::Granted { .. } => unreachable!(),
-        }
-    }
-
+impl NetExt for Network {
     fn map(&mut self, node: usize, id: RegionId) -> Arc<RegionCell<Counter>> {
-        let (cell, progress) = self.engines[node]
+        let (cell, progress) = self
+            .engine(node)
             .map::<Counter>(id, 9_000 + node as u64)
             .unwrap();
         self.pump(node);
@@ -128,9 +48,9 @@ impl Net {
     /// A read or write that may miss: returns the access once granted (settling the net).
     fn access(&mut self, node: usize, id: RegionId, op: OpId, write: bool) -> Access {
         let started = if write {
-            self.engines[node].start_write(id, op)
+            self.engine(node).start_write(id, op)
         } else {
-            self.engines[node].start_read(id, op)
+            self.engine(node).start_read(id, op)
         };
         self.pump(node);
         match started.unwrap() {
@@ -143,14 +63,14 @@ impl Net {
     }
 
     fn cache_state(&self, node: usize, id: RegionId) -> CacheState {
-        match self.engines[node].inspect(id) {
+        match self.inspect(node, id) {
             Some(EntrySnapshot::Cache { state, .. }) => state,
             other => panic!("no cache entry: {other:?}"),
         }
     }
 
     fn dir(&self, id: RegionId) -> DirState {
-        match self.engines[id.home.0 as usize].inspect(id) {
+        match self.inspect(id.home.0 as usize, id) {
             Some(EntrySnapshot::Home { dir, .. }) => dir,
             other => panic!("no home entry: {other:?}"),
         }
@@ -166,8 +86,8 @@ fn get(a: &Access) -> u64 {
 }
 
 /// Makes `nodes` hold shared copies of a fresh region homed at node 0.
-fn shared_by(net: &mut Net, nodes: &[usize]) -> (RegionId, Vec<Arc<RegionCell<Counter>>>) {
-    let id = net.engines[0].create(Counter { value: 1 }).id();
+fn shared_by(net: &mut Network, nodes: &[usize]) -> (RegionId, Vec<Arc<RegionCell<Counter>>>) {
+    let id = net.engine(0).create(Counter { value: 1 }).id();
     let mut cells = Vec::new();
     for &n in nodes {
         let cell = net.map(n, id);
@@ -180,9 +100,9 @@ fn shared_by(net: &mut Net, nodes: &[usize]) -> (RegionId, Vec<Arc<RegionCell<Co
 
 #[test]
 fn hits_send_nothing_and_readers_share_one_copy() {
-    let mut net = Net::new(2);
+    let mut net = Network::new(2, EngineConfig::default());
     let (id, cells) = shared_by(&mut net, &[1]);
-    let sent = net.engines[1].stats().messages_sent;
+    let sent = net.engine(1).stats().messages_sent;
     let r1 = cells[0].try_read().expect("read hit on a shared copy");
     let r2 = cells[0]
         .try_read()
@@ -194,7 +114,7 @@ fn hits_send_nothing_and_readers_share_one_copy() {
     );
     drop((r1, r2));
     assert_eq!(
-        net.engines[1].stats().messages_sent,
+        net.engine(1).stats().messages_sent,
         sent,
         "hits sent messages"
     );
@@ -205,11 +125,11 @@ fn hits_send_nothing_and_readers_share_one_copy() {
 fn recall_crossing_a_flush() {
     // n1 shares the region; n2 asks to write, so the home recalls n1's copy while n1 is
     // flushing it. The flush reaches the home first (same link), the recall finds n1 empty.
-    let mut net = Net::new(3);
+    let mut net = Network::new(3, EngineConfig::default());
     let (id, _cells) = shared_by(&mut net, &[1]);
     net.map(2, id);
     assert!(matches!(
-        net.engines[2].start_write(id, 1).unwrap(),
+        net.engine(2).start_write(id, 1).unwrap(),
         Start::Queued
     ));
     net.pump(2);
@@ -221,7 +141,7 @@ fn recall_crossing_a_flush() {
             kind: Recall::Invalidate
         })
     );
-    assert_eq!(net.engines[1].flush(id, 2).unwrap(), Progress::Pending);
+    assert_eq!(net.engine(1).flush(id, 2).unwrap(), Progress::Pending);
     net.pump(1);
     assert_eq!(
         net.peek(1, 0),
@@ -253,15 +173,15 @@ fn recall_crossing_a_flush() {
 fn modified_flush_crossing_a_downgrade() {
     // n1 holds the region modified and flushes it while the home, serving n2's read, asks n1
     // to downgrade: the home takes the data from the flush and the empty ack completes it.
-    let mut net = Net::new(3);
-    let id = net.engines[0].create(Counter { value: 1 }).id();
+    let mut net = Network::new(3, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
     net.map(1, id);
     let mut w = net.access(1, id, 1, true);
     set(&mut w, 42);
     drop(w);
     net.map(2, id);
     assert!(matches!(
-        net.engines[2].start_read(id, 2).unwrap(),
+        net.engine(2).start_read(id, 2).unwrap(),
         Start::Queued
     ));
     net.pump(2);
@@ -273,7 +193,7 @@ fn modified_flush_crossing_a_downgrade() {
             kind: Recall::Downgrade
         })
     );
-    assert_eq!(net.engines[1].flush(id, 3).unwrap(), Progress::Pending);
+    assert_eq!(net.engine(1).flush(id, 3).unwrap(), Progress::Pending);
     net.pump(1);
     assert!(matches!(
         net.peek(1, 0),
@@ -290,15 +210,15 @@ fn modified_flush_crossing_a_downgrade() {
 fn upgrade_crossing_an_invalidation_becomes_a_full_request() {
     // n1 and n2 share the region and both start writing. n2's upgrade wins; the home recalls
     // n1's copy while n1's own upgrade is in flight, so n1 must then receive full data.
-    let mut net = Net::new(3);
+    let mut net = Network::new(3, EngineConfig::default());
     let (id, _cells) = shared_by(&mut net, &[1, 2]);
     assert!(matches!(
-        net.engines[1].start_write(id, 1).unwrap(),
+        net.engine(1).start_write(id, 1).unwrap(),
         Start::Queued
     ));
     net.pump(1);
     assert!(matches!(
-        net.engines[2].start_write(id, 2).unwrap(),
+        net.engine(2).start_write(id, 2).unwrap(),
         Start::Queued
     ));
     net.pump(2);
@@ -338,15 +258,15 @@ fn upgrade_crossing_an_invalidation_becomes_a_full_request() {
 
 #[test]
 fn requests_queue_behind_a_busy_region_in_fifo_order() {
-    let mut net = Net::new(4);
-    let id = net.engines[0].create(Counter { value: 0 }).id();
+    let mut net = Network::new(4, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 0 }).id();
     for n in 1..4 {
         net.map(n, id);
     }
     let w = net.access(1, id, 1, true); // n1 owns it, write in progress: the home will wait
     for (n, op) in [(2usize, 2u64), (3, 3)] {
         assert!(matches!(
-            net.engines[n].start_write(id, op).unwrap(),
+            net.engine(n).start_write(id, op).unwrap(),
             Start::Queued
         ));
         net.pump(n);
@@ -354,7 +274,7 @@ fn requests_queue_behind_a_busy_region_in_fifo_order() {
     net.deliver(2, 0); // n2 first: the home recalls n1, which defers (write in progress)
     net.deliver(3, 0); // n3 queues
     assert!(matches!(
-        net.engines[0].start_read(id, 4).unwrap(),
+        net.engine(0).start_read(id, 4).unwrap(),
         Start::Queued
     )); // the home too
     net.pump(0);
@@ -367,7 +287,7 @@ fn requests_queue_behind_a_busy_region_in_fifo_order() {
     let mut w = w;
     set(&mut w, 1);
     drop(w);
-    net.engines[1].process_drained();
+    net.engine(1).process_drained();
     net.pump(1);
     assert_eq!(net.in_flight(1, 0), 1, "write ended: the ack goes out");
     let mut order = Vec::new();
@@ -381,7 +301,7 @@ fn requests_queue_behind_a_busy_region_in_fifo_order() {
                     set(&mut a, v + 1);
                 }
                 drop(a);
-                net.engines[n].process_drained();
+                net.engine(n).process_drained();
                 net.pump(n);
             }
         }
@@ -396,8 +316,8 @@ fn requests_queue_behind_a_busy_region_in_fifo_order() {
 
 #[test]
 fn home_waits_on_a_remote_owner() {
-    let mut net = Net::new(2);
-    let home_cell = net.engines[0].create(Counter { value: 0 });
+    let mut net = Network::new(2, EngineConfig::default());
+    let home_cell = net.engine(0).create(Counter { value: 0 });
     let id = home_cell.id();
     net.map(1, id);
     let mut w = net.access(1, id, 1, true);
@@ -407,7 +327,7 @@ fn home_waits_on_a_remote_owner() {
         "the home's copy is stale: no hit"
     );
     assert!(matches!(
-        net.engines[0].start_read(id, 2).unwrap(),
+        net.engine(0).start_read(id, 2).unwrap(),
         Start::Queued
     ));
     net.pump(0);
@@ -417,7 +337,7 @@ fn home_waits_on_a_remote_owner() {
         "the home must wait for the remote write to end"
     );
     drop(w);
-    net.engines[1].process_drained();
+    net.engine(1).process_drained();
     net.pump(1);
     net.settle();
     let r = net
@@ -435,20 +355,20 @@ fn home_waits_on_a_remote_owner() {
 
 #[test]
 fn delete_racing_a_map() {
-    let mut net = Net::new(2);
-    let id = net.engines[0].create(Counter { value: 0 }).id();
-    let (_cell, progress) = net.engines[1].map::<Counter>(id, 1).unwrap();
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 0 }).id();
+    let (_cell, progress) = net.engine(1).map::<Counter>(id, 1).unwrap();
     assert_eq!(progress, Progress::Pending);
     net.pump(1);
     assert_eq!(
-        net.engines[0].delete(id, 2).unwrap(),
+        net.engine(0).delete(id, 2).unwrap(),
         Progress::Done,
         "no copies: immediate"
     );
     net.settle();
     assert_eq!(net.completed(1, 1), Some(Err(OpError::Deleted(id))));
     assert!(matches!(
-        net.engines[1].map::<Counter>(id, 3),
+        net.engine(1).map::<Counter>(id, 3),
         Ok((_, Progress::Pending))
     ));
     net.pump(1);
@@ -458,11 +378,11 @@ fn delete_racing_a_map() {
 
 #[test]
 fn delete_while_mapped_elsewhere_fails_the_next_access_and_never_hangs() {
-    let mut net = Net::new(3);
+    let mut net = Network::new(3, EngineConfig::default());
     let (id, cells) = shared_by(&mut net, &[1]);
     net.map(2, id); // mapped at n2 but holding no copy
     let r = cells[0].try_read().expect("n1 is reading");
-    assert_eq!(net.engines[0].delete(id, 1).unwrap(), Progress::Pending);
+    assert_eq!(net.engine(0).delete(id, 1).unwrap(), Progress::Pending);
     net.pump(0);
     net.settle();
     assert!(
@@ -470,47 +390,47 @@ fn delete_while_mapped_elsewhere_fails_the_next_access_and_never_hangs() {
         "delete waits for n1's read to end"
     );
     drop(r);
-    net.engines[1].process_drained();
+    net.engine(1).process_drained();
     net.pump(1);
     net.settle();
     assert_eq!(net.completed(0, 1), Some(Ok(())));
     assert!(cells[0].try_read().is_none());
     assert_eq!(
-        net.engines[1].start_read(id, 2).unwrap_err(),
+        net.engine(1).start_read(id, 2).unwrap_err(),
         OpError::Deleted(id)
     );
     // n2 learns at its next request.
     assert!(matches!(
-        net.engines[2].start_write(id, 3).unwrap(),
+        net.engine(2).start_write(id, 3).unwrap(),
         Start::Queued
     ));
     net.pump(2);
     net.settle();
     assert_eq!(net.completed(2, 3), Some(Err(OpError::Deleted(id))));
     assert_eq!(
-        net.engines[2].start_read(id, 4).unwrap_err(),
+        net.engine(2).start_read(id, 4).unwrap_err(),
         OpError::Deleted(id)
     );
     // The home too; deleting again is idempotent.
     assert_eq!(
-        net.engines[0].start_read(id, 5).unwrap_err(),
+        net.engine(0).start_read(id, 5).unwrap_err(),
         OpError::Deleted(id)
     );
-    assert_eq!(net.engines[0].delete(id, 6).unwrap(), Progress::Done);
+    assert_eq!(net.engine(0).delete(id, 6).unwrap(), Progress::Done);
 }
 
 #[test]
 fn mapping_as_the_wrong_type_is_an_error() {
-    let mut net = Net::new(2);
-    let id = net.engines[0].create(Counter { value: 0 }).id();
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 0 }).id();
     assert!(matches!(
-        net.engines[0].map::<Other>(id, 1),
+        net.engine(0).map::<Other>(id, 1),
         Err(OpError::WrongType {
             expected: "Other",
             ..
         })
     ));
-    let (_c, progress) = net.engines[1].map::<Other>(id, 2).unwrap();
+    let (_c, progress) = net.engine(1).map::<Other>(id, 2).unwrap();
     assert_eq!(progress, Progress::Pending);
     net.pump(1);
     net.settle();
@@ -523,7 +443,7 @@ fn mapping_as_the_wrong_type_is_an_error() {
     }
     // A region that never existed.
     let ghost = RegionId::new(NodeId(0), 999);
-    net.engines[1].map::<Counter>(ghost, 3).unwrap();
+    net.engine(1).map::<Counter>(ghost, 3).unwrap();
     net.pump(1);
     net.settle();
     assert_eq!(net.completed(1, 3), Some(Err(OpError::NoSuchRegion(ghost))));
@@ -531,7 +451,7 @@ fn mapping_as_the_wrong_type_is_an_error() {
 
 #[test]
 fn protocol_violations_are_reported_not_applied() {
-    let mut net = Net::new(3);
+    let mut net = Network::new(3, EngineConfig::default());
     let (id, cells) = shared_by(&mut net, &[1]);
     // Unasked-for data, and data from a node that is not the home.
     let bogus = Message::Data {
@@ -540,22 +460,22 @@ fn protocol_violations_are_reported_not_applied() {
         image: None,
     };
     assert!(
-        net.engines[1]
+        net.engine(1)
             .handle_message(NodeId(0), bogus.clone())
             .is_err()
     );
-    assert!(net.engines[1].handle_message(NodeId(2), bogus).is_err());
+    assert!(net.engine(1).handle_message(NodeId(2), bogus).is_err());
     // A recall ack nobody asked for, a refusal sent to a home.
     let ack = Message::RecallAck {
         region: id,
         image: None,
     };
-    assert!(net.engines[0].handle_message(NodeId(2), ack).is_err());
+    assert!(net.engine(0).handle_message(NodeId(2), ack).is_err());
     let refusal = Message::Refused {
         region: id,
         reason: Refusal::Deleted,
     };
-    assert!(net.engines[0].handle_message(NodeId(1), refusal).is_err());
+    assert!(net.engine(0).handle_message(NodeId(1), refusal).is_err());
     // Nothing changed.
     assert_eq!(net.cache_state(1, id), CacheState::Shared);
     assert_eq!(cells[0].try_read().expect("still a hit").value, 1);
@@ -564,41 +484,44 @@ fn protocol_violations_are_reported_not_applied() {
 
 #[test]
 fn unmapped_regions_stay_cached_until_evicted_then_flush_home() {
-    let mut net = Net::new(2);
-    net.engines[1] = Engine::new(
-        NodeId(1),
-        EngineConfig {
-            unmapped_capacity: 1,
-            ..EngineConfig::default()
-        },
+    let mut net = Network::new(2, EngineConfig::default());
+    net.replace_engine(
+        1,
+        Engine::new(
+            NodeId(1),
+            EngineConfig {
+                unmapped_capacity: 1,
+                ..EngineConfig::default()
+            },
+        ),
     );
-    let a = net.engines[0].create(Counter { value: 0 }).id();
-    let b = net.engines[0].create(Counter { value: 0 }).id();
+    let a = net.engine(0).create(Counter { value: 0 }).id();
+    let b = net.engine(0).create(Counter { value: 0 }).id();
     for (id, v, op) in [(a, 10, 1), (b, 20, 2)] {
         net.map(1, id);
         let mut w = net.access(1, id, op, true);
         set(&mut w, v);
         drop(w);
     }
-    net.engines[1].unmap(a).unwrap();
+    net.engine(1).unmap(a).unwrap();
     net.pump(1);
     assert_eq!(net.in_flight(1, 0), 0, "within capacity: still cached");
-    let sent = net.engines[1].stats().messages_sent;
-    let (cell, progress) = net.engines[1].map::<Counter>(a, 3).unwrap();
+    let sent = net.engine(1).stats().messages_sent;
+    let (cell, progress) = net.engine(1).map::<Counter>(a, 3).unwrap();
     assert_eq!(
         progress,
         Progress::Done,
         "remap of a cached region is local"
     );
-    assert_eq!(net.engines[1].stats().messages_sent, sent);
+    assert_eq!(net.engine(1).stats().messages_sent, sent);
     assert_eq!(cell.try_read().expect("still modified here").value, 10);
     drop(cell);
-    net.engines[1].unmap(a).unwrap();
+    net.engine(1).unmap(a).unwrap();
     assert!(
-        net.engines[1].unmap(a).is_err(),
+        net.engine(1).unmap(a).is_err(),
         "unmapping more often than mapped is an error"
     );
-    net.engines[1].unmap(b).unwrap(); // over capacity: a (least recent) is flushed home
+    net.engine(1).unmap(b).unwrap(); // over capacity: a (least recent) is flushed home
     net.pump(1);
     assert!(
         matches!(net.peek(1, 0), Some(Message::Flush { region, image: Some(_) }) if *region == a)
