@@ -35,7 +35,7 @@ fn shape(seed: u64, wire: bool) -> SimConfig {
     SimConfig {
         nodes: 2 + (seed % 7) as usize,
         regions: 1 + (seed * 7 % 16) as usize,
-        deletes: seed % 4 == 0,
+        deletes: seed.is_multiple_of(4),
         unmapped_capacity: (seed % 5) as usize,
         max_ops_per_node: 2 + (seed % 4) as usize,
         wire,

@@ -26,7 +26,7 @@ fn random_schedules_keep_every_invariant() {
     for seed in 0..60u64 {
         let nodes = 2 + (seed as usize % 7);
         let regions = 1 + (seed as usize * 5 % 16);
-        let cfg = config(nodes, regions, seed % 3 == 0, seed as usize % 4);
+        let cfg = config(nodes, regions, seed.is_multiple_of(3), seed as usize % 4);
         match Sim::run_random(cfg, seed, 2_000) {
             Ok(report) => total.add(&report),
             Err(failure) => panic!("{failure}"),

@@ -902,12 +902,12 @@ impl Sim {
                     )));
                 }
                 for n in 0..self.cfg.nodes {
-                    if let Some(EntrySnapshot::Cache { state, .. }) = self.engines[n].inspect(id) {
-                        if state != CacheState::Invalid {
-                            return Err(self.fail(format!(
-                                "n{n} still holds a {state:?} copy of deleted {id}"
-                            )));
-                        }
+                    if let Some(EntrySnapshot::Cache { state, .. }) = self.engines[n].inspect(id)
+                        && state != CacheState::Invalid
+                    {
+                        return Err(
+                            self.fail(format!("n{n} still holds a {state:?} copy of deleted {id}"))
+                        );
                     }
                 }
                 continue;

@@ -304,14 +304,14 @@ impl Engine {
             self.cache_advance(id);
             return Ok(());
         }
-        if let Message::FlushAck { .. } = msg {
-            if let Some(n) = self.stray_flush_acks.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.stray_flush_acks.remove(&id);
-                }
-                return Ok(());
+        if let Message::FlushAck { .. } = msg
+            && let Some(n) = self.stray_flush_acks.get_mut(&id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.stray_flush_acks.remove(&id);
             }
+            return Ok(());
         }
         let Some(entry) = self.cache.get_mut(&id) else {
             return Err(self.violation(
