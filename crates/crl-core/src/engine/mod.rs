@@ -8,10 +8,10 @@
 //! ([`poll_event`](Engine::poll_event)). It does no I/O, reads no clock, starts no thread and
 //! draws no random number, so a simulator can drive many engines deterministically.
 //!
-//! - [`home`] holds the **home directory**: for each region created here, the master copy, who
+//! - `home.rs` holds the **home directory**: for each region created here, the master copy, who
 //!   holds copies (`Unowned` / `Shared{sharers}` / `Exclusive{owner}`), and a FIFO queue of the
 //!   requests that arrive while one is being served.
-//! - [`cache`] holds the **cache entries** of regions homed elsewhere: `Invalid` / `Shared` /
+//! - `cache.rs` holds the **cache entries** of regions homed elsewhere: `Invalid` / `Shared` /
 //!   `Modified`, the request in flight, a deferred recall and the local operations waiting.
 //! - [`access`] holds the hit path shared with the program's threads ([`RegionCell`]).
 //!
