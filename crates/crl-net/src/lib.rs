@@ -1,5 +1,11 @@
-//! crl-net: the async driver that runs the crl-core protocol engine over QUIC.
+//! crl-net: runs the crl-core protocol engine over QUIC, with mutual TLS.
 //!
-//! Not built yet: the QUIC transport, mutual TLS, the `Node`/`Cluster` API and the
-//! `crl-node` binary arrive with the cluster issue. Until then the engine runs only inside
-//! the deterministic simulator (`crl_core::sim`).
+//! - `tls`: the cluster CA, per-node certificates and the rustls/quinn configurations.
+//! - `config`: a node's configuration, from a TOML file or built in code.
+//! - `frame`: length-bounded frames on QUIC streams.
+//! - `transport`: connections between nodes, the authenticated hello, one stream per
+//!   direction per peer pair (the per-link FIFO the engine assumes).
+//! - `node`: the async driver, `Node`, `Handle<T>` and `Cluster::local`.
+
+pub mod config;
+pub mod tls;

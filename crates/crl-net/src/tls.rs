@@ -1,0 +1,1 @@
+//! The cluster CA, node certificates, and the rustls/quinn configurations (in progress).
