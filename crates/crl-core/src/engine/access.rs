@@ -368,6 +368,22 @@ impl<T: Region> Drop for WriteGuard<'_, T> {
     }
 }
 
+impl<T: Region> fmt::Debug for ReadGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field("region", &self.cell.id)
+            .finish()
+    }
+}
+
+impl<T: Region> fmt::Debug for WriteGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteGuard")
+            .field("region", &self.cell.id)
+            .finish()
+    }
+}
+
 /// The kind of an [`Access`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccessMode {

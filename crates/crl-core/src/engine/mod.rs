@@ -551,6 +551,18 @@ impl Engine {
         result
     }
 
+    /// Revokes every hit permission on this node, so every later access takes the slow path
+    /// (used when a node shuts down: accesses then fail instead of touching stale copies).
+    /// Accesses in progress are not interrupted.
+    pub fn revoke_all(&mut self) {
+        for e in self.homes.values() {
+            e.cell.word().revoke();
+        }
+        for e in self.cache.values() {
+            e.cell.word().revoke();
+        }
+    }
+
     /// The protocol state of `id` at this node.
     pub fn inspect(&self, id: RegionId) -> Option<EntrySnapshot> {
         if id.home == self.node {
