@@ -859,7 +859,8 @@ mod tests {
 
         let (server_ep, outcome) = timeout(WAIT * 2, accept).await.unwrap().unwrap();
         match outcome {
-            None => {}
+            None => panic!("the intruder's handshake never reached the server"),
+            // The expected outcome: the handshake fails on the server (bad client cert).
             Some(Ok(Err(_))) => {}
             Some(Ok(Ok(conn))) => panic!(
                 "server accepted a foreign client: {:?}",
