@@ -6,7 +6,9 @@
 //! protocol keeps every cached copy coherent.
 //!
 //! This facade re-exports the crates: [`core`] (regions, wire format, protocol engine) and
-//! [`net`] (the QUIC driver, in progress).
+//! [`net`] (the QUIC transport with mutual TLS and the node driver). The everyday API is
+//! re-exported here: [`Cluster`], [`Node`], [`Handle`], [`Error`], and [`blocking`] for programs
+//! without an async runtime.
 
 pub use crl_core as core;
 #[doc(hidden)]
@@ -14,3 +16,5 @@ pub use crl_core::__private;
 pub use crl_core::{CodecError, NodeId, Region, RegionId};
 pub use crl_core::{RegionField, RegionRef};
 pub use crl_net as net;
+pub use crl_net::blocking;
+pub use crl_net::{Cluster, Error, Handle, Node, NodeConfig, NodeStats};

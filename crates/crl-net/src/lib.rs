@@ -6,6 +6,14 @@
 //! - `transport`: connections between nodes, the authenticated hello, one stream per
 //!   direction per peer pair (the per-link FIFO the engine assumes).
 //! - `node`: the async driver, `Node`, `Handle<T>` and `Cluster::local`.
+//! - `blocking`: the same API for programs without an async runtime.
 
+pub mod blocking;
 pub mod config;
+pub mod frame;
+pub mod node;
 pub mod tls;
+pub mod transport;
+
+pub use config::NodeConfig;
+pub use node::{Cluster, Error, Handle, Node, NodeStats};

@@ -189,6 +189,20 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// Sets [`unmapped_capacity`](Self::unmapped_capacity).
+    pub fn with_unmapped_capacity(mut self, capacity: usize) -> Self {
+        self.unmapped_capacity = capacity;
+        self
+    }
+
+    /// Sets [`on_drain`](Self::on_drain).
+    pub fn with_on_drain(mut self, on_drain: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_drain = Some(on_drain);
+        self
+    }
+}
+
 impl std::fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineConfig")

@@ -1,0 +1,198 @@
+//! The public API on a real in-process cluster (QUIC with mutual TLS on 127.0.0.1): every
+//! call and every error, concurrent writers on several nodes, and the blocking facade.
+
+use std::time::{Duration, Instant};
+
+use crl::{Cluster, Error, NodeId, Region, RegionId};
+
+#[derive(Region, Clone, Debug, PartialEq)]
+struct Counter {
+    value: u64,
+}
+
+#[derive(Region, Clone, Debug, PartialEq)]
+struct Flight {
+    seats: u32,
+    booked: u32,
+    passengers: Vec<String>,
+}
+
+async fn cluster(n: usize) -> Cluster {
+    Cluster::local_with(n, |c| c.op_timeout = Duration::from_millis(1500))
+        .await
+        .expect("local cluster")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_works_across_nodes() {
+    let c = cluster(3).await;
+    let (a, b, d) = (c.node(0), c.node(1), c.node(2));
+    let f = a
+        .create(Flight {
+            seats: 2,
+            booked: 0,
+            passengers: vec![],
+        })
+        .await
+        .unwrap();
+    a.bind("flight/UA100", f.id()).await.unwrap();
+    a.bind("flight/UA100", f.id()).await.unwrap(); // idempotent
+    let id = b.lookup("flight/UA100").await.unwrap();
+    assert_eq!(id, f.id());
+    let g = b.map::<Flight>(id).await.unwrap();
+    {
+        let r = g.start_read().await.unwrap();
+        assert_eq!(r.seats, 2);
+        r.end();
+    }
+    {
+        let mut w = g.start_write().await.unwrap();
+        w.booked += 1;
+        w.passengers.push("ada".into());
+        w.end();
+    }
+    let h = d.map::<Flight>(id).await.unwrap();
+    assert_eq!(
+        h.start_read().await.unwrap().passengers,
+        vec!["ada".to_string()]
+    );
+    g.flush().await.unwrap();
+    assert_eq!(f.start_read().await.unwrap().booked, 1);
+    let stats = b.stats();
+    assert_eq!(stats.node, NodeId(1));
+    assert!(stats.engine.misses >= 2, "{stats:?}");
+    assert!(
+        stats
+            .peers
+            .iter()
+            .any(|p| p.messages_sent > 0 && p.bytes_sent > 0)
+    );
+    assert_eq!(stats.violations, 0);
+    d.unbind("flight/UA100").await.unwrap();
+    assert!(matches!(
+        a.lookup("flight/UA100").await,
+        Err(Error::NameNotFound(_))
+    ));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_typed() {
+    let c = cluster(2).await;
+    let (a, b) = (c.node(0), c.node(1));
+    let counter = a.create(Counter { value: 0 }).await.unwrap();
+    // Wrong type, at the home and remotely.
+    assert!(matches!(
+        a.map::<Flight>(counter.id()).await,
+        Err(Error::WrongType { .. })
+    ));
+    assert!(matches!(
+        b.map::<Flight>(counter.id()).await,
+        Err(Error::WrongType { .. })
+    ));
+    // No such region; a home outside the cluster.
+    let ghost = RegionId::new(NodeId(0), 9_999);
+    assert!(matches!(
+        b.map::<Counter>(ghost).await,
+        Err(Error::NoSuchRegion(_))
+    ));
+    let alien = RegionId::new(NodeId(42), 1);
+    assert!(matches!(
+        b.map::<Counter>(alien).await,
+        Err(Error::UnknownNode(NodeId(42)))
+    ));
+    // Names.
+    assert!(matches!(
+        b.lookup("nothing/here").await,
+        Err(Error::NameNotFound(_))
+    ));
+    a.bind("taken", counter.id()).await.unwrap();
+    let other = a.create(Counter { value: 1 }).await.unwrap();
+    assert!(matches!(
+        b.bind("taken", other.id()).await,
+        Err(Error::NameTaken { .. })
+    ));
+    // Deleted: the next access on any node fails, never hangs.
+    let remote = b.map::<Counter>(counter.id()).await.unwrap();
+    drop(remote.start_read().await.unwrap());
+    b.delete(counter.id()).await.unwrap();
+    assert!(matches!(remote.start_read().await, Err(Error::Deleted(_))));
+    assert!(matches!(
+        counter.start_write().await,
+        Err(Error::Deleted(_))
+    ));
+    assert!(matches!(
+        a.map::<Counter>(counter.id()).await,
+        Err(Error::Deleted(_))
+    ));
+    b.delete(counter.id()).await.unwrap(); // idempotent
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_home_gives_a_bounded_error() {
+    let c = cluster(3).await;
+    let counter = c.node(2).create(Counter { value: 7 }).await.unwrap();
+    let remote = c.node(1).map::<Counter>(counter.id()).await.unwrap();
+    c.node(2).shutdown().await;
+    let started = Instant::now();
+    let err = remote.start_write().await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, Error::HomeUnreachable { .. } | Error::TimedOut { .. }),
+        "{err}"
+    );
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    // The stopped node itself refuses work.
+    assert!(matches!(counter.start_write().await, Err(Error::ShutDown)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_every_node_lose_no_update() {
+    let c = cluster(3).await;
+    let counter = c.node(0).create(Counter { value: 0 }).await.unwrap();
+    let mut tasks = Vec::new();
+    for node in c.nodes() {
+        let h = node.map::<Counter>(counter.id()).await.unwrap();
+        for _ in 0..3 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..100 {
+                    let mut w = h.start_write().await.expect("write");
+                    w.value += 1;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.start_read().await.unwrap().value, 900);
+    c.shutdown().await;
+}
+
+#[test]
+fn blocking_facade_from_plain_threads() {
+    let c = crl::blocking::Cluster::local(2).unwrap();
+    let counter = c.node(0).create(Counter { value: 0 }).unwrap();
+    c.node(0).bind("blocking/counter", counter.id()).unwrap();
+    let id = c.node(1).lookup("blocking/counter").unwrap();
+    std::thread::scope(|s| {
+        for n in 0..2 {
+            let node = c.node(n).clone();
+            s.spawn(move || {
+                let h = node.map::<Counter>(id).unwrap();
+                for _ in 0..100 {
+                    h.start_write().unwrap().value += 1;
+                }
+            });
+        }
+    });
+    assert_eq!(counter.start_read().unwrap().value, 200);
+    assert!(matches!(
+        c.node(1).lookup("missing"),
+        Err(Error::NameNotFound(_))
+    ));
+    c.shutdown();
+}
