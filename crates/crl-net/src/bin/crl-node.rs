@@ -1,0 +1,294 @@
+//! `crl-node`: runs one crl node, and manages the cluster's certificates.
+//!
+//! ```text
+//! crl-node cert init  --dir certs [--cluster-name NAME] [--force]   # ca.pem, ca-key.pem
+//! crl-node cert issue --dir certs --id 0 --id 1 --id 2 [--force]   # node-<id>.pem, node-<id>-key.pem
+//! crl-node run --config cluster.toml --id 1                         # or: crl-node --config cluster.toml --id 1
+//! ```
+//!
+//! The cluster file's format is described in `crl_net::config`. Exit codes: 0 on success
+//! (and on a clean shutdown after SIGINT/SIGTERM), 1 on a runtime error such as a bad
+//! configuration, 2 on a command-line usage error.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use crl_core::NodeId;
+use crl_net::config::NodeConfig;
+use crl_net::node::Node;
+use crl_net::tls::ClusterCa;
+
+/// Runs a crl node, or manages the cluster's certificates.
+#[derive(Debug, Parser)]
+#[command(name = "crl-node", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Shorthand for `run --config FILE`.
+    #[arg(long, value_name = "FILE", requires = "id")]
+    config: Option<PathBuf>,
+
+    /// Shorthand for `run --id N`.
+    #[arg(long, value_name = "N", requires = "config")]
+    id: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one node of the cluster described by a cluster file until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Creates the cluster CA and issues node certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The cluster file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// This node's id: which `[[node]]` entry of the file to run.
+    #[arg(long, value_name = "N")]
+    id: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Generates a new cluster CA: writes DIR/ca.pem and DIR/ca-key.pem.
+    Init {
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Name recorded in the CA certificate.
+        #[arg(long, value_name = "NAME", default_value = "crl")]
+        cluster_name: String,
+        /// Overwrite an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issues node certificates from the CA in DIR: writes DIR/node-<id>.pem and
+    /// DIR/node-<id>-key.pem for each id.
+    Issue {
+        /// Directory holding ca.pem and ca-key.pem; the node files are written there too.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A node id; repeat (`--id 0 --id 1`) or separate with commas (`--id 0,1`).
+        #[arg(long = "id", value_name = "N", required = true, value_delimiter = ',')]
+        ids: Vec<u32>,
+        /// Overwrite existing node files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A failure reported as one line on stderr, with the process's exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Cert(cert)) => run_cert(cert),
+        Some(Command::Run(args)) => run_node(&args),
+        None => match (cli.config, cli.id) {
+            (Some(config), Some(id)) => run_node(&RunArgs { config, id }),
+            _ => {
+                // No subcommand and no shorthand: show the usage.
+                eprintln!("{}", Cli::command().render_help());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("{}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run_cert(cert: CertCommand) -> Result<(), Failure> {
+    match cert {
+        CertCommand::Init {
+            dir,
+            cluster_name,
+            force,
+        } => {
+            let what = "crl-node cert init";
+            let files = [dir.join("ca.pem"), dir.join("ca-key.pem")];
+            refuse_overwrite(what, &files, force)?;
+            create_dir(what, &dir)?;
+            let ca = ClusterCa::generate(&cluster_name)
+                .map_err(|e| Failure::new(format!("{what}: cannot generate the CA: {e}")))?;
+            ca.write_pem_files(&dir).map_err(|e| {
+                Failure::new(format!("{what}: cannot write to {}: {e}", dir.display()))
+            })?;
+            for file in &files {
+                println!("wrote {}", file.display());
+            }
+            Ok(())
+        }
+        CertCommand::Issue { dir, ids, force } => {
+            let what = "crl-node cert issue";
+            let files: Vec<[PathBuf; 2]> = ids
+                .iter()
+                .map(|id| {
+                    [
+                        dir.join(format!("node-{id}.pem")),
+                        dir.join(format!("node-{id}-key.pem")),
+                    ]
+                })
+                .collect();
+            refuse_overwrite(what, files.iter().flatten(), force)?;
+            let ca = ClusterCa::read_pem_files(&dir).map_err(|e| {
+                Failure::new(format!(
+                    "{what}: cannot read the CA from {} (run `crl-node cert init --dir {}` first?): {e}",
+                    dir.display(),
+                    dir.display()
+                ))
+            })?;
+            for (&id, files) in ids.iter().zip(&files) {
+                let identity = ca.issue(NodeId(id)).map_err(|e| {
+                    Failure::new(format!(
+                        "{what}: cannot issue a certificate for node {id}: {e}"
+                    ))
+                })?;
+                identity.write_pem_files(&dir).map_err(|e| {
+                    Failure::new(format!("{what}: cannot write to {}: {e}", dir.display()))
+                })?;
+                for file in files {
+                    println!("wrote {}", file.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fails if any of `files` exists, unless `force`.
+fn refuse_overwrite<'a>(
+    what: &str,
+    files: impl IntoIterator<Item = &'a PathBuf>,
+    force: bool,
+) -> Result<(), Failure> {
+    if force {
+        return Ok(());
+    }
+    match files.into_iter().find(|f| f.exists()) {
+        Some(file) => Err(Failure::new(format!(
+            "{what}: {} already exists (use --force to overwrite)",
+            file.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn create_dir(what: &str, dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Failure::new(format!(
+            "{what}: cannot create directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+fn run_node(args: &RunArgs) -> Result<(), Failure> {
+    let config = NodeConfig::from_file(&args.config, NodeId(args.id))
+        .map_err(|e| Failure::new(format!("crl-node: bad configuration: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("crl-node: cannot start the tokio runtime: {e}")))?;
+    runtime.block_on(serve(config))
+}
+
+/// Runs the node until SIGINT or SIGTERM, then shuts it down.
+async fn serve(config: NodeConfig) -> Result<(), Failure> {
+    let (id, cluster_id) = (config.node, config.cluster_id);
+    // Handlers first, so that a signal arriving right after the announcement is not lost.
+    let mut signals = Signals::install().map_err(|e| {
+        Failure::new(format!(
+            "crl-node {id}: cannot install signal handlers: {e}"
+        ))
+    })?;
+    let node = Node::start(config)
+        .await
+        .map_err(|e| Failure::new(format!("crl-node {id}: cannot start: {e}")))?;
+    println!(
+        "crl-node {id} listening on {}, cluster {cluster_id}",
+        node.local_addr()
+    );
+    let _ = std::io::stdout().flush();
+
+    let signal = signals.next().await;
+    eprintln!("crl-node {id}: {signal}, shutting down");
+    tokio::select! {
+        () = node.shutdown() => {}
+        signal = signals.next() => {
+            return Err(Failure::new(format!(
+                "crl-node {id}: {signal} during shutdown, exiting without finishing it"
+            )));
+        }
+    }
+    eprintln!("crl-node {id}: stopped");
+    Ok(())
+}
+
+/// SIGINT and (on unix) SIGTERM, registered up front.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT received",
+                _ = self.terminate.recv() => "SIGTERM received",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C received",
+                // Without signal handling the node runs until killed.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}

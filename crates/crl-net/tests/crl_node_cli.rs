@@ -1,0 +1,253 @@
+//! The `crl-node` binary's command line: certificate commands and configuration errors.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_crl-node");
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "crl-node-cli-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn crl_node(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run crl-node")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// `cert init` then `cert issue` in `dir`.
+fn make_certs(dir: &Path, ids: &[&str]) {
+    let out = crl_node(&["cert", "init", "--dir", s(dir), "--cluster-name", "test"]);
+    assert!(out.status.success(), "cert init: {}", stderr(&out));
+    let mut args = vec!["cert", "issue", "--dir", s(dir)];
+    for id in ids {
+        args.extend(["--id", id]);
+    }
+    let out = crl_node(&args);
+    assert!(out.status.success(), "cert issue: {}", stderr(&out));
+}
+
+#[test]
+fn cert_init_and_issue_write_the_files() {
+    let tmp = TempDir::new("certs");
+    let dir = tmp.path().join("certs"); // created by `cert init`
+    make_certs(&dir, &["0", "1,2"]);
+    for name in [
+        "ca.pem",
+        "ca-key.pem",
+        "node-0.pem",
+        "node-0-key.pem",
+        "node-1.pem",
+        "node-1-key.pem",
+        "node-2.pem",
+        "node-2-key.pem",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains("-----BEGIN "), "{name} is not PEM");
+    }
+
+    // Issuing again refuses to overwrite, unless forced.
+    let out = crl_node(&["cert", "issue", "--dir", s(&dir), "--id", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("node-1.pem already exists"),
+        "{}",
+        stderr(&out)
+    );
+    let out = crl_node(&["cert", "issue", "--dir", s(&dir), "--id", "1", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn cert_init_twice_needs_force() {
+    let tmp = TempDir::new("init-twice");
+    let dir = s(tmp.path());
+    let out = crl_node(&["cert", "init", "--dir", dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ca = std::fs::read(tmp.path().join("ca.pem")).unwrap();
+
+    let out = crl_node(&["cert", "init", "--dir", dir]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("ca.pem already exists"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("ca.pem")).unwrap(),
+        ca,
+        "CA untouched"
+    );
+
+    let out = crl_node(&["cert", "init", "--dir", dir, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(
+        std::fs::read(tmp.path().join("ca.pem")).unwrap(),
+        ca,
+        "new CA"
+    );
+}
+
+#[test]
+fn cert_issue_without_ca_fails() {
+    let tmp = TempDir::new("no-ca");
+    let out = crl_node(&["cert", "issue", "--dir", s(tmp.path()), "--id", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read the CA"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn write_cluster_file(dir: &Path, addr0: &str) -> PathBuf {
+    let path = dir.join("cluster.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "cluster_id = 7\nca = \"certs/ca.pem\"\n\n\
+             [[node]]\nid = 0\naddr = \"{addr0}\"\n\n\
+             [[node]]\nid = 1\naddr = \"127.0.0.1:1\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn run_with_unknown_id_fails_clearly() {
+    let tmp = TempDir::new("unknown-id");
+    let config = write_cluster_file(tmp.path(), "127.0.0.1:7000");
+    for args in [
+        vec!["run", "--config", s(&config), "--id", "5"],
+        vec!["--config", s(&config), "--id", "5"],
+    ] {
+        let out = crl_node(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("node id 5 is not in the cluster file"),
+            "{err}"
+        );
+        assert!(err.contains("cluster.toml"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    }
+}
+
+#[test]
+fn run_with_bad_config_fails_clearly() {
+    let tmp = TempDir::new("bad-config");
+    let config = write_cluster_file(tmp.path(), "nowhere");
+    let out = crl_node(&["run", "--config", s(&config), "--id", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad address \"nowhere\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = tmp.path().join("missing.toml");
+    let out = crl_node(&["run", "--config", s(&missing), "--id", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(crl_node(&[]).status.code(), Some(2));
+    assert_eq!(crl_node(&["--config", "x.toml"]).status.code(), Some(2));
+    assert_eq!(
+        crl_node(&["cert", "issue", "--dir", "x"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(crl_node(&["run", "--id", "zero"]).status.code(), Some(2));
+}
+
+/// With a valid configuration the node announces where it listens, runs until SIGTERM and
+/// exits 0.
+#[test]
+fn run_with_valid_config_until_sigterm() {
+    let tmp = TempDir::new("run");
+    make_certs(&tmp.path().join("certs"), &["0", "1"]);
+    let config = write_cluster_file(tmp.path(), "127.0.0.1:0");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", s(&config), "--id", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining, so that the child never writes into a closed pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("crl-node did not start within 30 s");
+    };
+    if line.is_empty() {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "crl-node exited ({}) without starting: {}",
+            out.status,
+            stderr(&out)
+        );
+    }
+    assert!(
+        line.starts_with("crl-node n0 listening on 127.0.0.1:"),
+        "{line}"
+    );
+    assert!(line.trim_end().ends_with(", cluster 7"), "{line}");
+    #[cfg(unix)]
+    {
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
