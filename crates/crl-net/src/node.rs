@@ -190,6 +190,7 @@ pub struct NameTable {
 
 struct NodeInner {
     id: NodeId,
+    cluster_id: u64,
     state: Mutex<EngineState>,
     transport: Transport,
     members: Vec<NodeId>,
@@ -248,6 +249,7 @@ impl Node {
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(NodeInner {
             id,
+            cluster_id: config.cluster_id,
             state: Mutex::new(EngineState {
                 engine,
                 waiters: HashMap::new(),
@@ -274,6 +276,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// The id of this node's cluster (carried in every hello).
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
     }
 
     /// The address this node listens on.
