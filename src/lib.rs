@@ -9,6 +9,33 @@
 //! [`net`] (the QUIC transport with mutual TLS and the node driver). The everyday API is
 //! re-exported here: [`Cluster`], [`Node`], [`Handle`], [`Error`], and [`blocking`] for programs
 //! without an async runtime.
+//!
+//! ```
+//! use crl::{Cluster, Region};
+//!
+//! #[derive(Region, Debug, Clone)]
+//! struct Flight {
+//!     seats: u32,
+//!     booked: u32,
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), crl::Error> {
+//! let cluster = Cluster::local(2).await?; // two nodes, QUIC with mutual TLS on 127.0.0.1
+//! let (a, b) = (cluster.node(0), cluster.node(1));
+//! let flight = a.create(Flight { seats: 180, booked: 0 }).await?; // a is its home
+//! a.bind("flight/UA100", flight.id()).await?;
+//!
+//! let remote = b.map::<Flight>(b.lookup("flight/UA100").await?).await?;
+//! {
+//!     let mut w = remote.start_write().await?; // a miss: b gets the only copy
+//!     w.booked += 1;
+//! } // the write ends here
+//! assert_eq!(flight.start_read().await?.booked, 1); // the home recalls b's copy
+//! cluster.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub use crl_core as core;
 #[doc(hidden)]
