@@ -69,8 +69,8 @@ enum CertCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issues node certificates from the CA in DIR: writes DIR/node-<id>.pem and
-    /// DIR/node-<id>-key.pem for each id.
+    /// Issues node certificates from the CA in DIR: writes DIR/node-N.pem and
+    /// DIR/node-N-key.pem for each id.
     Issue {
         /// Directory holding ca.pem and ca-key.pem; the node files are written there too.
         #[arg(long, value_name = "DIR")]
