@@ -583,10 +583,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
         result: tput,
         msgs: None,
     });
-    raw.conn.close(0u32.into(), b"done");
-    raw.client.wait_idle().await;
-    raw.server.close(0u32.into(), b"done");
-
     progress("crl: starting a 6-node cluster");
     let c = Cluster::local_with(6, |cfg| cfg.op_timeout = Duration::from_secs(10)).await?;
 
@@ -604,6 +600,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
     rows.push(read_flush_in_flight(&c, warm, iters).await?);
     progress("crl: 16 in flight, cold read misses");
     rows.push(cold_in_flight(&c, warm, iters).await?);
+
+    progress("raw quinn: 64 B round trip again (drift check)");
+    rows.push(Row {
+        case: "raw quinn 64 B round trip, end of run".into(),
+        result: raw_latency(&raw, REQUEST, warm, iters).await?,
+        msgs: None,
+    });
+    raw.conn.close(0u32.into(), b"done");
+    raw.client.wait_idle().await;
+    raw.server.close(0u32.into(), b"done");
 
     print_table(&rows, raw_p50, raw_tput);
     verdict(&rows, "read miss, 64 B region", raw_p50, raw_tput, "≤ 1.2×");
