@@ -462,7 +462,7 @@ impl Sim {
         } else {
             msg
         };
-        self.note(format!("n{from} -> n{to}: {}", describe(&msg)));
+        self.note(format!("n{from} -> n{to}: {}", describe_message(&msg)));
         if let Err(v) = self.engines[to].handle_message(NodeId(from as u32), msg) {
             return Err(self.fail(format!("n{to} reports {v}")));
         }
@@ -1014,7 +1014,8 @@ impl Sim {
     }
 }
 
-fn describe(msg: &Message) -> String {
+/// A one-line description of a message for logs and traces (`GetShared r0.1`, …).
+pub fn describe_message(msg: &Message) -> String {
     let region = msg.region().map(|r| r.to_string()).unwrap_or_default();
     let detail = match msg {
         Message::Data { grant, image, .. } => match image {
@@ -1140,9 +1141,4 @@ impl Network {
     pub fn inspect(&self, node: usize, id: RegionId) -> Option<EntrySnapshot> {
         self.engines[node].inspect(id)
     }
-}
-
-/// A one-line description of a message for logs and traces (`GetShared r0.1`, …).
-pub fn describe_message(msg: &Message) -> String {
-    describe(msg)
 }

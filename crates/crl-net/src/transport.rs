@@ -366,28 +366,33 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
     }
 }
 
+/// Connects to `peer`, opens the link's stream and sends the hello, all within the
+/// connect timeout.
 async fn connect(
     inner: &Inner,
     peer: NodeId,
 ) -> Result<(quinn::Connection, quinn::SendStream), String> {
     let addr = inner.peers[&peer];
-    let connecting = inner
-        .endpoint
-        .connect_with(inner.client.clone(), addr, &tls::node_dns_name(peer))
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::time::timeout(inner.settings.connect_timeout, connecting)
+    let attempt = async {
+        let conn = inner
+            .endpoint
+            .connect_with(inner.client.clone(), addr, &tls::node_dns_name(peer))
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+        let hello = Message::Hello {
+            cluster_id: inner.settings.cluster_id,
+            node: inner.node,
+        };
+        write_frame(&mut stream, &hello, &mut Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((conn, stream))
+    };
+    tokio::time::timeout(inner.settings.connect_timeout, attempt)
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| e.to_string())?;
-    let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-    let hello = Message::Hello {
-        cluster_id: inner.settings.cluster_id,
-        node: inner.node,
-    };
-    write_frame(&mut stream, &hello, &mut Vec::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((conn, stream))
 }
 
 async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Message>) {

@@ -531,7 +531,8 @@ impl Engine {
     }
 
     /// Finishes protocol actions that were waiting for accesses to end. The driver calls it
-    /// when [`EngineConfig::on_drain`] fires; every other entry point calls it too.
+    /// when [`EngineConfig::on_drain`] fires; `start_read`, `start_write`, `flush`, `delete` and
+    /// `handle_message` call it first too.
     pub fn process_drained(&mut self) {
         if self.drains.is_empty() {
             return;
