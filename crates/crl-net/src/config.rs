@@ -61,6 +61,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UNMAPPED_CAPACITY: usize = 4096;
 /// Default [`NodeConfig::send_queue`] (messages per peer).
 pub const DEFAULT_SEND_QUEUE: usize = 1024;
+/// Default [`NodeConfig::tx_max_attempts`].
+pub const DEFAULT_TX_MAX_ATTEMPTS: u32 = 100;
 
 /// A node's settings (built in code or read from a cluster file).
 #[derive(Clone)]
@@ -87,6 +89,12 @@ pub struct NodeConfig {
     pub max_frame_len: usize,
     /// Messages queued per peer before senders wait (default [`DEFAULT_SEND_QUEUE`]).
     pub send_queue: usize,
+    /// How many times a transaction is attempted before it fails with
+    /// [`Error::Conflict`](crate::Error::Conflict) (default [`DEFAULT_TX_MAX_ATTEMPTS`]).
+    pub tx_max_attempts: u32,
+    /// A planted bug for the serializability checker's own test; `None` in real use.
+    #[doc(hidden)]
+    pub tx_fault: Option<crate::txn::TxFault>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -106,7 +114,8 @@ impl fmt::Debug for NodeConfig {
             .field("unmapped_capacity", &self.unmapped_capacity)
             .field("max_frame_len", &self.max_frame_len)
             .field("send_queue", &self.send_queue)
-            .finish()
+            .field("tx_max_attempts", &self.tx_max_attempts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,6 +134,8 @@ impl NodeConfig {
             unmapped_capacity: DEFAULT_UNMAPPED_CAPACITY,
             max_frame_len: crl_core::wire::MAX_FRAME_LEN,
             send_queue: DEFAULT_SEND_QUEUE,
+            tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
+            tx_fault: None,
         }
     }
 
@@ -457,6 +468,8 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         unmapped_capacity,
         max_frame_len,
         send_queue,
+        tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
+        tx_fault: None,
     })
 }
 

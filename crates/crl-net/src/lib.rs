@@ -6,6 +6,7 @@
 //! - `transport`: connections between nodes, the authenticated hello, one stream per
 //!   direction per peer pair (the per-link FIFO the engine assumes).
 //! - `node`: the async driver, `Node`, `Handle<T>` and `Cluster::local`.
+//! - `txn`: transactions (strict two-phase locking on coherence, wound-wait, commit, log).
 //! - `blocking`: the same API for programs without an async runtime.
 
 pub mod blocking;
@@ -14,6 +15,8 @@ pub mod frame;
 pub mod node;
 pub mod tls;
 pub mod transport;
+pub mod txn;
 
 pub use config::NodeConfig;
 pub use node::{Cluster, Error, Handle, Node, NodeStats};
+pub use txn::{Tx, TxRead, TxStats, TxWrite};

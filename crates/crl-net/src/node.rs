@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crl_core::engine::{
-    Access, Engine, EngineConfig, EngineStats, Event, OpError, OpId, Progress, ReadGuard,
-    RegionCell, Start, WriteGuard,
+    Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, Progress,
+    ReadGuard, RegionCell, Start, WriteGuard,
 };
 use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
@@ -39,6 +39,8 @@ use tracing::{Instrument, info_span, warn};
 use crate::config::{ConfigError, NodeConfig};
 use crate::tls::{ClusterCa, TlsError};
 use crate::transport::{Inbound, PeerStats, Transport, TransportError, TransportSettings};
+use crate::txn::locks::{LockTable, TxShared, next_priority};
+use crate::txn::{TxFault, TxStats};
 
 /// Most slow-path operations a node admits at once; this bounds the transport's queues.
 const MAX_OPS_IN_FLIGHT: usize = 4096;
@@ -116,6 +118,25 @@ pub enum Error {
     /// The node was shut down.
     #[error("the node is shut down")]
     ShutDown,
+    /// The transaction was wounded by an older one (wound-wait) or lost a conflict; it is
+    /// aborted and retried automatically when this error is returned from its closure.
+    #[error("the transaction must abort: an older transaction needs its locks (it is retried)")]
+    Wounded,
+    /// The transaction conflicted on every one of its attempts.
+    #[error("the transaction gave up after {attempts} conflicting attempts")]
+    Conflict {
+        /// How many times it ran.
+        attempts: u32,
+    },
+    /// A guard of this transaction on the region is still alive.
+    #[error("region {0} is already borrowed by this transaction (drop the other guard first)")]
+    TxBorrowed(RegionId),
+    /// The transaction has already committed or aborted.
+    #[error("the transaction has already ended")]
+    TxFinished,
+    /// A region's contents could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] crl_core::CodecError),
 }
 
 impl From<OpError> for Error {
@@ -149,6 +170,8 @@ pub struct NodeStats {
     pub peers: Vec<PeerStats>,
     /// Protocol violations by peers (each closed the peer's connection).
     pub violations: u64,
+    /// Transactions run on this node.
+    pub tx: TxStats,
 }
 
 enum Outcome {
@@ -172,6 +195,7 @@ impl EngineState {
             let (op, outcome) = match event {
                 Event::Granted { op, access } => (op, Outcome::Granted(access)),
                 Event::Completed { op, result } => (op, Outcome::Done(result)),
+                _ => continue,
             };
             // A waiter that gave up (timeout) is gone: dropping a grant ends the access.
             if let Some(tx) = self.waiters.remove(&op) {
@@ -201,6 +225,19 @@ struct NodeInner {
     violations: AtomicU64,
     name_tables: Mutex<HashMap<NodeId, Handle<NameTable>>>,
     shutdown: watch::Sender<bool>,
+    locks: LockTable,
+    last_priority: AtomicU64,
+    tx_counters: TxCounters,
+    tx_max_attempts: u32,
+    tx_fault: Option<TxFault>,
+}
+
+/// Counters of [`TxStats`].
+#[derive(Default)]
+pub(crate) struct TxCounters {
+    pub(crate) committed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) aborted: AtomicU64,
 }
 
 /// A running crl node. Cheap to clone; every clone drives the same node.
@@ -263,6 +300,11 @@ impl Node {
             violations: AtomicU64::new(0),
             name_tables: Mutex::new(HashMap::new()),
             shutdown,
+            locks: LockTable::default(),
+            last_priority: AtomicU64::new(0),
+            tx_counters: TxCounters::default(),
+            tx_max_attempts: config.tx_max_attempts,
+            tx_fault: config.tx_fault,
         });
         let node = Node { inner };
         let span = info_span!("node", node = %id);
@@ -387,6 +429,12 @@ impl Node {
             engine: self.inner.state.lock().engine.stats().clone(),
             peers: self.inner.transport.peer_stats(),
             violations: self.inner.violations.load(Ordering::Relaxed),
+            tx: TxStats {
+                committed: self.inner.tx_counters.committed.load(Ordering::Relaxed),
+                retried: self.inner.tx_counters.retried.load(Ordering::Relaxed),
+                aborted: self.inner.tx_counters.aborted.load(Ordering::Relaxed),
+                wounds: self.inner.locks.wounds(),
+            },
         }
     }
 
@@ -404,7 +452,81 @@ impl Node {
         self.inner.transport.shutdown().await;
     }
 
-    fn check_running(&self) -> Result<(), Error> {
+    pub(crate) fn locks(&self) -> &LockTable {
+        &self.inner.locks
+    }
+
+    pub(crate) fn next_tx_priority(&self) -> u64 {
+        next_priority(&self.inner.last_priority, self.inner.id)
+    }
+
+    pub(crate) fn tx_max_attempts(&self) -> u32 {
+        self.inner.tx_max_attempts
+    }
+
+    pub(crate) fn tx_fault(&self) -> Option<TxFault> {
+        self.inner.tx_fault
+    }
+
+    pub(crate) fn tx_counters(&self) -> &TxCounters {
+        &self.inner.tx_counters
+    }
+
+    /// Creates a region without logging it (a transaction logs its creates at commit).
+    pub(crate) fn create_volatile<T: Region>(&self, value: T) -> Result<Handle<T>, Error> {
+        self.check_running()?;
+        let cell = self.inner.state.lock().engine.create(value);
+        Ok(Handle::new(self.clone(), cell))
+    }
+
+    /// A transaction's access after a miss: like [`Self::run_op`], but given up (with
+    /// [`Error::Wounded`]) as soon as the transaction is wounded. While it waits it wounds,
+    /// every few milliseconds, the younger local holders of the region.
+    pub(crate) async fn run_access(
+        &self,
+        region: RegionId,
+        mode: AccessMode,
+        tx: &Arc<TxShared>,
+    ) -> Result<Access, Error> {
+        let what = match mode {
+            AccessMode::Read => "read",
+            AccessMode::Write => "write",
+        };
+        let priority = tx.priority;
+        let _ = priority;
+        let op_future = self.run_op(what, region, |engine, op| {
+            let start = match mode {
+                AccessMode::Read => engine.start_read(region, op)?,
+                AccessMode::Write => engine.start_write(region, op)?,
+            };
+            Ok(granted(start))
+        });
+        tokio::pin!(op_future);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut op_future => break r?,
+                _ = tx.wounded() => return Err(Error::Wounded),
+                _ = tick.tick() => {
+                    self.inner.locks.wound_younger(region, priority);
+                }
+            }
+        };
+        match outcome {
+            Outcome::Granted(access) => Ok(access),
+            Outcome::Done(r) => {
+                Err(r
+                    .err()
+                    .map(Error::from)
+                    .unwrap_or(Error::ProtocolViolation(format!(
+                        "{what} completed without access"
+                    ))))
+            }
+        }
+    }
+
+    pub(crate) fn check_running(&self) -> Result<(), Error> {
         if *self.inner.shutdown.borrow() {
             Err(Error::ShutDown)
         } else {
@@ -589,6 +711,10 @@ impl<T: Region> Handle<T> {
     /// The node this handle belongs to.
     pub fn node(&self) -> &Node {
         &self.inner.node
+    }
+
+    pub(crate) fn cell(&self) -> &Arc<RegionCell<T>> {
+        &self.inner.cell
     }
 
     /// Starts a read: at once if the local copy is valid (a hit, no message), otherwise after

@@ -459,6 +459,23 @@ impl Access {
         Access::new(cell.clone(), AccessMode::Write)
     }
 
+    /// The value under this access (read or write), for as long as the access is held.
+    ///
+    /// # Panics
+    /// If `T` is not the region's type.
+    pub fn value<T: Region>(&self) -> &T {
+        self.typed::<T>().value()
+    }
+
+    /// The value under this write access, mutably.
+    ///
+    /// # Panics
+    /// If this is a read, or `T` is not the region's type.
+    pub fn value_mut<T: Region>(&mut self) -> &mut T {
+        assert_eq!(self.mode, AccessMode::Write, "mutable access under a read");
+        self.typed::<T>().value_mut()
+    }
+
     /// Runs `f` on the value under this access (read or write).
     pub fn with_value<T: Region, R>(&self, f: impl FnOnce(&T) -> R) -> R {
         let cell = self.typed::<T>();

@@ -72,6 +72,7 @@ pub struct Transmit {
 
 /// The completion of a queued local operation.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// A queued `start_read`/`start_write` was granted; the access is in progress until the
     /// [`Access`] (or the guard made from it) is dropped.

@@ -1,0 +1,235 @@
+//! The node's lock table for wound-wait: which local transactions hold or wait for each region.
+//!
+//! A transaction's locks *are* its coherence accesses (a held read or write defers every
+//! recall, DESIGN.md §5), so this table does not grant anything: it only records who holds
+//! what, so that an older transaction that has to wait can **wound** the younger transactions
+//! in its way. A wounded transaction aborts at its next blocking point (or commits first if it
+//! is already past its last lock); a transaction that has started to commit is never wounded.
+//!
+//! Waits come from three places, and each ends in a wound of the younger holders:
+//! - a local transaction waiting for a region held by local transactions (checked when it
+//!   starts to wait, again while it waits, and when a younger one starts to hold the region);
+//! - a remote request waiting for this node's copy (the engine reports it as
+//!   `Event::Wanted { region, priority }`);
+//! - an older request queued behind a younger one at the home (the engine forwards the older
+//!   priority with `Contend`, which ends up as `Event::Wanted` at the holder).
+//!
+//! The oldest transaction in the system is never wounded and every wait it has is on a
+//! younger transaction (wounded, so it releases), a committing one (which finishes) or a plain
+//! access (which ends), so it commits: no deadlock hangs and no transaction starves, since a
+//! retried transaction keeps its first priority.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crl_core::{NodeId, RegionId};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// A transaction's age: lower is older and wins. Unique in the cluster: wall-clock
+/// microseconds in the high bits (kept strictly increasing per node), the node id in the low
+/// 16 bits.
+pub(crate) fn next_priority(last: &AtomicU64, node: NodeId) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut prev = last.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match last.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return (next << 16) | u64::from(node.0 & 0xffff),
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// The part of a transaction that other tasks (the lock table, the driver) can see.
+#[derive(Debug)]
+pub(crate) struct TxShared {
+    /// Its age (lower is older).
+    pub(crate) priority: u64,
+    wounded: AtomicBool,
+    committing: AtomicBool,
+    wake: Notify,
+}
+
+impl TxShared {
+    pub(crate) fn new(priority: u64) -> Self {
+        TxShared {
+            priority,
+            wounded: AtomicBool::new(false),
+            committing: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Asks the transaction to abort; false if it has started to commit (it will finish).
+    pub(crate) fn wound(&self) -> bool {
+        if self.committing.load(Ordering::Acquire) {
+            return false;
+        }
+        if !self.wounded.swap(true, Ordering::AcqRel) {
+            self.wake.notify_waiters();
+        }
+        true
+    }
+
+    /// Whether the transaction was wounded.
+    pub(crate) fn is_wounded(&self) -> bool {
+        self.wounded.load(Ordering::Acquire)
+    }
+
+    /// Marks the start of the commit: from now on the transaction is not wounded. Returns
+    /// false if it was wounded first (it must abort).
+    pub(crate) fn begin_commit(&self) -> bool {
+        self.committing.store(true, Ordering::Release);
+        !self.wounded.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the transaction is wounded.
+    pub(crate) async fn wounded(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_wounded() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct RegionLocks {
+    holders: Vec<Arc<TxShared>>,
+    waiters: Vec<Arc<TxShared>>,
+}
+
+/// Who holds and who waits for each region, among this node's transactions.
+#[derive(Default)]
+pub(crate) struct LockTable {
+    regions: Mutex<HashMap<RegionId, RegionLocks>>,
+    wounds: AtomicU64,
+}
+
+impl LockTable {
+    /// Wounds the holders of `region` younger than `priority`; returns how many.
+    pub(crate) fn wound_younger(&self, region: RegionId, priority: u64) -> usize {
+        let regions = self.regions.lock();
+        let Some(locks) = regions.get(&region) else {
+            return 0;
+        };
+        let mut n = 0;
+        for h in &locks.holders {
+            if h.priority > priority && !h.is_wounded() && h.wound() {
+                n += 1;
+            }
+        }
+        self.wounds.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Records that `tx` holds `region`. If an older local transaction waits for it, `tx` is
+    /// wounded at once (it will release the region at its next blocking point).
+    pub(crate) fn hold(&self, region: RegionId, tx: &Arc<TxShared>) {
+        let mut regions = self.regions.lock();
+        let locks = regions.entry(region).or_default();
+        if !locks.holders.iter().any(|h| Arc::ptr_eq(h, tx)) {
+            locks.holders.push(tx.clone());
+        }
+        if locks.waiters.iter().any(|w| w.priority < tx.priority) && tx.wound() {
+            self.wounds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that `tx` no longer holds `region`.
+    pub(crate) fn release(&self, region: RegionId, tx: &Arc<TxShared>) {
+        let mut regions = self.regions.lock();
+        if let Some(locks) = regions.get_mut(&region) {
+            locks.holders.retain(|h| !Arc::ptr_eq(h, tx));
+            if locks.holders.is_empty() && locks.waiters.is_empty() {
+                regions.remove(&region);
+            }
+        }
+    }
+
+    /// Records that `tx` waits for `region` and wounds the younger holders.
+    pub(crate) fn wait(&self, region: RegionId, tx: &Arc<TxShared>) {
+        self.regions
+            .lock()
+            .entry(region)
+            .or_default()
+            .waiters
+            .push(tx.clone());
+        self.wound_younger(region, tx.priority);
+    }
+
+    /// Records that `tx` stopped waiting for `region`.
+    pub(crate) fn stop_waiting(&self, region: RegionId, tx: &Arc<TxShared>) {
+        let mut regions = self.regions.lock();
+        if let Some(locks) = regions.get_mut(&region) {
+            if let Some(i) = locks.waiters.iter().position(|w| Arc::ptr_eq(w, tx)) {
+                locks.waiters.swap_remove(i);
+            }
+            if locks.holders.is_empty() && locks.waiters.is_empty() {
+                regions.remove(&region);
+            }
+        }
+    }
+
+    /// How many wounds this table has dealt.
+    pub(crate) fn wounds(&self) -> u64 {
+        self.wounds.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_wounds_younger_holder_not_older() {
+        let table = LockTable::default();
+        let r = RegionId::new(NodeId(0), 5);
+        let old = Arc::new(TxShared::new(10));
+        let young = Arc::new(TxShared::new(20));
+        table.hold(r, &young);
+        table.hold(r, &old);
+        table.wait(r, &Arc::new(TxShared::new(15)));
+        assert!(young.is_wounded());
+        assert!(!old.is_wounded());
+    }
+
+    #[test]
+    fn a_committing_transaction_is_not_wounded() {
+        let tx = TxShared::new(20);
+        assert!(tx.begin_commit());
+        assert!(!tx.wound());
+        assert!(!tx.is_wounded());
+    }
+
+    #[test]
+    fn a_young_holder_is_wounded_when_an_older_one_already_waits() {
+        let table = LockTable::default();
+        let r = RegionId::new(NodeId(0), 5);
+        let old = Arc::new(TxShared::new(10));
+        table.wait(r, &old);
+        let young = Arc::new(TxShared::new(20));
+        table.hold(r, &young);
+        assert!(young.is_wounded());
+        table.stop_waiting(r, &old);
+        table.release(r, &young);
+        assert!(table.regions.lock().is_empty());
+    }
+
+    #[test]
+    fn priorities_are_unique_and_increasing() {
+        let last = AtomicU64::new(0);
+        let a = next_priority(&last, NodeId(3));
+        let b = next_priority(&last, NodeId(3));
+        assert!(b > a);
+        assert_eq!(a & 0xffff, 3);
+    }
+}

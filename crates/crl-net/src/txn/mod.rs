@@ -1,0 +1,619 @@
+//! Transactions: atomic, serializable (and, with a data dir, durable) groups of region
+//! accesses, after the TDSM thesis (DESIGN.md §5).
+//!
+//! ```text
+//! node.transaction(async |tx| {
+//!     let mut from = tx.write(&a).await?;   // held until the transaction ends
+//!     let mut to = tx.write(&b).await?;
+//!     from.balance -= 10;
+//!     to.balance += 10;
+//!     Ok::<_, crl::Error>(())
+//! }).await?;
+//! ```
+//!
+//! **Locks are coherence accesses.** [`Tx::read`] is a `start_read` and [`Tx::write`] a
+//! `start_write` that the transaction keeps until it commits or aborts; while they are held the
+//! engine defers every recall, so no other node can see or change the region. This is strict
+//! two-phase locking, hence serializable. Reading a region and later writing it releases the
+//! read, takes the write and checks that the contents did not change in between (else the
+//! transaction conflicts and is retried).
+//!
+//! **Deadlocks** are broken by wound-wait ([`locks`]): every transaction has a priority (its
+//! first start time); an older transaction that waits for a younger one wounds it, and the
+//! wounded one aborts at its next blocking point and is retried with its original priority,
+//! so it eventually becomes the oldest and commits.
+//!
+//! **Abort** restores every written region from the before-image taken when the write was
+//! first granted, deletes the regions the transaction created, and releases everything. No
+//! other node can have seen the uncommitted values, since the locks deferred every recall.
+//!
+//! **Errors.** The closure's error type `E` must convert from [`Error`]. An error from the
+//! closure aborts the transaction; if the transaction had been wounded (or lost a conflict)
+//! it is retried, with exponential backoff, up to [`NodeConfig::tx_max_attempts`] times
+//! (then [`Error::Conflict`]); otherwise the error is returned as is.
+//!
+//! **Plain accesses beside transactions.** A plain `start_read`/`start_write` is an
+//! indivisible operation that waits for the transactions holding the region, and that
+//! transactions wait for (it is never wounded). Plain writes are coherent but not durable:
+//! they reach the log only when a later transaction commits the region.
+//!
+//! **Commit** ([`commit`]): without a data dir, committing releases the locks (atomic and
+//! serializable, not durable). With one, the new images are logged at their homes first.
+//!
+//! [`NodeConfig::tx_max_attempts`]: crate::NodeConfig::tx_max_attempts
+
+pub(crate) mod commit;
+pub(crate) mod locks;
+
+use std::any::Any;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crl_core::engine::{Access, AccessMode};
+use crl_core::{CodecError, NodeId, Region, RegionId};
+use parking_lot::Mutex;
+use tracing::debug;
+
+use crate::node::{Error, Handle, Node};
+use locks::TxShared;
+
+/// A planted bug for the serializability checker's own test: the transaction layer breaks
+/// the strict two-phase locking rule. Never set it outside that test.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxFault {
+    /// Reads release their lock as soon as the value has been read (not two-phase).
+    ReleaseReadsEarly,
+}
+
+/// How a transaction ended, for statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxStats {
+    /// Transactions committed.
+    pub committed: u64,
+    /// Attempts aborted and retried (wounded or conflicting).
+    pub retried: u64,
+    /// Transactions aborted by the closure's own error.
+    pub aborted: u64,
+    /// Wounds dealt by this node's lock table.
+    pub wounds: u64,
+}
+
+/// One region held by a transaction.
+struct Held {
+    region: RegionId,
+    mode: AccessMode,
+    /// The access, or `None` while a guard has it.
+    access: Option<Access>,
+    /// The contents before the first write (for abort).
+    before: Option<Vec<u8>>,
+    /// Created by this transaction (deleted on abort).
+    created: bool,
+    /// Keeps the region mapped while it is held.
+    _handle: Box<dyn Any + Send + Sync>,
+    encode: fn(&Access) -> Result<Vec<u8>, CodecError>,
+    restore: fn(&mut Access, &[u8]) -> Result<(), CodecError>,
+    fingerprint: u64,
+    type_name: &'static str,
+}
+
+fn encode_access<T: Region>(a: &Access) -> Result<Vec<u8>, CodecError> {
+    a.value::<T>().encode_region()
+}
+
+fn restore_access<T: Region>(a: &mut Access, bytes: &[u8]) -> Result<(), CodecError> {
+    *a.value_mut::<T>() = T::decode_region(bytes)?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct TxState {
+    held: Vec<Held>,
+    deletes: Vec<RegionId>,
+    /// Why the transaction cannot commit (it will be retried).
+    doomed: Option<String>,
+    finished: bool,
+}
+
+impl TxState {
+    fn find(&mut self, region: RegionId) -> Option<&mut Held> {
+        self.held.iter_mut().find(|h| h.region == region)
+    }
+}
+
+pub(crate) struct TxInner {
+    node: Node,
+    shared: Arc<TxShared>,
+    state: Mutex<TxState>,
+}
+
+/// A transaction in progress: the argument of the closure given to [`Node::transaction`].
+/// Cheap to clone; every clone is the same transaction.
+#[derive(Clone)]
+pub struct Tx {
+    inner: Arc<TxInner>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("priority", &self.inner.shared.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read held by a transaction; the lock is kept until the transaction ends, even after this
+/// guard is dropped.
+pub struct TxRead<'t, T: Region> {
+    tx: &'t Tx,
+    region: RegionId,
+    access: Option<Access>,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// A write held by a transaction; the lock is kept until the transaction ends, even after this
+/// guard is dropped.
+pub struct TxWrite<'t, T: Region> {
+    tx: &'t Tx,
+    region: RegionId,
+    access: Option<Access>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Region> Deref for TxRead<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.access
+            .as_ref()
+            .expect("guard holds its access")
+            .value::<T>()
+    }
+}
+
+impl<T: Region> Deref for TxWrite<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.access
+            .as_ref()
+            .expect("guard holds its access")
+            .value::<T>()
+    }
+}
+
+impl<T: Region> DerefMut for TxWrite<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.access
+            .as_mut()
+            .expect("guard holds its access")
+            .value_mut::<T>()
+    }
+}
+
+impl<T: Region> Drop for TxRead<'_, T> {
+    fn drop(&mut self) {
+        if let Some(a) = self.access.take() {
+            self.tx.park(self.region, a);
+        }
+    }
+}
+
+impl<T: Region> Drop for TxWrite<'_, T> {
+    fn drop(&mut self) {
+        if let Some(a) = self.access.take() {
+            self.tx.park(self.region, a);
+        }
+    }
+}
+
+impl<T: Region> std::fmt::Debug for TxRead<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxRead")
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+impl<T: Region> std::fmt::Debug for TxWrite<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxWrite")
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+impl Tx {
+    fn new(node: Node, priority: u64) -> Tx {
+        Tx {
+            inner: Arc::new(TxInner {
+                node,
+                shared: Arc::new(TxShared::new(priority)),
+                state: Mutex::new(TxState::default()),
+            }),
+        }
+    }
+
+    /// This transaction's priority (lower is older; kept across retries).
+    pub fn priority(&self) -> u64 {
+        self.inner.shared.priority
+    }
+
+    /// The node running this transaction.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// Fails if the transaction cannot go on (wounded, doomed or finished).
+    fn check_live(&self) -> Result<(), Error> {
+        let mut st = self.inner.state.lock();
+        if st.finished {
+            return Err(Error::TxFinished);
+        }
+        if st.doomed.is_some() {
+            return Err(Error::Wounded);
+        }
+        if self.inner.shared.is_wounded() {
+            st.doomed = Some("wounded by an older transaction".into());
+            return Err(Error::Wounded);
+        }
+        Ok(())
+    }
+
+    fn doom(&self, why: String) {
+        let mut st = self.inner.state.lock();
+        st.doomed.get_or_insert(why);
+    }
+
+    fn park(&self, region: RegionId, access: Access) {
+        let mut st = self.inner.state.lock();
+        if st.finished {
+            return; // dropping the access ends it
+        }
+        match st.find(region) {
+            Some(h) => h.access = Some(access),
+            None => drop(access),
+        }
+    }
+
+    /// Reads `h`'s region under this transaction: the read lock is held until the transaction
+    /// ends. Reading a region this transaction writes gives its written value.
+    pub async fn read<'t, T: Region>(&'t self, h: &Handle<T>) -> Result<TxRead<'t, T>, Error> {
+        self.check_live()?;
+        let region = h.id();
+        if let Some(access) = self.take_held(region)? {
+            return Ok(TxRead {
+                tx: self,
+                region,
+                access: Some(access),
+                _t: PhantomData,
+            });
+        }
+        let access = self.acquire(h, AccessMode::Read).await?;
+        if self.inner.node.tx_fault() == Some(TxFault::ReleaseReadsEarly) {
+            // The planted bug: not two-phase. The guard keeps the access only while it lives.
+            self.inner.node.locks().release(region, &self.inner.shared);
+            return Ok(TxRead {
+                tx: self,
+                region,
+                access: Some(access),
+                _t: PhantomData,
+            });
+        }
+        self.push_held(h, region, AccessMode::Read, None, false);
+        Ok(TxRead {
+            tx: self,
+            region,
+            access: Some(access),
+            _t: PhantomData,
+        })
+    }
+
+    /// Writes `h`'s region under this transaction: the write lock is held until the
+    /// transaction ends, and the region is restored if it aborts.
+    pub async fn write<'t, T: Region>(&'t self, h: &Handle<T>) -> Result<TxWrite<'t, T>, Error> {
+        self.check_live()?;
+        let region = h.id();
+        let upgrade = {
+            let mut st = self.inner.state.lock();
+            match st.find(region) {
+                Some(held) if held.mode == AccessMode::Write => {
+                    let access = held.access.take().ok_or(Error::TxBorrowed(region))?;
+                    return Ok(TxWrite {
+                        tx: self,
+                        region,
+                        access: Some(access),
+                        _t: PhantomData,
+                    });
+                }
+                Some(held) => {
+                    // Read → write: remember what was read, release the read.
+                    let access = held.access.take().ok_or(Error::TxBorrowed(region))?;
+                    let seen = encode_access::<T>(&access)?;
+                    st.held.retain(|h| h.region != region);
+                    drop(st);
+                    drop(access);
+                    self.inner.node.locks().release(region, &self.inner.shared);
+                    Some(seen)
+                }
+                None => None,
+            }
+        };
+        let access = self.acquire(h, AccessMode::Write).await?;
+        let before = encode_access::<T>(&access)?;
+        if let Some(seen) = upgrade
+            && seen != before
+        {
+            drop(access);
+            self.inner.node.locks().release(region, &self.inner.shared);
+            self.doom(format!("{region} changed between its read and its write"));
+            return Err(Error::Wounded);
+        }
+        self.push_held(h, region, AccessMode::Write, Some(before), false);
+        Ok(TxWrite {
+            tx: self,
+            region,
+            access: Some(access),
+            _t: PhantomData,
+        })
+    }
+
+    /// Creates a region homed at this node as part of the transaction: it is deleted again if
+    /// the transaction aborts, and nobody else can access it before the commit.
+    pub async fn create<T: Region>(&self, value: T) -> Result<Handle<T>, Error> {
+        self.check_live()?;
+        let h = self.inner.node.create_volatile(value)?;
+        let region = h.id();
+        self.inner.node.locks().hold(region, &self.inner.shared);
+        let access = match h.cell().try_write() {
+            Some(g) => Access::from_write(g, h.cell()),
+            None => {
+                return Err(Error::ProtocolViolation(format!(
+                    "a region just created ({region}) is already in use"
+                )));
+            }
+        };
+        let mut st = self.inner.state.lock();
+        st.held.push(Held {
+            region,
+            mode: AccessMode::Write,
+            access: Some(access),
+            before: None,
+            created: true,
+            _handle: Box::new(h.clone()),
+            encode: encode_access::<T>,
+            restore: restore_access::<T>,
+            fingerprint: T::FINGERPRINT,
+            type_name: T::TYPE_NAME,
+        });
+        Ok(h)
+    }
+
+    /// Deletes `h`'s region when (and only if) the transaction commits. Takes the write lock
+    /// now, so nobody else uses the region meanwhile.
+    pub async fn delete<T: Region>(&self, h: &Handle<T>) -> Result<(), Error> {
+        drop(self.write(h).await?);
+        let mut st = self.inner.state.lock();
+        if !st.deletes.contains(&h.id()) {
+            st.deletes.push(h.id());
+        }
+        Ok(())
+    }
+
+    fn take_held(&self, region: RegionId) -> Result<Option<Access>, Error> {
+        let mut st = self.inner.state.lock();
+        match st.find(region) {
+            Some(held) => held
+                .access
+                .take()
+                .map(Some)
+                .ok_or(Error::TxBorrowed(region)),
+            None => Ok(None),
+        }
+    }
+
+    fn push_held<T: Region>(
+        &self,
+        h: &Handle<T>,
+        region: RegionId,
+        mode: AccessMode,
+        before: Option<Vec<u8>>,
+        created: bool,
+    ) {
+        self.inner.state.lock().held.push(Held {
+            region,
+            mode,
+            access: None,
+            before,
+            created,
+            _handle: Box::new(h.clone()),
+            encode: encode_access::<T>,
+            restore: restore_access::<T>,
+            fingerprint: T::FINGERPRINT,
+            type_name: T::TYPE_NAME,
+        });
+    }
+
+    /// Takes `mode` access on `h`'s region: a hit at once, else through the engine, waiting
+    /// (bounded) unless wounded. Registered in the lock table before it can be granted, so a
+    /// wound cannot miss it.
+    async fn acquire<T: Region>(&self, h: &Handle<T>, mode: AccessMode) -> Result<Access, Error> {
+        let node = &self.inner.node;
+        let region = h.id();
+        let shared = &self.inner.shared;
+        node.locks().hold(region, shared);
+        let hit = match mode {
+            AccessMode::Read => h.cell().try_read().map(|g| Access::from_read(g, h.cell())),
+            AccessMode::Write => h
+                .cell()
+                .try_write()
+                .map(|g| Access::from_write(g, h.cell())),
+        };
+        if let Some(a) = hit {
+            return Ok(a);
+        }
+        node.locks().wait(region, shared);
+        let r = node.run_access(region, mode, shared).await;
+        node.locks().stop_waiting(region, shared);
+        match r {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                node.locks().release(region, shared);
+                if matches!(e, Error::Wounded) {
+                    self.doom("wounded while waiting".into());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The regions this transaction wrote, with their new images, grouped for the commit.
+    fn written(&self) -> Result<Vec<Written>, Error> {
+        let st = self.inner.state.lock();
+        let mut out = Vec::new();
+        for h in &st.held {
+            if h.mode != AccessMode::Write {
+                continue;
+            }
+            let access = h.access.as_ref().ok_or(Error::TxBorrowed(h.region))?;
+            let after = (h.encode)(access)?;
+            if !h.created && h.before.as_deref() == Some(after.as_slice()) {
+                continue; // unchanged: nothing to log
+            }
+            out.push(Written {
+                region: h.region,
+                bytes: after,
+                created: h.created,
+                fingerprint: h.fingerprint,
+                type_name: h.type_name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ends the transaction: on abort restores the before-images; releases every lock.
+    /// Returns the regions to delete after a commit and the regions created (to delete after
+    /// an abort).
+    fn release(&self, commit: bool) -> (Vec<RegionId>, Vec<RegionId>) {
+        let mut st = self.inner.state.lock();
+        st.finished = true;
+        let held = std::mem::take(&mut st.held);
+        let deletes = std::mem::take(&mut st.deletes);
+        drop(st);
+        let mut created = Vec::new();
+        let locks = self.inner.node.locks();
+        for mut h in held {
+            if !commit
+                && let (Some(before), Some(access)) = (&h.before, h.access.as_mut())
+                && let Err(e) = (h.restore)(access, before)
+            {
+                // The before-image was encoded from this very type a moment ago.
+                tracing::error!(region = %h.region, "abort: restoring the before-image failed: {e}");
+            }
+            if h.created {
+                created.push(h.region);
+            }
+            drop(h.access.take());
+            locks.release(h.region, &self.inner.shared);
+        }
+        (if commit { deletes } else { Vec::new() }, created)
+    }
+
+    fn is_doomed(&self) -> bool {
+        self.inner.state.lock().doomed.is_some() || self.inner.shared.is_wounded()
+    }
+}
+
+/// A region a committing transaction wrote.
+pub(crate) struct Written {
+    pub(crate) region: RegionId,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) created: bool,
+    pub(crate) fingerprint: u64,
+    pub(crate) type_name: &'static str,
+}
+
+impl Written {
+    pub(crate) fn home(&self) -> NodeId {
+        self.region.home
+    }
+}
+
+/// Why a commit did not happen.
+pub(crate) enum CommitFailure {
+    /// A conflict or a participant's refusal: abort and retry.
+    Retry(String),
+    /// A failure to report (the transaction aborted).
+    Fatal(Error),
+}
+
+impl Node {
+    /// Runs `f` as a transaction and returns its value once committed (durably, if this node
+    /// has a data dir). See the [module docs](crate::txn) for the guarantees.
+    ///
+    /// `f` may run several times: it is retried when the transaction is wounded by an older
+    /// one or conflicts, up to [`NodeConfig::tx_max_attempts`](crate::NodeConfig) attempts.
+    /// An error returned by `f` for any other reason aborts the transaction and is returned.
+    pub async fn transaction<F, Fut, T, E>(&self, mut f: F) -> Result<T, E>
+    where
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        self.check_running()?;
+        let priority = self.next_tx_priority();
+        let max = self.tx_max_attempts().max(1);
+        for attempt in 1..=max {
+            let tx = Tx::new(self.clone(), priority);
+            let result = f(tx.clone()).await;
+            match result {
+                Ok(value) => match commit::commit(&tx).await {
+                    Ok(()) => {
+                        self.tx_counters().committed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(value);
+                    }
+                    Err(CommitFailure::Retry(why)) => {
+                        debug!(node = %self.id(), attempt, "transaction conflicted at commit: {why}");
+                    }
+                    Err(CommitFailure::Fatal(e)) => {
+                        self.tx_counters().aborted.fetch_add(1, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
+                },
+                Err(e) => {
+                    let doomed = tx.is_doomed();
+                    abort(&tx).await;
+                    if !doomed {
+                        self.tx_counters().aborted.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            self.tx_counters().retried.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff(priority, attempt)).await;
+        }
+        Err(Error::Conflict { attempts: max }.into())
+    }
+}
+
+/// Aborts: restores, releases, deletes what the transaction created.
+pub(crate) async fn abort(tx: &Tx) {
+    let (_, created) = tx.release(false);
+    for id in created {
+        if let Err(e) = tx.inner.node.delete(id).await {
+            debug!(region = %id, "abort: deleting a region the transaction created: {e}");
+        }
+    }
+}
+
+/// Exponential backoff with jitter: up to 50 µs · 2^attempt, at most 20 ms.
+fn backoff(priority: u64, attempt: u32) -> Duration {
+    let cap = (50u64 << attempt.min(9)).min(20_000);
+    let mut x = priority ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    Duration::from_micros(cap / 2 + x % (cap / 2 + 1))
+}
