@@ -24,21 +24,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crl_core::engine::{
     Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, Progress,
     ReadGuard, RegionCell, Start, WriteGuard,
 };
+use crl_core::durable::{DurableStore, StoreConfig};
+use crl_core::wire::Message;
 use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::tls::{ClusterCa, TlsError};
 use crate::transport::{Inbound, PeerStats, Transport, TransportError, TransportSettings};
+use crate::txn::commit::{Durability, IN_DOUBT_RESEND};
 use crate::txn::locks::{LockTable, TxShared, next_priority};
 use crate::txn::{TxFault, TxStats};
 
@@ -137,6 +140,34 @@ pub enum Error {
     /// A region's contents could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] crl_core::CodecError),
+    /// The region's home restarted and lost what this node's request was about (a
+    /// transaction that meets this error is retried).
+    #[error("the home of region {0} restarted")]
+    HomeRestarted(RegionId),
+    /// The write-ahead log failed (an fsync or write error): this node accepts no more
+    /// commits until it is restarted. Never retried silently.
+    #[error("the write-ahead log failed: {0}")]
+    LogFailed(String),
+    /// The durable store could not be opened or recovered.
+    #[error("cannot open the durable store: {0}")]
+    Store(#[from] crl_core::durable::StoreError),
+    /// A two-phase commit did not collect its votes in time; the transaction was aborted.
+    #[error("commit of transaction {txid:#x} timed out after {after:?} waiting for votes (aborted)")]
+    CommitTimedOut {
+        /// The transaction.
+        txid: u64,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// After a restart, transactions prepared here stayed in doubt: their coordinators did not
+    /// answer in time. The node refuses to serve their regions with a guessed outcome.
+    #[error("{count} transaction(s) still in doubt after {after:?} (coordinators unreachable)")]
+    InDoubt {
+        /// How many.
+        count: usize,
+        /// How long recovery waited.
+        after: Duration,
+    },
 }
 
 impl From<OpError> for Error {
@@ -154,6 +185,7 @@ impl From<OpError> for Error {
                 actual,
             },
             OpError::NotMapped(id) => Error::NotMapped(id),
+            OpError::HomeRestarted(id) => Error::HomeRestarted(id),
             e @ OpError::Codec { .. } => Error::ProtocolViolation(e.to_string()),
         }
     }
@@ -187,7 +219,7 @@ struct EngineState {
 impl EngineState {
     /// Hands the engine's output to the transport (in order) and to the waiters. Called with
     /// the engine lock held.
-    fn flush(&mut self, transport: &Transport) {
+    fn flush(&mut self, transport: &Transport, locks: &LockTable) {
         while let Some(t) = self.engine.poll_transmit() {
             transport.send(t.to, t.msg);
         }
@@ -195,6 +227,15 @@ impl EngineState {
             let (op, outcome) = match event {
                 Event::Granted { op, access } => (op, Outcome::Granted(access)),
                 Event::Completed { op, result } => (op, Outcome::Done(result)),
+                Event::Wanted { region, priority } => {
+                    // Wound-wait: an older request waits for this node's accesses.
+                    locks.wound_younger(region, priority);
+                    continue;
+                }
+                Event::CopyLost { region } => {
+                    warn!(%region, "a restarted peer held this region modified: its unlogged changes are lost");
+                    continue;
+                }
                 _ => continue,
             };
             // A waiter that gave up (timeout) is gone: dropping a grant ends the access.
@@ -230,6 +271,12 @@ struct NodeInner {
     tx_counters: TxCounters,
     tx_max_attempts: u32,
     tx_fault: Option<TxFault>,
+    /// The write-ahead log and two-phase commit state (with a data dir).
+    durability: Option<Arc<Durability>>,
+    /// Set while a restarted node resolves its in-doubt transactions: protocol messages are
+    /// held back until then.
+    recovering: AtomicBool,
+    recovered: Notify,
 }
 
 /// Counters of [`TxStats`].
@@ -268,10 +315,40 @@ impl Node {
         socket: std::net::UdpSocket,
     ) -> Result<Node, Error> {
         let id = config.node;
+        // Recover first: the epoch goes into every hello.
+        let (durability, recovered) = match &config.data_dir {
+            Some(dir) => {
+                let (store, rec) = DurableStore::open(StoreConfig::new(dir))?;
+                info!(
+                    node = %id,
+                    epoch = rec.epoch,
+                    regions = rec.regions.len(),
+                    log_records = rec.report.log_records,
+                    log_bytes = rec.report.log_bytes,
+                    cut_bytes = rec.report.cut_bytes,
+                    in_doubt = rec.in_doubt.len(),
+                    "recovered in {:?}",
+                    rec.report.elapsed
+                );
+                (Some(Arc::new(Durability::new(store, id))), Some(rec))
+            }
+            None => (None, None),
+        };
+        let epoch = match &durability {
+            Some(d) => d.epoch(),
+            None => {
+                // Without a log every start is a new incarnation; any distinct number will do.
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    ^ (u64::from(std::process::id()) << 40)
+            }
+        };
         let settings = TransportSettings {
             cluster_id: config.cluster_id,
             connect_timeout: config.connect_timeout,
             max_frame_len: config.max_frame_len,
+            epoch,
         };
         let (transport, inbound) =
             Transport::start(&config.identity, socket, config.peers.clone(), settings)?;
@@ -280,7 +357,23 @@ impl Node {
         let engine_config = EngineConfig::default()
             .with_unmapped_capacity(config.unmapped_capacity)
             .with_on_drain(Arc::new(move || wake.notify_one()));
-        let engine = Engine::new(id, engine_config);
+        let mut engine = Engine::new(id, engine_config);
+        let mut has_name_table = false;
+        let mut in_doubt = Vec::new();
+        let mut coordinating = Vec::new();
+        if let Some(rec) = recovered {
+            engine.set_next_seq(rec.next_seq);
+            for r in rec.regions {
+                has_name_table |= r.region == name_table_id(id);
+                engine.restore_raw(r.region, r.fingerprint, r.type_name, r.bytes);
+            }
+            in_doubt = rec.in_doubt;
+            coordinating = rec.coordinating;
+        }
+        let recovering = !in_doubt.is_empty();
+        if let Some(d) = &durability {
+            d.recovered(in_doubt, coordinating);
+        }
         let mut members: Vec<NodeId> = config.peers.keys().copied().chain([id]).collect();
         members.sort();
         let (shutdown, _) = watch::channel(false);
@@ -305,14 +398,58 @@ impl Node {
             tx_counters: TxCounters::default(),
             tx_max_attempts: config.tx_max_attempts,
             tx_fault: config.tx_fault,
+            durability,
+            recovering: AtomicBool::new(recovering),
+            recovered: Notify::new(),
         });
         let node = Node { inner };
         let span = info_span!("node", node = %id);
-        tokio::spawn(drive(node.inner.clone(), inbound).instrument(span));
-        let table = node.create(NameTable::default()).await?;
-        debug_assert_eq!(table.id(), name_table_id(id));
+        tokio::spawn(drive(node.inner.clone(), inbound).instrument(span.clone()));
+        if node.inner.durability.is_some() {
+            tokio::spawn(resend_decisions(node.clone()).instrument(span));
+        }
+        // Peers learn the (new) epoch now and drop what they knew of an earlier incarnation.
+        node.inner.transport.announce();
+        if recovering {
+            node.resolve_in_doubt().await?;
+        }
+        let table = if has_name_table {
+            node.map::<NameTable>(name_table_id(id)).await?
+        } else {
+            let t = node.create(NameTable::default()).await?;
+            debug_assert_eq!(t.id(), name_table_id(id));
+            t
+        };
         node.inner.name_tables.lock().insert(id, table);
         Ok(node)
+    }
+
+    /// After a restart: asks the coordinators of the transactions prepared here what they
+    /// decided, until none is in doubt (bounded), then lets protocol messages in.
+    async fn resolve_in_doubt(&self) -> Result<(), Error> {
+        let d = self.inner.durability.clone().expect("durable node");
+        let limit = self.inner.op_timeout * 6;
+        let started = std::time::Instant::now();
+        loop {
+            let pending = d.in_doubt();
+            if pending.is_empty() {
+                break;
+            }
+            if started.elapsed() > limit {
+                return Err(Error::InDoubt {
+                    count: pending.len(),
+                    after: limit,
+                });
+            }
+            for (txid, coordinator) in pending {
+                self.send(coordinator, Message::TxInquire { txid });
+            }
+            tokio::time::sleep(IN_DOUBT_RESEND).await;
+        }
+        self.inner.recovering.store(false, Ordering::Release);
+        self.inner.recovered.notify_one();
+        info!(node = %self.inner.id, "in-doubt transactions resolved in {:?}", started.elapsed());
+        Ok(())
     }
 
     /// This node's id.
@@ -331,10 +468,23 @@ impl Node {
     }
 
     /// Creates a region homed at this node, holding `value`.
+    ///
+    /// With a data dir the creation is logged (and fsynced) before this returns, so the region
+    /// survives a restart with these contents.
     pub async fn create<T: Region>(&self, value: T) -> Result<Handle<T>, Error> {
         self.check_running()?;
+        let bytes = match &self.inner.durability {
+            Some(_) => Some(value.encode_region()?),
+            None => None,
+        };
         let cell = self.inner.state.lock().engine.create(value);
-        Ok(Handle::new(self.clone(), cell))
+        let handle = Handle::new(self.clone(), cell);
+        if let (Some(d), Some(bytes)) = (&self.inner.durability, bytes) {
+            d.log_create(handle.id(), T::FINGERPRINT, T::TYPE_NAME, bytes)
+                .await
+                .map_err(|e| Error::LogFailed(e.to_string()))?;
+        }
+        Ok(handle)
     }
 
     /// Maps region `id` as a `T`: checks with its home that it exists with this type (unless a
@@ -369,22 +519,26 @@ impl Node {
         done(outcome)
     }
 
-    /// Binds `name` to region `id` in the cluster's name directory. Binding a name again to
+    /// Binds `name` to region `id` in the cluster's name directory (a transaction: durable
+    /// with a data dir). Binding a name again to
     /// the same region succeeds; to another region fails with [`Error::NameTaken`].
     pub async fn bind(&self, name: &str, id: RegionId) -> Result<(), Error> {
         let table = self.name_table(name).await?;
-        let mut w = table.start_write().await?;
-        match w.names.iter().find(|(n, _)| n == name) {
-            Some((_, bound)) if *bound == id => Ok(()),
-            Some((_, bound)) => Err(Error::NameTaken {
-                name: name.to_owned(),
-                bound: *bound,
-            }),
-            None => {
-                w.names.push((name.to_owned(), id));
-                Ok(())
+        self.transaction(async |tx| {
+            let mut w = tx.write(&table).await?;
+            match w.names.iter().find(|(n, _)| n == name) {
+                Some((_, bound)) if *bound == id => Ok(()),
+                Some((_, bound)) => Err(Error::NameTaken {
+                    name: name.to_owned(),
+                    bound: *bound,
+                }),
+                None => {
+                    w.names.push((name.to_owned(), id));
+                    Ok(())
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The region bound to `name`.
@@ -401,9 +555,11 @@ impl Node {
     /// Removes the binding of `name` (if any).
     pub async fn unbind(&self, name: &str) -> Result<(), Error> {
         let table = self.name_table(name).await?;
-        let mut w = table.start_write().await?;
-        w.names.retain(|(n, _)| n != name);
-        Ok(())
+        self.transaction(async |tx| {
+            tx.write(&table).await?.names.retain(|(n, _)| n != name);
+            Ok(())
+        })
+        .await
     }
 
     async fn name_table(&self, name: &str) -> Result<Handle<NameTable>, Error> {
@@ -450,6 +606,31 @@ impl Node {
             st.engine.revoke_all();
         }
         self.inner.transport.shutdown().await;
+        if let Some(d) = &self.inner.durability {
+            d.store().close();
+        }
+    }
+
+    /// Sends `msg` to `to` in order with the engine's own messages.
+    pub(crate) fn send(&self, to: NodeId, msg: Message) {
+        let _st = self.inner.state.lock();
+        self.inner.transport.send(to, msg);
+    }
+
+    /// Runs `f` on the engine (under its lock) and sends what it produced.
+    pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut st = self.inner.state.lock();
+        let r = f(&mut st.engine);
+        st.flush(&self.inner.transport, &self.inner.locks);
+        r
+    }
+
+    pub(crate) fn durability(&self) -> Option<&Arc<Durability>> {
+        self.inner.durability.as_ref()
+    }
+
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.inner.op_timeout
     }
 
     pub(crate) fn locks(&self) -> &LockTable {
@@ -493,11 +674,12 @@ impl Node {
             AccessMode::Write => "write",
         };
         let priority = tx.priority;
-        let _ = priority;
+        let op_id = AtomicU64::new(0);
         let op_future = self.run_op(what, region, |engine, op| {
+            op_id.store(op, Ordering::Relaxed);
             let start = match mode {
-                AccessMode::Read => engine.start_read(region, op)?,
-                AccessMode::Write => engine.start_write(region, op)?,
+                AccessMode::Read => engine.start_read_with(region, op, priority)?,
+                AccessMode::Write => engine.start_write_with(region, op, priority)?,
             };
             Ok(granted(start))
         });
@@ -507,7 +689,14 @@ impl Node {
         let outcome = loop {
             tokio::select! {
                 r = &mut op_future => break r?,
-                _ = tx.wounded() => return Err(Error::Wounded),
+                _ = tx.wounded() => {
+                    let op = op_id.load(Ordering::Relaxed);
+                    let mut st = self.inner.state.lock();
+                    st.waiters.remove(&op);
+                    st.engine.cancel(op);
+                    st.flush(&self.inner.transport, &self.inner.locks);
+                    return Err(Error::Wounded);
+                }
                 _ = tick.tick() => {
                     self.inner.locks.wound_younger(region, priority);
                 }
@@ -559,15 +748,15 @@ impl Node {
             let started = start(&mut st.engine, op);
             match started {
                 Ok(Some(outcome)) => {
-                    st.flush(&self.inner.transport);
+                    st.flush(&self.inner.transport, &self.inner.locks);
                     return Ok(outcome);
                 }
                 Ok(None) => {
                     st.waiters.insert(op, tx);
-                    st.flush(&self.inner.transport);
+                    st.flush(&self.inner.transport, &self.inner.locks);
                 }
                 Err(e) => {
-                    st.flush(&self.inner.transport);
+                    st.flush(&self.inner.transport, &self.inner.locks);
                     return Err(e.into());
                 }
             }
@@ -576,7 +765,12 @@ impl Node {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Err(Error::ShutDown),
             Err(_) => {
-                self.inner.state.lock().waiters.remove(&op);
+                {
+                    let mut st = self.inner.state.lock();
+                    st.waiters.remove(&op);
+                    st.engine.cancel(op);
+                    st.flush(&self.inner.transport, &self.inner.locks);
+                }
                 let after = self.inner.op_timeout;
                 let home = region.home;
                 if home != self.inner.id && !self.inner.transport.is_connected(home) {
@@ -602,7 +796,7 @@ impl Node {
         if let Err(e) = st.engine.unmap(id) {
             warn!(node = %self.inner.id, region = %id, "unmap: {e}");
         }
-        st.flush(&self.inner.transport);
+        st.flush(&self.inner.transport, &self.inner.locks);
     }
 }
 
@@ -627,38 +821,114 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
     let mut shutdown = inner.shutdown.subscribe();
+    let node = Node {
+        inner: inner.clone(),
+    };
+    // Protocol messages held back while in-doubt transactions are resolved after a restart.
+    let mut held_back: Vec<(NodeId, Message)> = Vec::new();
     loop {
         tokio::select! {
             m = inbound.recv() => {
                 let Some(first) = m else { return };
-                let mut violations = Vec::new();
-                {
-                    let mut st = inner.state.lock();
-                    let mut next = Some(first);
-                    // Take what has already arrived under one lock.
-                    let mut budget = 64;
-                    while let Some(Inbound { from, msg }) = next.take() {
-                        if let Err(v) = st.engine.handle_message(from, msg) {
-                            violations.push((from, v.to_string()));
+                let mut next = Some(first);
+                // Take what has already arrived, in order.
+                let mut budget = 64;
+                while let Some(item) = next.take() {
+                    match item {
+                        Inbound::Message { from, msg } if msg.is_transaction() => {
+                            match &inner.durability {
+                                Some(d) => d.handle(&node, from, msg),
+                                None => refuse_transaction(&node, from, msg),
+                            }
                         }
-                        budget -= 1;
-                        if budget > 0 {
-                            next = inbound.try_recv().ok();
+                        Inbound::Message { from, msg } => {
+                            if inner.recovering.load(Ordering::Acquire) {
+                                held_back.push((from, msg));
+                            } else {
+                                handle_protocol(&inner, from, msg);
+                            }
+                        }
+                        Inbound::PeerRestarted { peer, epoch } => {
+                            info!(node = %inner.id, %peer, epoch, "peer restarted: dropping what it knew");
+                            {
+                                let mut st = inner.state.lock();
+                                st.engine.peer_restarted(peer);
+                                st.flush(&inner.transport, &inner.locks);
+                            }
+                            inner.transport.restart_handled(peer);
+                            if let Some(d) = &inner.durability {
+                                d.peer_restarted(&node, peer);
+                            }
                         }
                     }
-                    st.flush(&inner.transport);
+                    budget -= 1;
+                    if budget > 0 {
+                        next = inbound.try_recv().ok();
+                    }
                 }
-                for (from, why) in violations {
-                    inner.violations.fetch_add(1, Ordering::Relaxed);
-                    inner.transport.close_peer(from, &why);
+            }
+            _ = inner.recovered.notified() => {
+                for (from, msg) in held_back.drain(..) {
+                    handle_protocol(&inner, from, msg);
                 }
             }
             _ = inner.drained.notified() => {
                 let mut st = inner.state.lock();
                 st.engine.process_drained();
-                st.flush(&inner.transport);
+                st.flush(&inner.transport, &inner.locks);
             }
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Feeds a protocol message to the engine; a violation closes the peer's connections.
+fn handle_protocol(inner: &NodeInner, from: NodeId, msg: Message) {
+    let violation = {
+        let mut st = inner.state.lock();
+        let r = st.engine.handle_message(from, msg);
+        st.flush(&inner.transport, &inner.locks);
+        r.err()
+    };
+    if let Some(v) = violation {
+        inner.violations.fetch_add(1, Ordering::Relaxed);
+        inner.transport.close_peer(from, &v.to_string());
+    }
+}
+
+/// A node without a data dir takes no part in durable commits: it votes no.
+fn refuse_transaction(node: &Node, from: NodeId, msg: Message) {
+    if let Message::TxPrepare { txid, .. } | Message::TxCommit { txid, .. } = msg {
+        node.send(
+            from,
+            Message::TxReply {
+                txid,
+                ok: false,
+                reason: format!("{} has no data dir (not durable)", node.id()),
+            },
+        );
+    }
+}
+
+/// Re-sends, every second, the decisions of committed two-phase transactions that some
+/// participant has not confirmed (it may have been down), and the inquiries of in-doubt ones.
+async fn resend_decisions(node: Node) {
+    let Some(d) = node.inner.durability.clone() else {
+        return;
+    };
+    let mut shutdown = node.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        for (txid, participants) in d.undelivered() {
+            for p in participants {
+                node.send(p, Message::TxDecide { txid, commit: true });
+            }
+        }
+        for (txid, coordinator) in d.in_doubt() {
+            node.send(coordinator, Message::TxInquire { txid });
         }
     }
 }

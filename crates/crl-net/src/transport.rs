@@ -57,13 +57,25 @@ pub enum TransportError {
     Endpoint(#[from] std::io::Error),
 }
 
-/// A message received from an authenticated peer.
+/// What the transport delivers to the node's driver, in order.
 #[derive(Debug)]
-pub struct Inbound {
-    /// The sender (authenticated).
-    pub from: NodeId,
-    /// The message.
-    pub msg: Message,
+pub enum Inbound {
+    /// A message from an authenticated peer.
+    Message {
+        /// The sender (authenticated).
+        from: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// `peer` came back with a new epoch (it restarted): everything it knew is gone. Delivered
+    /// before any message of its new incarnation. The driver must answer with
+    /// [`Transport::restart_handled`] once it has forgotten the old incarnation.
+    PeerRestarted {
+        /// The peer.
+        peer: NodeId,
+        /// Its new epoch.
+        epoch: u64,
+    },
 }
 
 /// Traffic counters for one peer.
@@ -104,6 +116,15 @@ pub struct TransportSettings {
     pub connect_timeout: Duration,
     /// Largest frame payload accepted.
     pub max_frame_len: usize,
+    /// This node's incarnation, sent in every hello (a new one after each restart).
+    pub epoch: u64,
+}
+
+/// A queued outgoing message and the peer incarnation it was meant for.
+enum Outgoing {
+    Message { msg: Message, generation: u64 },
+    /// Connect now (sends the hello) even with nothing to send.
+    Connect,
 }
 
 struct Inner {
@@ -113,7 +134,13 @@ struct Inner {
     client: quinn::ClientConfig,
     peers: BTreeMap<NodeId, SocketAddr>,
     counters: BTreeMap<NodeId, PeerCounters>,
-    senders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Message>>>,
+    senders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outgoing>>>,
+    /// The last epoch heard from each peer.
+    epochs: Mutex<HashMap<NodeId, u64>>,
+    /// Bumped for a peer each time the driver handled its restart: messages queued for an
+    /// older generation were meant for the dead incarnation and are dropped, and the sender
+    /// reconnects before writing the next one.
+    generations: BTreeMap<NodeId, AtomicU64>,
     inbound: mpsc::UnboundedSender<Inbound>,
     /// Connections accepted from each peer (to close them on a protocol violation).
     accepted: Mutex<HashMap<NodeId, Vec<quinn::Connection>>>,
@@ -152,9 +179,12 @@ impl Transport {
             .keys()
             .map(|&p| (p, PeerCounters::default()))
             .collect();
+        let generations = peers.keys().map(|&p| (p, AtomicU64::new(0))).collect();
         let inner = Arc::new(Inner {
             node,
             settings,
+            epochs: Mutex::new(HashMap::new()),
+            generations,
             endpoint,
             client,
             peers,
@@ -190,10 +220,33 @@ impl Transport {
     /// Queues `msg` for `to`, in order after every message queued for `to` before. Never
     /// blocks. Call it in the order the engine produced the messages.
     pub fn send(&self, to: NodeId, msg: Message) {
-        if !self.inner.peers.contains_key(&to) {
+        let Some(generation) = self.inner.generations.get(&to) else {
             warn!(node = %self.inner.node, peer = %to, "dropping a message to a node outside the cluster");
             return;
+        };
+        let generation = generation.load(Ordering::Acquire);
+        self.queue(to, Outgoing::Message { msg, generation });
+    }
+
+    /// Connects to every peer now (each learns this node's epoch from the hello), instead of
+    /// at the first message. A restarted node calls it so that peers drop its old state.
+    pub fn announce(&self) {
+        for &peer in self.inner.peers.keys() {
+            self.queue(peer, Outgoing::Connect);
         }
+    }
+
+    /// The driver has handled [`Inbound::PeerRestarted`] for `peer`: messages queued before
+    /// now were for its old incarnation and are dropped; later ones go to a new connection.
+    pub fn restart_handled(&self, peer: NodeId) {
+        if let Some(g) = self.inner.generations.get(&peer) {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
+        // Wake the sender so it reconnects even if nothing else is queued.
+        self.queue(peer, Outgoing::Connect);
+    }
+
+    fn queue(&self, to: NodeId, item: Outgoing) {
         let mut senders = self.inner.senders.lock();
         let tx = senders.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -201,7 +254,7 @@ impl Transport {
             tokio::spawn(run_sender(self.inner.clone(), to, rx).instrument(span));
             tx
         });
-        if tx.send(msg).is_err() {
+        if tx.send(item).is_err() {
             debug!(peer = %to, "transport shut down; message dropped");
         }
     }
@@ -295,7 +348,11 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
     )
     .await;
     let from = match hello {
-        Ok(Ok(Some(Message::Hello { cluster_id, node }))) => {
+        Ok(Ok(Some(Message::Hello {
+            cluster_id,
+            node,
+            epoch,
+        }))) => {
             if cluster_id != inner.settings.cluster_id {
                 return refuse(
                     &conn,
@@ -320,7 +377,7 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
                     &format!("hello claims {node}: {e}"),
                 );
             }
-            node
+            (node, epoch)
         }
         Ok(Ok(Some(other))) => {
             return refuse(
@@ -333,7 +390,25 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
         Ok(Err(e)) => return refuse(&conn, close_code::BAD_FRAME, &format!("bad hello: {e}")),
         Err(_) => return refuse(&conn, close_code::REFUSED, "no hello in time"),
     };
-    debug!(peer = %from, "peer authenticated");
+    let (from, epoch) = from;
+    debug!(peer = %from, epoch, "peer authenticated");
+    {
+        // A new epoch means the peer restarted: tell the driver before any of its messages.
+        let mut epochs = inner.epochs.lock();
+        match epochs.insert(from, epoch) {
+            Some(old) if old != epoch => {
+                info!(peer = %from, old, epoch, "peer restarted");
+                if inner
+                    .inbound
+                    .send(Inbound::PeerRestarted { peer: from, epoch })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
     inner
         .accepted
         .lock()
@@ -352,7 +427,11 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
                     (buf.len() + crl_core::wire::HEADER_LEN) as u64,
                     Ordering::Relaxed,
                 );
-                if inner.inbound.send(Inbound { from, msg }).is_err() {
+                if inner.epochs.lock().get(&from) != Some(&epoch) {
+                    // A stream of an older incarnation still draining: its messages are void.
+                    return;
+                }
+                if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
                     return; // the node is shutting down
                 }
             }
@@ -384,6 +463,7 @@ async fn connect(
         let hello = Message::Hello {
             cluster_id: inner.settings.cluster_id,
             node: inner.node,
+            epoch: inner.settings.epoch,
         };
         write_frame(&mut stream, &hello, &mut Vec::new())
             .await
@@ -395,23 +475,33 @@ async fn connect(
         .map_err(|_| format!("connecting to {addr} timed out"))?
 }
 
-async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Message>) {
+async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let counters = &inner.counters[&peer];
+    let generation = &inner.generations[&peer];
     let mut shutdown = inner.shutdown.subscribe();
     let mut buf = Vec::new();
     let mut backoff = Duration::from_millis(20);
     let mut next: Option<Message> = None;
+    // Whether to connect without a message (an announce).
+    let mut connect_now = false;
     loop {
         // Wait for something to send before (re)connecting.
-        if next.is_none() {
-            next = tokio::select! {
+        while next.is_none() && !connect_now {
+            match tokio::select! {
                 m = rx.recv() => m,
                 _ = shutdown.changed() => None,
-            };
-            if next.is_none() {
-                return;
+            } {
+                None => return,
+                Some(Outgoing::Connect) => connect_now = true,
+                Some(Outgoing::Message { msg, generation: g }) => {
+                    if g == generation.load(Ordering::Acquire) {
+                        next = Some(msg);
+                    }
+                }
             }
         }
+        connect_now = false;
+        let connected_generation = generation.load(Ordering::Acquire);
         let (conn, mut stream) = match connect(&inner, peer).await {
             Ok(c) => c,
             Err(e) => {
@@ -436,7 +526,21 @@ async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedRece
                 Some(m) => m,
                 None => tokio::select! {
                     m = rx.recv() => match m {
-                        Some(m) => m,
+                        Some(Outgoing::Message { msg, generation: g }) => {
+                            if g != generation.load(Ordering::Acquire) {
+                                continue; // meant for the peer's previous incarnation
+                            }
+                            msg
+                        }
+                        Some(Outgoing::Connect) => {
+                            if generation.load(Ordering::Acquire) != connected_generation {
+                                // The peer restarted: this connection leads nowhere.
+                                conn.close(close_code::SHUTDOWN.into(), b"peer restarted");
+                                connect_now = true;
+                                break;
+                            }
+                            continue;
+                        }
                         None => {
                             let _ = stream.finish();
                             return;
@@ -445,6 +549,11 @@ async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedRece
                     _ = shutdown.changed() => return,
                 },
             };
+            if generation.load(Ordering::Acquire) != connected_generation {
+                conn.close(close_code::SHUTDOWN.into(), b"peer restarted");
+                next = Some(msg);
+                break;
+            }
             match write_frame(&mut stream, &msg, &mut buf).await {
                 Ok(n) => {
                     counters.messages_sent.fetch_add(1, Ordering::Relaxed);

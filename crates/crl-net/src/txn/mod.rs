@@ -461,7 +461,7 @@ impl Tx {
             Ok(a) => Ok(a),
             Err(e) => {
                 node.locks().release(region, shared);
-                if matches!(e, Error::Wounded) {
+                if matches!(e, Error::Wounded | Error::HomeRestarted(_)) {
                     self.doom("wounded while waiting".into());
                 }
                 Err(e)
