@@ -25,6 +25,7 @@ use crl_core::{Region, RegionId};
 use tokio::runtime::Runtime;
 
 use crate::node::{self, Error, NodeStats};
+use crate::txn;
 
 /// A local cluster driven from plain threads.
 pub struct Cluster {
@@ -116,9 +117,65 @@ impl Node {
         self.inner.stats()
     }
 
+    /// Runs `f` as a transaction (see [`node::Node::transaction`]); `f` may run several
+    /// times. Inside it, [`Tx::read`] and [`Tx::write`] block the calling thread.
+    pub fn transaction<F, T, E>(&self, mut f: F) -> Result<T, E>
+    where
+        F: FnMut(&Tx) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.inner.check_running()?;
+        let priority = self.inner.next_tx_priority();
+        let max = self.inner.tx_max_attempts().max(1);
+        for attempt in 1..=max {
+            let tx = Tx {
+                rt: self.rt.clone(),
+                inner: self.inner.begin_transaction(priority),
+            };
+            let result = f(&tx);
+            match self.rt.block_on(txn::settle(&tx.inner, result, attempt)) {
+                txn::Settled::Done(r) => return r,
+                txn::Settled::Retry => std::thread::sleep(txn::backoff(priority, attempt)),
+            }
+        }
+        Err(Error::Conflict { attempts: max }.into())
+    }
+
     /// The async node behind this one.
     pub fn as_async(&self) -> &node::Node {
         &self.inner
+    }
+}
+
+/// A transaction driven from a plain thread: the argument of [`Node::transaction`].
+pub struct Tx {
+    rt: Arc<Runtime>,
+    inner: txn::Tx,
+}
+
+impl Tx {
+    /// See [`txn::Tx::read`]; blocks until the read lock is held.
+    pub fn read<'t, T: Region>(&'t self, h: &Handle<T>) -> Result<txn::TxRead<'t, T>, Error> {
+        self.rt.block_on(self.inner.read(&h.inner))
+    }
+
+    /// See [`txn::Tx::write`]; blocks until the write lock is held.
+    pub fn write<'t, T: Region>(&'t self, h: &Handle<T>) -> Result<txn::TxWrite<'t, T>, Error> {
+        self.rt.block_on(self.inner.write(&h.inner))
+    }
+
+    /// See [`txn::Tx::create`].
+    pub fn create<T: Region>(&self, value: T) -> Result<Handle<T>, Error> {
+        let inner = self.rt.block_on(self.inner.create(value))?;
+        Ok(Handle {
+            rt: self.rt.clone(),
+            inner,
+        })
+    }
+
+    /// See [`txn::Tx::delete`].
+    pub fn delete<T: Region>(&self, h: &Handle<T>) -> Result<(), Error> {
+        self.rt.block_on(self.inner.delete(&h.inner))
     }
 }
 

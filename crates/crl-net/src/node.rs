@@ -186,6 +186,7 @@ impl From<OpError> for Error {
             },
             OpError::NotMapped(id) => Error::NotMapped(id),
             OpError::HomeRestarted(id) => Error::HomeRestarted(id),
+            e @ OpError::InUse(_) => Error::ProtocolViolation(e.to_string()),
             e @ OpError::Codec { .. } => Error::ProtocolViolation(e.to_string()),
         }
     }
@@ -204,6 +205,10 @@ pub struct NodeStats {
     pub violations: u64,
     /// Transactions run on this node.
     pub tx: TxStats,
+    /// Restarts of peers this node noticed (each dropped what it knew of the old incarnation).
+    pub peer_restarts: u64,
+    /// This node's epoch (its incarnation: bumped at every start).
+    pub epoch: u64,
 }
 
 enum Outcome {
@@ -236,7 +241,6 @@ impl EngineState {
                     warn!(%region, "a restarted peer held this region modified: its unlogged changes are lost");
                     continue;
                 }
-                _ => continue,
             };
             // A waiter that gave up (timeout) is gone: dropping a grant ends the access.
             if let Some(tx) = self.waiters.remove(&op) {
@@ -264,6 +268,8 @@ struct NodeInner {
     admission: Semaphore,
     op_timeout: Duration,
     violations: AtomicU64,
+    peer_restarts: AtomicU64,
+    epoch: u64,
     name_tables: Mutex<HashMap<NodeId, Handle<NameTable>>>,
     shutdown: watch::Sender<bool>,
     locks: LockTable,
@@ -318,7 +324,10 @@ impl Node {
         // Recover first: the epoch goes into every hello.
         let (durability, recovered) = match &config.data_dir {
             Some(dir) => {
-                let (store, rec) = DurableStore::open(StoreConfig::new(dir))?;
+                let config = StoreConfig::new(dir);
+                let (store, rec) = tokio::task::spawn_blocking(move || DurableStore::open(config))
+                    .await
+                    .map_err(|e| Error::ProtocolViolation(format!("store recovery panicked: {e}")))??;
                 info!(
                     node = %id,
                     epoch = rec.epoch,
@@ -365,7 +374,9 @@ impl Node {
             engine.set_next_seq(rec.next_seq);
             for r in rec.regions {
                 has_name_table |= r.region == name_table_id(id);
-                engine.restore_raw(r.region, r.fingerprint, r.type_name, r.bytes);
+                engine
+                    .restore_raw(r.region, r.fingerprint, r.type_name, r.bytes)
+                    .map_err(|e| Error::ProtocolViolation(format!("restoring a region: {e}")))?;
             }
             in_doubt = rec.in_doubt;
             coordinating = rec.coordinating;
@@ -391,6 +402,8 @@ impl Node {
             admission: Semaphore::new(MAX_OPS_IN_FLIGHT),
             op_timeout: config.op_timeout,
             violations: AtomicU64::new(0),
+            peer_restarts: AtomicU64::new(0),
+            epoch,
             name_tables: Mutex::new(HashMap::new()),
             shutdown,
             locks: LockTable::default(),
@@ -591,6 +604,8 @@ impl Node {
                 aborted: self.inner.tx_counters.aborted.load(Ordering::Relaxed),
                 wounds: self.inner.locks.wounds(),
             },
+            peer_restarts: self.inner.peer_restarts.load(Ordering::Relaxed),
+            epoch: self.inner.epoch,
         }
     }
 
@@ -856,6 +871,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                 st.flush(&inner.transport, &inner.locks);
                             }
                             inner.transport.restart_handled(peer);
+                            inner.peer_restarts.fetch_add(1, Ordering::Relaxed);
                             if let Some(d) = &inner.durability {
                                 d.peer_restarted(&node, peer);
                             }
@@ -1067,6 +1083,7 @@ fn granted(start: Start) -> Option<Outcome> {
 /// certificates (no files): the embedded default for tests, examples and single-machine use.
 pub struct Cluster {
     nodes: Vec<Node>,
+    configs: Vec<NodeConfig>,
     ca: ClusterCa,
 }
 
@@ -1095,6 +1112,7 @@ impl Cluster {
             sockets.push(socket);
         }
         let mut nodes = Vec::new();
+        let mut configs = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
             let id = NodeId(i as u32);
             let mut config = NodeConfig::new(cluster_id, ca.issue(id)?, addrs[&id]);
@@ -1104,9 +1122,39 @@ impl Cluster {
                 .map(|(p, a)| (*p, *a))
                 .collect();
             tweak(&mut config);
+            configs.push(config.clone());
             nodes.push(Node::start_with_socket(config, socket).await?);
         }
-        Ok(Cluster { nodes, ca })
+        Ok(Cluster {
+            nodes,
+            configs,
+            ca,
+        })
+    }
+
+    /// Stops node `i` and starts it again with the same configuration and address: with a
+    /// data dir it recovers its regions from its log; either way it comes back with a new
+    /// epoch, and its peers drop what they knew of the old incarnation. Drop every handle of
+    /// the old node first (they keep its socket open).
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub async fn restart(&mut self, i: usize) -> Result<(), Error> {
+        self.nodes[i].shutdown().await;
+        let config = self.configs[i].clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let socket = loop {
+            match std::net::UdpSocket::bind(config.listen) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("rebinding {}: {e}", config.listen);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(TransportError::Endpoint(e).into()),
+            }
+        };
+        self.nodes[i] = Node::start_with_socket(config, socket).await?;
+        Ok(())
     }
 
     /// Node `i`.

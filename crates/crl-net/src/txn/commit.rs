@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::{CommitFailure, Tx, Written};
+use super::{CommitFailure, Tx};
 use crate::node::{Error, Node};
 
 /// A prepared transaction at a participant home, waiting for the decision.

@@ -568,34 +568,61 @@ impl Node {
         for attempt in 1..=max {
             let tx = Tx::new(self.clone(), priority);
             let result = f(tx.clone()).await;
-            match result {
-                Ok(value) => match commit::commit(&tx).await {
-                    Ok(()) => {
-                        self.tx_counters().committed.fetch_add(1, Ordering::Relaxed);
-                        return Ok(value);
-                    }
-                    Err(CommitFailure::Retry(why)) => {
-                        debug!(node = %self.id(), attempt, "transaction conflicted at commit: {why}");
-                    }
-                    Err(CommitFailure::Fatal(e)) => {
-                        self.tx_counters().aborted.fetch_add(1, Ordering::Relaxed);
-                        return Err(e.into());
-                    }
-                },
-                Err(e) => {
-                    let doomed = tx.is_doomed();
-                    abort(&tx).await;
-                    if !doomed {
-                        self.tx_counters().aborted.fetch_add(1, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                }
+            match settle(&tx, result, attempt).await {
+                Settled::Done(r) => return r,
+                Settled::Retry => tokio::time::sleep(backoff(priority, attempt)).await,
             }
-            self.tx_counters().retried.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff(priority, attempt)).await;
         }
         Err(Error::Conflict { attempts: max }.into())
     }
+
+    /// A new transaction for the blocking facade (which drives the attempts itself).
+    pub(crate) fn begin_transaction(&self, priority: u64) -> Tx {
+        Tx::new(self.clone(), priority)
+    }
+}
+
+/// What became of one attempt.
+pub(crate) enum Settled<T, E> {
+    /// Committed (`Ok`) or failed for good (`Err`).
+    Done(Result<T, E>),
+    /// Aborted by a conflict: run the closure again.
+    Retry,
+}
+
+/// Commits or aborts an attempt, given what its closure returned.
+pub(crate) async fn settle<T, E: From<Error>>(
+    tx: &Tx,
+    result: Result<T, E>,
+    attempt: u32,
+) -> Settled<T, E> {
+    let node = tx.inner.node.clone();
+    let counters = node.tx_counters();
+    match result {
+        Ok(value) => match commit::commit(tx).await {
+            Ok(()) => {
+                counters.committed.fetch_add(1, Ordering::Relaxed);
+                return Settled::Done(Ok(value));
+            }
+            Err(CommitFailure::Retry(why)) => {
+                debug!(node = %node.id(), attempt, "transaction conflicted at commit: {why}");
+            }
+            Err(CommitFailure::Fatal(e)) => {
+                counters.aborted.fetch_add(1, Ordering::Relaxed);
+                return Settled::Done(Err(e.into()));
+            }
+        },
+        Err(e) => {
+            let doomed = tx.is_doomed();
+            abort(tx).await;
+            if !doomed {
+                counters.aborted.fetch_add(1, Ordering::Relaxed);
+                return Settled::Done(Err(e));
+            }
+        }
+    }
+    counters.retried.fetch_add(1, Ordering::Relaxed);
+    Settled::Retry
 }
 
 /// Aborts: restores, releases, deletes what the transaction created.
@@ -609,7 +636,7 @@ pub(crate) async fn abort(tx: &Tx) {
 }
 
 /// Exponential backoff with jitter: up to 50 µs · 2^attempt, at most 20 ms.
-fn backoff(priority: u64, attempt: u32) -> Duration {
+pub(crate) fn backoff(priority: u64, attempt: u32) -> Duration {
     let cap = (50u64 << attempt.min(9)).min(20_000);
     let mut x = priority ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     x ^= x >> 33;
