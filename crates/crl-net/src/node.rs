@@ -371,7 +371,11 @@ impl Node {
         let mut in_doubt = Vec::new();
         let mut coordinating = Vec::new();
         if let Some(rec) = recovered {
-            engine.set_next_seq(rec.next_seq);
+            // A fresh store reports the smallest safe next id (2); this node's first region,
+            // its name table, takes 1.
+            if !rec.regions.is_empty() {
+                engine.set_next_seq(rec.next_seq);
+            }
             for r in rec.regions {
                 has_name_table |= r.region == name_table_id(id);
                 engine
@@ -1141,6 +1145,12 @@ impl Cluster {
     /// If there is no node `i`.
     pub async fn restart(&mut self, i: usize) -> Result<(), Error> {
         self.nodes[i].shutdown().await;
+        // Let go of the old node (its endpoint keeps the address while it lives): point the
+        // slot at another node until the new one is up.
+        if self.nodes.len() > 1 {
+            let other = self.nodes[(i + 1) % self.nodes.len()].clone();
+            drop(std::mem::replace(&mut self.nodes[i], other));
+        }
         let config = self.configs[i].clone();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let socket = loop {

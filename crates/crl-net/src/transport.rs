@@ -293,6 +293,13 @@ impl Transport {
             .endpoint
             .close(close_code::SHUTDOWN.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        // Release the address now (handles may keep the endpoint alive for a while): a node
+        // restarted in the same process binds it again.
+        if let Ok(spare) = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            && let Err(e) = self.inner.endpoint.rebind(spare)
+        {
+            debug!("releasing the endpoint's socket: {e}");
+        }
     }
 }
 
