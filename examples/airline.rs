@@ -176,7 +176,10 @@ impl Db {
             .transaction(async |tx| {
                 n.fetch_add(1, Ordering::Relaxed);
                 let mut shard = tx.write(&self.shards[s]).await?;
-                let mine: Vec<usize> = (shard.reservations.iter().enumerate())
+                let mine: Vec<usize> = shard
+                    .reservations
+                    .iter()
+                    .enumerate()
                     .filter(|(_, (q, _))| q == p)
                     .map(|(i, _)| i)
                     .collect();

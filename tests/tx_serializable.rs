@@ -11,13 +11,15 @@
 //!   edges between committed transactions, and requires that graph to be acyclic. It also
 //!   rejects lost appends, reads of aborted appends and reads that are not a prefix of the
 //!   final list. The checker itself is first shown to reject hand-made anomalies.
+//! - **lost update**: tasks on every node increment one counter by reading it and then
+//!   writing it (a read lock upgraded to a write lock); no increment may be lost.
 //! - **write skew**: two registers with the invariant `x + y >= 0`, kept by transactions that
 //!   read both and decrement one; with `x + y = 1` exactly one of several concurrent ones may
 //!   succeed.
 //! - **planted bug**: with `TxFault::ReleaseReadsEarly` (reads are not held to the end, so
-//!   locking is not two-phase) the same list-append checker and the same write-skew check must
-//!   report a violation within a bounded number of rounds; a checker that cannot fail proves
-//!   nothing.
+//!   locking is not two-phase) the same list-append checker, the same write-skew check and the
+//!   same lost-update count must report a violation within a bounded number of rounds; a
+//!   checker that cannot fail proves nothing.
 //!
 //! The serializability workloads access regions in one global order (sorted by key), so they
 //! cannot deadlock and test isolation alone; `list_append_in_any_order_is_serializable` drops
@@ -738,6 +740,59 @@ async fn planted_early_read_release_is_caught_by_the_list_append_checker() -> Re
         }
     }
     panic!("early read release was not caught in {ROUNDS} rounds: the checker is too weak");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lost update
+// ---------------------------------------------------------------------------------------------
+
+/// Nine tasks on three nodes each increment one counter `n` times by reading it, yielding,
+/// then writing what they read plus one (a read lock upgraded to a write). Returns the final
+/// value; serializable, it is exactly `9 n`.
+async fn read_then_write_increments(cluster: &Cluster, n: i64) -> Result<i64, Error> {
+    let c = cluster.node(0).create(Register { value: 0 }).await?;
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let node = cluster.node(i % 3).clone();
+        let h = node.map::<Register>(c.id()).await?;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                node.transaction(async |tx| {
+                    let seen = tx.read(&h).await?.value;
+                    tokio::task::yield_now().await;
+                    tx.write(&h).await?.value = seen + 1;
+                    Ok::<_, Error>(())
+                })
+                .await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("increment task")?;
+    }
+    Ok(c.start_read().await?.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_then_write_increments_lose_no_update() -> Result<(), Error> {
+    let cluster = Cluster::local(3).await?;
+    let value = read_then_write_increments(&cluster, 40).await?;
+    println!("increments: {value}; tx {:?}", tx_totals(&cluster));
+    assert_eq!(value, 9 * 40, "lost updates");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// With reads released early, the read-then-write increments lose updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_early_read_release_is_caught_by_the_lost_update_check() -> Result<(), Error> {
+    let cluster = Cluster::local_with(3, |c| c.tx_fault = Some(TxFault::ReleaseReadsEarly)).await?;
+    let value = read_then_write_increments(&cluster, 40).await?;
+    println!("planted bug: {value} of {} increments survived", 9 * 40);
+    assert!(value < 9 * 40, "early read release lost no update");
+    cluster.shutdown().await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
