@@ -2,22 +2,27 @@
 //!
 //! Flights (with a date and a seat capacity), a flight+date index (one manifest per flight)
 //! and a passenger index (hash-sharded) are regions spread over every node. Travel agents on
-//! every node book, change and cancel reservations concurrently. Each operation holds write
-//! brackets on every region it touches, taken in one global order (by region id), so agents
-//! cannot deadlock; until transactions exist, that is what makes each booking atomic.
+//! every node book, change and cancel reservations concurrently. Each operation is one
+//! `node.transaction`: a booking takes a seat on the flight and inserts the reservation into
+//! both indices, all or nothing; a change moves it between two flights and both manifests.
+//! Transactions lock regions in whatever order the operation needs them; wound-wait breaks
+//! the deadlocks that causes (the younger transaction is retried), so there is no global lock
+//! order to maintain.
 //!
 //! At the end it checks that no flight is overbooked and that every reservation appears in
-//! both indices exactly once, then prints bookings/s, the hit rate and messages per booking.
+//! both indices exactly once, then prints bookings/s, the hit rate, messages per booking and
+//! the transaction counters (committed, retried, wounds).
 //!
 //! Run: `cargo run --release --example airline [-- --nodes 3 --agents 4 --flights 24 --seconds 10]`
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crl::core::engine::WriteGuard;
+use crl::net::txn::TxStats;
 use crl::{Cluster, Error, Handle, Node, Region, RegionId, RegionRef};
 
 #[derive(Parser, Clone)]
@@ -47,6 +52,10 @@ struct Args {
     /// Seed of the agents' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// A directory for the nodes' data: node i gets `<DIR>/n<i>` as its `data_dir`, where
+    /// transactions are logged durably once the library supports it. Default: none.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// A flight on one date.
@@ -81,25 +90,11 @@ struct Catalog {
 
 /// One node's view of the database.
 struct Db {
+    node: Node,
     flights: Vec<Handle<Flight>>,
     manifests: Vec<Handle<Manifest>>,
     shards: Vec<Handle<PassengerShard>>,
     flight_index: HashMap<RegionId, usize>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
-    Flight(usize),
-    Manifest(usize),
-    Shard(usize),
-}
-
-/// Write brackets on several regions, taken in region-id order.
-#[derive(Default)]
-struct Locks<'a> {
-    flights: BTreeMap<usize, WriteGuard<'a, Flight>>,
-    manifests: BTreeMap<usize, WriteGuard<'a, Manifest>>,
-    shards: BTreeMap<usize, WriteGuard<'a, PassengerShard>>,
 }
 
 impl Db {
@@ -109,6 +104,7 @@ impl Db {
             .await?;
         let c = catalog.start_read().await?.clone();
         let mut db = Db {
+            node: node.clone(),
             flights: Vec::new(),
             manifests: Vec::new(),
             shards: Vec::new(),
@@ -127,14 +123,6 @@ impl Db {
         Ok(db)
     }
 
-    fn id(&self, k: Key) -> RegionId {
-        match k {
-            Key::Flight(i) => self.flights[i].id(),
-            Key::Manifest(i) => self.manifests[i].id(),
-            Key::Shard(i) => self.shards[i].id(),
-        }
-    }
-
     fn shard_of(&self, passenger: &str) -> usize {
         let h = passenger.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -142,121 +130,99 @@ impl Db {
         (h % self.shards.len() as u64) as usize
     }
 
-    async fn lock(&self, mut keys: Vec<Key>, accesses: &AtomicU64) -> Result<Locks<'_>, Error> {
-        keys.sort_by_key(|&k| self.id(k));
-        keys.dedup();
-        let mut l = Locks::default();
-        for k in keys {
-            accesses.fetch_add(1, Ordering::Relaxed);
-            match k {
-                Key::Flight(i) => {
-                    l.flights.insert(i, self.flights[i].start_write().await?);
-                }
-                Key::Manifest(i) => {
-                    l.manifests
-                        .insert(i, self.manifests[i].start_write().await?);
-                }
-                Key::Shard(i) => {
-                    l.shards.insert(i, self.shards[i].start_write().await?);
-                }
-            }
-        }
-        Ok(l)
-    }
-
-    /// Books `p` on flight `f` if a seat is free and `p` is not on it already.
+    /// Books `p` on flight `f` if a seat is free and `p` is not on it already: one
+    /// transaction takes the seat and inserts the reservation into both indices.
     async fn book(&self, p: &str, f: usize, n: &AtomicU64) -> Result<bool, Error> {
         let s = self.shard_of(p);
-        let mut l = self
-            .lock(vec![Key::Flight(f), Key::Manifest(f), Key::Shard(s)], n)
-            .await?;
         let flight_ref = RegionRef::new(self.flights[f].id());
-        let on_board = l.shards[&s]
-            .reservations
-            .iter()
-            .any(|(q, r)| q == p && *r == flight_ref);
-        let flight = l.flights.get_mut(&f).expect("locked");
-        if on_board || flight.booked == flight.seats {
-            return Ok(false);
-        }
-        flight.booked += 1;
-        l.manifests
-            .get_mut(&f)
-            .expect("locked")
-            .passengers
-            .push(p.to_owned());
-        l.shards
-            .get_mut(&s)
-            .expect("locked")
-            .reservations
-            .push((p.to_owned(), flight_ref));
-        Ok(true)
+        self.node
+            .transaction(async |tx| {
+                n.fetch_add(1, Ordering::Relaxed);
+                let mut shard = tx.write(&self.shards[s]).await?;
+                if shard
+                    .reservations
+                    .iter()
+                    .any(|(q, r)| q == p && *r == flight_ref)
+                {
+                    return Ok(false); // already on board
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+                let mut flight = tx.write(&self.flights[f]).await?;
+                if flight.booked == flight.seats {
+                    return Ok(false); // full
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+                let mut manifest = tx.write(&self.manifests[f]).await?;
+                flight.booked += 1;
+                manifest.passengers.push(p.to_owned());
+                shard.reservations.push((p.to_owned(), flight_ref));
+                Ok(true)
+            })
+            .await
     }
 
-    /// `p`'s reservations (a read of their shard).
-    async fn reservations(&self, p: &str, n: &AtomicU64) -> Result<Vec<usize>, Error> {
-        n.fetch_add(1, Ordering::Relaxed);
-        let r = self.shards[self.shard_of(p)].start_read().await?;
-        Ok(r.reservations
-            .iter()
-            .filter(|(q, _)| q == p)
-            .map(|(_, f)| self.flight_index[&f.id()])
-            .collect())
-    }
-
-    /// Cancels `p` on `from` and, if `to` is given, books them on `to` instead, atomically.
+    /// Moves one of `p`'s reservations (the `pick`-th, modulo their number) to flight `to`,
+    /// or cancels it if `to` is `None`: one transaction updates both flights and both
+    /// indices. False if `p` has no reservation or the new flight is full or already theirs.
     async fn cancel_or_change(
         &self,
         p: &str,
-        from: usize,
+        pick: usize,
         to: Option<usize>,
         n: &AtomicU64,
     ) -> Result<bool, Error> {
         let s = self.shard_of(p);
-        let mut keys = vec![Key::Flight(from), Key::Manifest(from), Key::Shard(s)];
-        if let Some(t) = to {
-            keys.extend([Key::Flight(t), Key::Manifest(t)]);
-        }
-        let mut l = self.lock(keys, n).await?;
-        let from_ref = RegionRef::new(self.flights[from].id());
-        let shard = l.shards.get_mut(&s).expect("locked");
-        let Some(pos) = shard
-            .reservations
-            .iter()
-            .position(|(q, r)| q == p && *r == from_ref)
-        else {
-            return Ok(false); // cancelled meanwhile by another agent
-        };
-        if let Some(t) = to {
-            let to_ref = RegionRef::new(self.flights[t].id());
-            let full = l.flights[&t].booked == l.flights[&t].seats;
-            if full
-                || shard
+        self.node
+            .transaction(async |tx| {
+                n.fetch_add(1, Ordering::Relaxed);
+                let mut shard = tx.write(&self.shards[s]).await?;
+                let mine: Vec<usize> = shard
                     .reservations
                     .iter()
-                    .any(|(q, r)| q == p && *r == to_ref)
-            {
-                return Ok(false);
-            }
-            shard.reservations[pos].1 = to_ref;
-            l.flights.get_mut(&t).expect("locked").booked += 1;
-            l.manifests
-                .get_mut(&t)
-                .expect("locked")
-                .passengers
-                .push(p.to_owned());
-        } else {
-            shard.reservations.swap_remove(pos);
-        }
-        l.flights.get_mut(&from).expect("locked").booked -= 1;
-        let m = l.manifests.get_mut(&from).expect("locked");
-        let i = m
-            .passengers
-            .iter()
-            .position(|q| q == p)
-            .expect("manifest and passenger index agree");
-        m.passengers.swap_remove(i);
-        Ok(true)
+                    .enumerate()
+                    .filter(|(_, (q, _))| q == p)
+                    .map(|(i, _)| i)
+                    .collect();
+                if mine.is_empty() {
+                    return Ok(false); // no reservation to move
+                }
+                let pos = mine[pick % mine.len()];
+                let from = self.flight_index[&shard.reservations[pos].1.id()];
+                if let Some(t) = to {
+                    let to_ref = RegionRef::new(self.flights[t].id());
+                    if shard
+                        .reservations
+                        .iter()
+                        .any(|(q, r)| q == p && *r == to_ref)
+                    {
+                        return Ok(false); // already on it (or t == from)
+                    }
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let mut flight = tx.write(&self.flights[t]).await?;
+                    if flight.booked == flight.seats {
+                        return Ok(false); // full
+                    }
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let mut manifest = tx.write(&self.manifests[t]).await?;
+                    flight.booked += 1;
+                    manifest.passengers.push(p.to_owned());
+                    shard.reservations[pos].1 = to_ref;
+                } else {
+                    shard.reservations.swap_remove(pos);
+                }
+                n.fetch_add(2, Ordering::Relaxed);
+                let mut flight = tx.write(&self.flights[from]).await?;
+                let mut manifest = tx.write(&self.manifests[from]).await?;
+                flight.booked -= 1;
+                let i = manifest
+                    .passengers
+                    .iter()
+                    .position(|q| q == p)
+                    .expect("manifest and passenger index agree");
+                manifest.passengers.swap_remove(i);
+                Ok(true)
+            })
+            .await
     }
 }
 
@@ -286,23 +252,15 @@ async fn agent(db: Arc<Db>, args: Args, seed: u64, until: Instant, c: Arc<Counts
                 .await
                 .map(|ok| (ok, &c.bookings))
         } else {
-            match db.reservations(&p, &c.accesses).await {
-                Ok(r) if r.is_empty() => Ok((false, &c.refused)),
-                Ok(r) => {
-                    let from = r[next(r.len())];
-                    if dice < 80 {
-                        let to = next(args.flights);
-                        db.cancel_or_change(&p, from, Some(to), &c.accesses)
-                            .await
-                            .map(|ok| (ok, &c.changes))
-                    } else {
-                        db.cancel_or_change(&p, from, None, &c.accesses)
-                            .await
-                            .map(|ok| (ok, &c.cancels))
-                    }
-                }
-                Err(e) => Err(e),
-            }
+            let (pick, to) = (next(64), next(args.flights));
+            let (to, counter) = if dice < 80 {
+                (Some(to), &c.changes)
+            } else {
+                (None, &c.cancels)
+            };
+            db.cancel_or_change(&p, pick, to, &c.accesses)
+                .await
+                .map(|ok| (ok, counter))
         };
         match result {
             Ok((true, counter)) => {
@@ -412,13 +370,22 @@ async fn verify(db: &Db) -> Result<(u64, Vec<String>), Error> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     println!(
         "airline: {} nodes x {} agents, {} flights x {} seats, {} passengers, {} s",
         args.nodes, args.agents, args.flights, args.seats, args.passengers, args.seconds
     );
-    let cluster = Cluster::local(args.nodes).await?;
+    if let Some(dir) = &args.data_dir {
+        for i in 0..args.nodes {
+            std::fs::create_dir_all(dir.join(format!("n{i}")))?;
+        }
+    }
+    let data_dir = args.data_dir.clone();
+    let cluster = Cluster::local_with(args.nodes, |c| {
+        c.data_dir = data_dir.as_ref().map(|d| d.join(format!("n{}", c.node.0)));
+    })
+    .await?;
     create(&cluster, &args).await?;
     let counts = Arc::new(Counts::default());
     let start = Instant::now();
@@ -480,6 +447,20 @@ async fn main() -> Result<(), Error> {
         "accesses {accesses}, misses {misses}: hit rate {:.1}%; {:.1} messages per booking, change or cancel",
         100.0 * (accesses.saturating_sub(misses)) as f64 / accesses.max(1) as f64,
         messages as f64 / (b + ch + ca).max(1) as f64
+    );
+    let tx = stats.iter().fold(TxStats::default(), |t, s| TxStats {
+        committed: t.committed + s.tx.committed,
+        retried: t.retried + s.tx.retried,
+        aborted: t.aborted + s.tx.aborted,
+        wounds: t.wounds + s.tx.wounds,
+    });
+    println!(
+        "transactions: {} committed ({:.0}/s), {} retried, {} wounds, {} aborted",
+        tx.committed,
+        tx.committed as f64 / secs,
+        tx.retried,
+        tx.wounds,
+        tx.aborted
     );
     println!("seats booked at the end: {booked}");
     drop(dbs);
