@@ -305,8 +305,16 @@ async fn open_branch(node: &Node, shape: Shape, b: u32, deadline: Instant) -> Re
     let name = branch_name(b);
     let id = lookup_retry(node, &name, deadline, true)
         .await?
-        .ok_or_else(|| format!("no branch directory {name:?} was bound (is node {} up?)", shape.home(b)))?;
-    let dir = retry(deadline, || async { Ok(node.map::<BranchDir>(id).await?.start_read().await?.clone()) }).await?;
+        .ok_or_else(|| {
+            format!(
+                "no branch directory {name:?} was bound (is node {} up?)",
+                shape.home(b)
+            )
+        })?;
+    let dir = retry(deadline, || async {
+        Ok(node.map::<BranchDir>(id).await?.start_read().await?.clone())
+    })
+    .await?;
     if dir.number != b
         || dir.accounts_per_region != shape.per_block
         || dir.tellers.len() != TELLERS_PER_BRANCH as usize
@@ -398,7 +406,12 @@ pub async fn open_history(node: &Node, client: u32, create: bool, wait: Duration
         Ok(index.start_read().await?.chunks.last().copied())
     })
     .await?
-    .ok_or_else(|| format!("client {client}'s history index {} lists no chunk", index.id()))?;
+    .ok_or_else(|| {
+        format!(
+            "client {client}'s history index {} lists no chunk",
+            index.id()
+        )
+    })?;
     let chunk = retry(deadline, || node.map::<HistoryChunk>(last)).await?;
     Ok(History {
         client,
@@ -462,7 +475,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next_u64() >> 32) * u64::from(n) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
     }
 }
 

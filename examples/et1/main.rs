@@ -247,7 +247,9 @@ async fn bench(args: &BenchArgs) -> Res<()> {
     let t = Instant::now();
     let mut dbs = Vec::new();
     for node in &nodes {
-        dbs.push(Arc::new(Db::open(node, shape, Duration::from_secs(30)).await?));
+        dbs.push(Arc::new(
+            Db::open(node, shape, Duration::from_secs(30)).await?,
+        ));
     }
     println!(
         "loaded {regions} regions in {:.3} s (in transactions, every node its own branches in parallel); mapped everywhere in {:.2} s",
@@ -261,9 +263,8 @@ async fn bench(args: &BenchArgs) -> Res<()> {
     let mut failed = false;
     for &clients in &args.clients {
         let fsync_p50 = if durable {
-            let samples = db::fsync_probe(&data_dir(0), 200).map_err(|e| {
-                format!("fsync probe in {}: {e}", data_dir(0).display())
-            })?;
+            let samples = db::fsync_probe(&data_dir(0), 200)
+                .map_err(|e| format!("fsync probe in {}: {e}", data_dir(0).display()))?;
             db::quantile(&samples, 0.5)
         } else {
             None

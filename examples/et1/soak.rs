@@ -152,6 +152,13 @@ fn emit(line: &str) {
     }
 }
 
+/// `eprintln!` in a single write, so that lines of processes sharing the terminal do not mix.
+macro_rules! elog {
+    ($($arg:tt)*) => {{
+        let _ = std::io::stderr().write_all(format!("{}\n", format_args!($($arg)*)).as_bytes());
+    }};
+}
+
 /// The variant name of an error (what the orchestrator classifies by).
 fn kind(e: &Error) -> &'static str {
     match e {
@@ -184,7 +191,7 @@ async fn node_run(args: &NodeArgs) -> Res<()> {
     let node = Node::start(config)
         .await
         .map_err(|e| format!("{tag} cannot start the node: {e}"))?;
-    eprintln!(
+    elog!(
         "{tag} node started on {} (data dir {})",
         node.local_addr(),
         data_dir.map_or("none".into(), |d| d.display().to_string())
@@ -199,10 +206,10 @@ async fn node_run(args: &NodeArgs) -> Res<()> {
     for b in shape.branches_of(id) {
         let name = db::branch_name(b);
         match db::lookup_retry(&node, &name, deadline, false).await? {
-            Some(dir) => eprintln!("{tag} branch {b}: found {name} = {dir}, reusing it"),
+            Some(dir) => elog!("{tag} branch {b}: found {name} = {dir}, reusing it"),
             None if inc == 0 => {
                 let n = db::load_branch(&node, shape, b).await?;
-                eprintln!(
+                elog!(
                     "{tag} branch {b}: created {n} regions in {:.2} s",
                     t.elapsed().as_secs_f64()
                 );
@@ -229,7 +236,7 @@ async fn node_run(args: &NodeArgs) -> Res<()> {
             .await
             .map_err(|e| format!("{tag} waiting for the peers' branches: {e}"))?,
     );
-    eprintln!(
+    elog!(
         "{tag} ready after {:.2} s: {} clients",
         t.elapsed().as_secs_f64(),
         histories.len()
@@ -260,7 +267,7 @@ async fn node_run(args: &NodeArgs) -> Res<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                eprintln!(
+                elog!(
                     "{tag} {} commits acknowledged, {} failed",
                     commits.load(Ordering::Relaxed),
                     fails.load(Ordering::Relaxed)
@@ -291,7 +298,7 @@ async fn node_run(args: &NodeArgs) -> Res<()> {
             }
             "verify" => verify(&db, args.clients_per_node * nodes, &tag).await,
             "exit" => break,
-            other => eprintln!("{tag} unknown command {other:?}"),
+            other => elog!("{tag} unknown command {other:?}"),
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -327,7 +334,7 @@ async fn soak_client(
                 emit(&format!("fail {txn} {}", kind(&e)));
                 fails.fetch_add(1, Ordering::Relaxed);
                 if reported < 5 || reported.is_power_of_two() {
-                    eprintln!("{tag} client {}: txn {txn:#x} failed: {e}", hist.client);
+                    elog!("{tag} client {}: txn {txn:#x} failed: {e}", hist.client);
                 }
                 reported += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -346,7 +353,7 @@ async fn verify(db: &Db, clients: u32, tag: &str) {
         match db::snapshot(db, &ids).await {
             Ok(s) => break s,
             Err(e) if attempt < 10 => {
-                eprintln!("{tag} verify: reading the snapshot failed ({e}); retrying");
+                elog!("{tag} verify: reading the snapshot failed ({e}); retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => {
@@ -692,7 +699,8 @@ fn run(s: &mut Soak<'_>) -> Res<()> {
     let mut rng = Rng::new(s.seed);
     for round in 1..=args.rounds {
         let wait = Duration::from_millis(
-            args.min_wait_ms + u64::from(rng.below((args.max_wait_ms - args.min_wait_ms + 1) as u32)),
+            args.min_wait_ms
+                + u64::from(rng.below((args.max_wait_ms - args.min_wait_ms + 1) as u32)),
         );
         s.pump(Instant::now() + wait)?;
         let victim = rng.below(args.nodes);
@@ -723,9 +731,11 @@ fn run(s: &mut Soak<'_>) -> Res<()> {
     for n in 0..s.procs.len() {
         s.send(n, "stop")?;
     }
-    s.wait_for("every node to stop its clients", Duration::from_secs(120), |s| {
-        s.procs.iter().all(|p| p.stopped)
-    })?;
+    s.wait_for(
+        "every node to stop its clients",
+        Duration::from_secs(120),
+        |s| s.procs.iter().all(|p| p.stopped),
+    )?;
     println!("clients stopped; node 0 verifies");
     s.send(0, "verify")?;
     s.wait_for("node 0's verification", Duration::from_secs(600), |s| {
@@ -882,7 +892,7 @@ fn report(s: &Soak<'_>) -> Res<()> {
         Ok(())
     } else {
         for v in &violations {
-            eprintln!("INVARIANT BROKEN: {v}");
+            elog!("INVARIANT BROKEN: {v}");
         }
         Err(format!("{} violations", violations.len()).into())
     }
