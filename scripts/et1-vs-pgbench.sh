@@ -52,19 +52,20 @@ done
 
 # The value of key $2 in the line of $1 that has clients=$3.
 field() { grep -E "(^| )clients=$3( |$)" "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p" | head -1; }
+num() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.1f", a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 
 echo
 echo "ET1 scale $scale, $nodes crl nodes in one process, durable (data_dir set) vs PostgreSQL pgbench (fsync=on, synchronous_commit=on)"
-printf '%-8s | %12s | %15s %7s %7s %7s | %15s %7s %7s %7s | %9s\n' \
-  clients "pgbench TPS" "crl uniform TPS" ratio p50_ms p99_ms "crl local TPS" ratio p50_ms p99_ms fsync_p50
+printf '%-8s | %12s | %15s %7s %7s %7s | %15s %7s %7s %7s | %13s\n' \
+  clients "pgbench TPS" "crl uniform TPS" ratio p50_ms p99_ms "crl local TPS" ratio p50_ms p99_ms "fsync p50 u/l"
 for c in "${clients[@]}"; do
   pg=$(field "$out/pg.txt" tps "$c")
   u=$(field "$out/et1-uniform.txt" tps "$c"); l=$(field "$out/et1-local.txt" tps "$c")
-  printf '%-8s | %12s | %15s %7s %7s %7s | %15s %7s %7s %7s | %9s\n' "$c" "${pg:--}" \
-    "${u:--}" "$(ratio "$u" "$pg")" "$(field "$out/et1-uniform.txt" p50_ms "$c")" \
+  printf '%-8s | %12s | %15s %7s %7s %7s | %15s %7s %7s %7s | %13s\n' "$c" "$(num "$pg")" \
+    "$(num "$u")" "$(ratio "$u" "$pg")" "$(field "$out/et1-uniform.txt" p50_ms "$c")" \
     "$(field "$out/et1-uniform.txt" p99_ms "$c")" \
-    "${l:--}" "$(ratio "$l" "$pg")" "$(field "$out/et1-local.txt" p50_ms "$c")" \
+    "$(num "$l")" "$(ratio "$l" "$pg")" "$(field "$out/et1-local.txt" p50_ms "$c")" \
     "$(field "$out/et1-local.txt" p99_ms "$c")" \
-    "$(field "$out/et1-uniform.txt" fsync_p50_ms "$c")"
+    "$(field "$out/et1-uniform.txt" fsync_p50_ms "$c")/$(field "$out/et1-local.txt" fsync_p50_ms "$c")"
 done

@@ -18,7 +18,8 @@
 //! With `--access uniform` (pgbench) the account, teller and branch are uniform and
 //! independent. With `--access local` (DebitCredit) each client is bound to a branch homed on
 //! its own node; its teller is one of that branch's, and its account is one of that branch's
-//! with 85% probability, otherwise one of another branch. Clients are spread round-robin over
+//! with 85% probability, otherwise one of another branch (a client whose node homes no branch,
+//! when `--scale` < `--nodes`, is bound to a remote one). Clients are spread round-robin over
 //! the nodes; each is a tokio task on its node, and all nodes run in this process (QUIC with
 //! mutual TLS on 127.0.0.1).
 //!
