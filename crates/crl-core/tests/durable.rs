@@ -546,6 +546,46 @@ fn group_commit_shares_fsyncs() {
 }
 
 #[test]
+fn concurrent_appends_across_checkpoints_all_survive() {
+    const THREADS: usize = 8;
+    const EACH: usize = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open_with(tmp.path(), 2048);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let seq = 2 + (t * EACH + i) as u64;
+                    append_wait(&store, create(seq, &[i as u8; 32])).unwrap();
+                    if i % 3 == 0 {
+                        store.append_lazy(LogRecord::Forget { txid: seq });
+                    }
+                }
+            });
+        }
+    });
+    store.close();
+    assert!(store.stats().checkpoints > 0, "{:?}", store.stats());
+    let (_store, rec) = open_with(tmp.path(), 2048);
+    assert_eq!(rec.regions.len(), THREADS * EACH);
+    assert_eq!(rec.next_seq, 2 + (THREADS * EACH) as u64);
+    assert_eq!(rec.report.cut_bytes, 0);
+    assert_eq!(logs(tmp.path()).len(), 1);
+}
+
+#[test]
+fn oversized_record_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    let huge = create(2, &vec![0; crl_core::durable::MAX_RECORD_BYTES]);
+    let err = append_wait(&store, huge).unwrap_err();
+    assert!(matches!(err, StoreError::RecordTooLarge { .. }), "{err}");
+    assert!(store.failure().is_none());
+    append_wait(&store, create(3, b"fine")).unwrap();
+}
+
+#[test]
 fn injected_fsync_failure_is_fatal_and_sticky() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = open(tmp.path());
