@@ -474,6 +474,32 @@ mod tests {
         assert!(decode_payload(&[TAG_DECIDE, 0, 0, 0, 0, 0, 0, 0, 0, 2]).is_err());
     }
 
+    /// Pins the log format: these bytes must decode the same in every release.
+    #[test]
+    fn golden_frames() {
+        let mut buf = Vec::new();
+        encode_frame(&LogRecord::Delete { region: rid(2) }, &mut buf).unwrap();
+        let payload = [2, 3, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+        let mut expected = b"CRLW".to_vec();
+        expected.extend_from_slice(&13u32.to_le_bytes());
+        expected.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        expected.extend_from_slice(&payload);
+        assert_eq!(buf, expected);
+        // CRC-32 (IEEE) of that payload, as zlib.crc32 computes it: a change is a format change.
+        assert_eq!(&buf[8..12], &0x5a93_2644u32.to_le_bytes());
+
+        buf.clear();
+        encode_frame(
+            &LogRecord::Decide {
+                txid: 0x0102,
+                commit: true,
+            },
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(&buf[12..], &[5, 2, 1, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
     #[test]
     fn oversized_record_is_refused() {
         let r = LogRecord::Create {

@@ -325,7 +325,8 @@ fn decode_checkpoint(payload: &[u8]) -> Result<Option<Checkpoint>, String> {
         let fingerprint = d.u64().map_err(de)?;
         let type_name = d.string().map_err(de)?;
         let bytes = d.bytes().map_err(de)?.to_vec();
-        if region.seq >= next_seq {
+        // `next_seq` saturates at u64::MAX (see Table::apply).
+        if region.seq.saturating_add(1) > next_seq {
             return Err(format!("region {region} not below next_seq {next_seq}"));
         }
         let r = StoredRegion {
