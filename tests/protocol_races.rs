@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crl::Region;
 use crl::core::engine::{
-    Access, CacheState, DirState, Engine, EngineConfig, EntrySnapshot, OpError, OpId, Progress,
-    RegionCell, Start,
+    Access, CacheState, DirState, Engine, EngineConfig, EntrySnapshot, OpError, OpId,
+    PRIORITY_NONE, Progress, RegionCell, Start,
 };
 use crl::core::sim::Network;
 use crl::core::wire::{Grant, Message, Recall, Refusal};
@@ -138,7 +138,8 @@ fn recall_crossing_a_flush() {
         net.peek(0, 1),
         Some(&Message::Recall {
             region: id,
-            kind: Recall::Invalidate
+            kind: Recall::Invalidate,
+            priority: PRIORITY_NONE,
         })
     );
     assert_eq!(net.engine(1).flush(id, 2).unwrap(), Progress::Pending);
@@ -190,7 +191,8 @@ fn modified_flush_crossing_a_downgrade() {
         net.peek(0, 1),
         Some(&Message::Recall {
             region: id,
-            kind: Recall::Downgrade
+            kind: Recall::Downgrade,
+            priority: PRIORITY_NONE,
         })
     );
     assert_eq!(net.engine(1).flush(id, 3).unwrap(), Progress::Pending);

@@ -295,7 +295,9 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
     )
     .await;
     let from = match hello {
-        Ok(Ok(Some(Message::Hello { cluster_id, node }))) => {
+        Ok(Ok(Some(Message::Hello {
+            cluster_id, node, ..
+        }))) => {
             if cluster_id != inner.settings.cluster_id {
                 return refuse(
                     &conn,
@@ -384,6 +386,7 @@ async fn connect(
         let hello = Message::Hello {
             cluster_id: inner.settings.cluster_id,
             node: inner.node,
+            epoch: 0,
         };
         write_frame(&mut stream, &hello, &mut Vec::new())
             .await
