@@ -77,11 +77,7 @@ fn event_for(a: &mut Engine, b: &mut Engine, op: OpId) -> Event {
     let ev = b
         .poll_event()
         .unwrap_or_else(|| panic!("setup: no event for op {op} after the engines went quiet"));
-    match &ev {
-        Event::Granted { op: o, .. } | Event::Completed { op: o, .. } => {
-            assert_eq!(*o, op, "setup: event for another op");
-        }
-    }
+    assert_eq!(ev.op(), Some(op), "setup: event for another op");
     ev
 }
 
@@ -98,7 +94,7 @@ fn remote_copy(
     if progress == Progress::Pending {
         match event_for(a, b, op) {
             Event::Completed { result, .. } => result.expect("setup: map completed with an error"),
-            Event::Granted { .. } => panic!("setup: a map was granted an access"),
+            other => panic!("setup: a map ended with {other:?}"),
         }
     }
     let start = if write {
@@ -111,7 +107,7 @@ fn remote_copy(
         Start::Granted(access) => access,
         Start::Queued => match event_for(a, b, op + 1) {
             Event::Granted { access, .. } => access,
-            Event::Completed { result, .. } => panic!("setup: access failed: {result:?}"),
+            other => panic!("setup: access ended with {other:?}"),
         },
     };
     drop(access);

@@ -75,6 +75,7 @@ async fn a_foreign_ca_certificate_is_refused() {
             let hello = frame(&Message::Hello {
                 cluster_id: cluster.node(0).cluster_id(),
                 node: NodeId(1),
+                epoch: 0,
             });
             assert!(
                 send_and_expect_close(&conn, &hello).await,
@@ -101,7 +102,8 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
             &conn,
             &frame(&Message::Hello {
                 cluster_id,
-                node: NodeId(2)
+                node: NodeId(2),
+                epoch: 0,
             })
         )
         .await
@@ -115,7 +117,8 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
             &conn,
             &frame(&Message::Hello {
                 cluster_id,
-                node: NodeId(0)
+                node: NodeId(0),
+                epoch: 0,
             })
         )
         .await
@@ -129,7 +132,8 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
             &conn,
             &frame(&Message::Hello {
                 cluster_id: cluster_id ^ 1,
-                node: NodeId(1)
+                node: NodeId(1),
+                epoch: 0,
             })
         )
         .await
@@ -138,6 +142,7 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
     let get = Message::GetShared {
         region: counter,
         fingerprint: Counter::FINGERPRINT,
+        priority: wire::PRIORITY_NONE,
     };
     let conn = connect(&as_node1, addr, NodeId(0))
         .await
@@ -155,6 +160,7 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
     let hello = frame(&Message::Hello {
         cluster_id,
         node: NodeId(1),
+        epoch: 0,
     });
 
     // Garbage after a valid hello.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crl::Region;
 use crl::core::engine::{
-    Access, CacheState, DirState, Engine, EngineConfig, EntrySnapshot, OpError, OpId, Progress,
-    RegionCell, Start,
+    Access, CacheState, DirState, Engine, EngineConfig, EntrySnapshot, OpError, OpId,
+    PRIORITY_NONE, Progress, RegionCell, Start,
 };
 use crl::core::sim::Network;
 use crl::core::wire::{Grant, Message, Recall, Refusal};
@@ -138,7 +138,8 @@ fn recall_crossing_a_flush() {
         net.peek(0, 1),
         Some(&Message::Recall {
             region: id,
-            kind: Recall::Invalidate
+            kind: Recall::Invalidate,
+            priority: PRIORITY_NONE,
         })
     );
     assert_eq!(net.engine(1).flush(id, 2).unwrap(), Progress::Pending);
@@ -190,7 +191,8 @@ fn modified_flush_crossing_a_downgrade() {
         net.peek(0, 1),
         Some(&Message::Recall {
             region: id,
-            kind: Recall::Downgrade
+            kind: Recall::Downgrade,
+            priority: PRIORITY_NONE,
         })
     );
     assert_eq!(net.engine(1).flush(id, 3).unwrap(), Progress::Pending);
@@ -531,4 +533,381 @@ fn unmapped_regions_stay_cached_until_evicted_then_flush_home() {
     assert_eq!(net.dir(b), DirState::Exclusive(NodeId(1)));
     let r = net.access(0, a, 4, false);
     assert_eq!(get(&r), 10, "the evicted copy's data reached the home");
+}
+
+/// Starts an access with a transaction priority; returns the grant if immediate.
+fn start_with(
+    net: &mut Network,
+    node: usize,
+    id: RegionId,
+    op: OpId,
+    write: bool,
+    priority: u64,
+) -> Option<Access> {
+    let started = if write {
+        net.engine(node).start_write_with(id, op, priority)
+    } else {
+        net.engine(node).start_read_with(id, op, priority)
+    };
+    net.pump(node);
+    match started.unwrap() {
+        Start::Granted(a) => Some(a),
+        Start::Queued => None,
+    }
+}
+
+#[test]
+fn a_recall_held_up_by_a_local_access_is_wanted_at_the_holder_and_contend_lowers_it() {
+    // n1 reads (a transaction with priority 10, in progress); n2's write (priority 20) makes
+    // the home recall n1's copy: n1 defers it and reports Wanted(20). An older write queued
+    // behind it at n2 (priority 5) sends a Contend that the home forwards: Wanted(5) at n1.
+    let mut net = Network::new(3, EngineConfig::default());
+    let (id, _cells) = shared_by(&mut net, &[1]);
+    net.map(2, id);
+    let held = start_with(&mut net, 1, id, 1, false, 10).expect("a read hit on a shared copy");
+    assert!(start_with(&mut net, 2, id, 2, true, 20).is_none());
+    net.settle();
+    assert_eq!(net.take_wanted(1), vec![(id, 20)]);
+    assert!(start_with(&mut net, 2, id, 3, true, 5).is_none());
+    assert_eq!(
+        net.peek(2, 0),
+        Some(&Message::Contend {
+            region: id,
+            priority: 5
+        })
+    );
+    net.settle();
+    assert_eq!(net.take_wanted(1), vec![(id, 5)]);
+    // A younger request queued at the home changes nothing; an older one (priority 2) is
+    // forwarded too (it waits behind the request being served).
+    let n0_sent = net.engine(0).stats().messages_sent;
+    assert!(start_with(&mut net, 0, id, 4, true, 30).is_none());
+    assert_eq!(net.engine(0).stats().messages_sent, n0_sent);
+    assert!(start_with(&mut net, 0, id, 5, false, 2).is_none());
+    net.settle();
+    assert_eq!(net.take_wanted(1), vec![(id, 2)]);
+    // Wounding the reader (ending its access) lets everything proceed.
+    end(&mut net, 1, held);
+    grant_all(&mut net, &[(2, 2), (2, 3), (0, 4), (0, 5)]);
+}
+
+/// Ends an access at `node` and lets the engine act on it.
+fn end(net: &mut Network, node: usize, access: Access) {
+    drop(access);
+    net.engine(node).process_drained();
+    net.pump(node);
+}
+
+/// Settles the network, ending each of `ops` (node, op) as soon as it is granted, until all
+/// were granted.
+fn grant_all(net: &mut Network, ops: &[(usize, OpId)]) {
+    let mut left = ops.to_vec();
+    for _ in 0..100 {
+        net.settle();
+        let Some(i) = left
+            .iter()
+            .position(|&(node, op)| net.has_event_for(node, op))
+        else {
+            continue;
+        };
+        let (node, op) = left.remove(i);
+        let access = net.granted(node, op).expect("a grant");
+        end(net, node, access);
+        if left.is_empty() {
+            return;
+        }
+    }
+    panic!("never granted: {left:?}");
+}
+
+#[test]
+fn the_home_reports_its_own_accesses_holding_up_a_request() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    net.map(1, id);
+    let held = start_with(&mut net, 0, id, 1, false, 9).expect("a read hit at the home");
+    // Plain requests (no transaction) are never reported.
+    assert!(start_with(&mut net, 1, id, 2, true, PRIORITY_NONE).is_none());
+    net.settle();
+    assert!(net.take_wanted(0).is_empty());
+    // An older transaction joining the wait through a Contend is.
+    assert!(start_with(&mut net, 1, id, 3, false, 4).is_none());
+    net.settle();
+    assert_eq!(net.take_wanted(0), vec![(id, 4)]);
+    end(&mut net, 0, held);
+    grant_all(&mut net, &[(1, 2), (1, 3)]);
+}
+
+#[test]
+fn a_local_access_held_up_by_another_local_access_is_wanted() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    net.map(1, id);
+    let w = net.access(1, id, 1, true);
+    drop(w);
+    let r = start_with(&mut net, 1, id, 2, false, 50).expect("a read hit on a modified copy");
+    assert!(start_with(&mut net, 1, id, 3, true, 7).is_none());
+    assert_eq!(net.take_wanted(1), vec![(id, 7)]);
+    drop(r);
+    net.engine(1).process_drained();
+    net.pump(1);
+    drop(net.granted(1, 3).expect("granted once the read ends"));
+}
+
+#[test]
+fn a_cancelled_access_leaves_no_event_and_its_grant_stays_cached() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    let cell = net.map(1, id);
+    assert!(start_with(&mut net, 1, id, 1, true, 3).is_none());
+    assert!(net.engine(1).cancel(1));
+    assert!(!net.engine(1).cancel(1), "a second cancel finds nothing");
+    assert!(!net.engine(1).cancel(777), "an unknown op is a no-op");
+    net.settle();
+    assert!(!net.has_event_for(1, 1));
+    assert_eq!(net.cache_state(1, id), CacheState::Modified);
+    let mut w = cell.try_write().expect("the grant was kept: a write hit");
+    w.value = 5;
+    drop(w);
+    // A queued local request at the home, cancelled while another is served.
+    let mut hold = net.access(1, id, 2, true);
+    set(&mut hold, 6);
+    drop(hold);
+    let r = cell.try_read().expect("read hit");
+    assert!(start_with(&mut net, 0, id, 3, true, PRIORITY_NONE).is_none()); // served: recall n1
+    assert!(start_with(&mut net, 0, id, 4, false, PRIORITY_NONE).is_none()); // queued
+    assert!(net.engine(0).cancel(4));
+    assert!(net.engine(0).cancel(3), "the request being served");
+    net.settle();
+    drop(r);
+    net.engine(1).process_drained();
+    net.pump(1);
+    net.settle();
+    assert!(!net.has_event_for(0, 3) && !net.has_event_for(0, 4));
+    assert_eq!(
+        net.dir(id),
+        DirState::Unowned,
+        "the recall completed anyway"
+    );
+    assert_eq!(get(&net.access(0, id, 5, false)), 6);
+}
+
+#[test]
+fn a_cancelled_map_is_undone() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    let (_cell, progress) = net.engine(1).map::<Counter>(id, 1).unwrap();
+    assert_eq!(progress, Progress::Pending);
+    net.pump(1);
+    assert!(net.engine(1).cancel(1));
+    net.settle();
+    assert!(!net.has_event_for(1, 1));
+    assert_eq!(
+        net.engine(1).start_read(id, 2).unwrap_err(),
+        OpError::NotMapped(id)
+    );
+    assert!(
+        net.engine(1).unmap(id).is_err(),
+        "the mapping was undone: nothing to unmap"
+    );
+    // The home's answer arrived: mapping again is local.
+    let (_cell, progress) = net.engine(1).map::<Counter>(id, 3).unwrap();
+    assert_eq!(progress, Progress::Done);
+    assert_eq!(get(&net.access(1, id, 4, false)), 1);
+    // A map cancelled before the home refuses it.
+    let ghost = RegionId::new(NodeId(0), 999);
+    net.engine(1).map::<Counter>(ghost, 5).unwrap();
+    net.pump(1);
+    assert!(net.engine(1).cancel(5));
+    net.settle();
+    assert!(!net.has_event_for(1, 5));
+    assert!(
+        net.inspect(1, ghost).is_none(),
+        "the refused entry is dropped"
+    );
+}
+
+#[test]
+fn a_restarted_owner_loses_its_copy_and_the_home_serves_the_installed_image() {
+    let mut net = Network::new(3, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    net.map(1, id);
+    net.map(2, id);
+    let mut w = net.access(1, id, 1, true);
+    set(&mut w, 41);
+    drop(w);
+    // A commit installs 41 at the home while n1 keeps its exclusive copy.
+    assert!(net.engine(0).holds_exclusive(id, NodeId(1)));
+    assert!(!net.engine(0).holds_exclusive(id, NodeId(0)));
+    let bytes = Counter { value: 41 }.encode_region().unwrap();
+    net.engine(0).install_master(id, &bytes).unwrap();
+    assert!(matches!(
+        net.engine(0).install_master(id, b"garbage"),
+        Err(OpError::Codec { .. })
+    ));
+    // n1 writes on (not committed); n2's read makes the home recall n1, which then restarts.
+    let mut w = net.access(1, id, 2, true);
+    set(&mut w, 42);
+    drop(w);
+    assert!(start_with(&mut net, 2, id, 3, false, PRIORITY_NONE).is_none());
+    net.deliver(2, 0);
+    assert!(matches!(net.peek(0, 1), Some(Message::Recall { .. })));
+    net.restart(1, Engine::new(NodeId(1), EngineConfig::default()));
+    net.settle();
+    let r = net
+        .granted(2, 3)
+        .expect("n2's read is served from the installed image");
+    assert_eq!(get(&r), 41);
+    assert_eq!(net.take_lost(0), vec![id]);
+    assert_eq!(net.engine(0).stats().lost_copies, 1);
+    assert_eq!(net.dir(id), DirState::Shared([NodeId(2)].into()));
+    drop(r);
+    // The new incarnation of n1 starts afresh.
+    net.map(1, id);
+    assert_eq!(get(&net.access(1, id, 4, false)), 41);
+}
+
+#[test]
+fn a_restarted_sharer_is_forgotten_and_its_requests_dropped() {
+    let mut net = Network::new(3, EngineConfig::default());
+    let (id, _cells) = shared_by(&mut net, &[1, 2]);
+    let r = net.access(2, id, 1, false);
+    // n1 asks to write (the home recalls n2, held up by its read), then restarts.
+    assert!(start_with(&mut net, 1, id, 2, true, PRIORITY_NONE).is_none());
+    net.settle();
+    net.restart(1, Engine::new(NodeId(1), EngineConfig::default()));
+    drop(r);
+    net.engine(2).process_drained();
+    net.pump(2);
+    net.settle();
+    assert!(net.take_lost(0).is_empty(), "a shared copy is no loss");
+    assert_eq!(net.dir(id), DirState::Unowned);
+    assert_eq!(get(&net.access(0, id, 3, false)), 1);
+}
+
+#[test]
+fn a_restarted_home_drops_cached_copies_and_fails_waiting_operations() {
+    let mut net = Network::new(3, EngineConfig::default());
+    let (id, cells) = shared_by(&mut net, &[1, 2]);
+    let other = net.engine(2).create(Counter { value: 9 }).id();
+    net.map(1, other);
+    drop(net.access(1, other, 1, false));
+    // n1 reads (in progress) and queues a write; n2 queues a write too.
+    let r = net.access(1, id, 2, false);
+    assert!(start_with(&mut net, 1, id, 3, true, PRIORITY_NONE).is_none());
+    assert!(start_with(&mut net, 2, id, 4, true, PRIORITY_NONE).is_none());
+    net.restart(0, Engine::new(NodeId(0), EngineConfig::default()));
+    assert_eq!(net.completed(1, 3), Some(Err(OpError::HomeRestarted(id))));
+    assert_eq!(net.completed(2, 4), Some(Err(OpError::HomeRestarted(id))));
+    // n2's idle copy is gone; n1's is stale: nothing hits on it, it goes when the read ends.
+    assert_eq!(net.cache_state(2, id), CacheState::Invalid);
+    assert!(cells[1].try_read().is_none());
+    assert!(cells[0].try_read().is_none(), "no hit on a stale copy");
+    assert_eq!(get(&r), 1, "the access in progress still sees its copy");
+    drop(r);
+    net.engine(1).process_drained();
+    assert!(matches!(
+        net.inspect(1, id),
+        Some(EntrySnapshot::Cache {
+            state: CacheState::Invalid,
+            pending: false,
+            recalling: false,
+            ..
+        })
+    ));
+    // Regions homed elsewhere are untouched.
+    assert_eq!(net.cache_state(1, other), CacheState::Shared);
+    // The new home does not know the region (nothing restored it).
+    assert!(start_with(&mut net, 1, id, 5, false, PRIORITY_NONE).is_none());
+    net.settle();
+    assert_eq!(net.completed(1, 5), Some(Err(OpError::NoSuchRegion(id))));
+}
+
+#[test]
+fn a_restored_region_serves_raw_bytes_until_typed_locally() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = RegionId::new(NodeId(0), 5);
+    let bytes = Counter { value: 7 }.encode_region().unwrap();
+    net.engine(0)
+        .restore_raw(id, Counter::FINGERPRINT, "Counter".into(), bytes)
+        .unwrap();
+    assert!(
+        net.engine(0)
+            .restore_raw(id, Counter::FINGERPRINT, "Counter".into(), vec![])
+            .is_err()
+    );
+    assert!(
+        net.engine(0)
+            .restore_raw(RegionId::new(NodeId(1), 1), 0, String::new(), vec![])
+            .is_err()
+    );
+    assert_eq!(net.engine(0).next_seq(), 6);
+    net.engine(0).set_next_seq(10);
+    assert_eq!(net.engine(0).create(Counter { value: 0 }).id().seq, 10);
+    assert_eq!(net.engine(0).next_seq(), 11);
+    // Not typed here yet: local accesses need a map first.
+    assert_eq!(
+        net.engine(0).start_read(id, 1).unwrap_err(),
+        OpError::NotMapped(id)
+    );
+    // A remote node is served from the bytes, and its writes come back as bytes.
+    net.map(1, id);
+    assert_eq!(get(&net.access(1, id, 2, false)), 7);
+    let mut w = net.access(1, id, 3, true);
+    set(&mut w, 8);
+    drop(w);
+    let committed = Counter { value: 8 }.encode_region().unwrap();
+    assert!(net.engine(0).holds_exclusive(id, NodeId(1)));
+    net.engine(0).install_master(id, &committed).unwrap();
+    assert!(matches!(
+        net.engine(0).map::<Other>(id, 4),
+        Err(OpError::WrongType { .. })
+    ));
+    // The home types it by mapping it, while n1 still owns it.
+    let (cell, progress) = net.engine(0).map::<Counter>(id, 5).unwrap();
+    assert_eq!(progress, Progress::Done);
+    assert!(cell.try_read().is_none(), "n1 owns it: no hit at the home");
+    let mut w = net.access(1, id, 6, true);
+    set(&mut w, 9);
+    drop(w);
+    assert_eq!(get(&net.access(0, id, 7, false)), 9);
+    assert_eq!(cell.try_read().expect("a hit now").value, 9);
+}
+
+#[test]
+fn transaction_messages_are_not_engine_messages() {
+    let mut net = Network::new(2, EngineConfig::default());
+    for msg in [
+        Message::TxCommit {
+            txid: 1,
+            writes: vec![],
+            deletes: vec![],
+        },
+        Message::TxDecide {
+            txid: 1,
+            commit: true,
+        },
+        Message::TxInquire { txid: 1 },
+    ] {
+        assert!(msg.is_transaction());
+        let err = net.engine(0).handle_message(NodeId(1), msg).unwrap_err();
+        assert!(err.what.contains("not an engine message"), "{err}");
+    }
+    // A stale Contend (nothing waits any more) is ignored, not a violation.
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    let contend = Message::Contend {
+        region: id,
+        priority: 1,
+    };
+    net.engine(0).handle_message(NodeId(1), contend).unwrap();
+    let ghost = RegionId::new(NodeId(0), 999);
+    net.engine(0)
+        .handle_message(
+            NodeId(1),
+            Message::Contend {
+                region: ghost,
+                priority: 1,
+            },
+        )
+        .unwrap();
 }

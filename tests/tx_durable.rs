@@ -17,7 +17,10 @@ fn data_dirs(tag: &str) -> std::path::PathBuf {
 
 async fn durable_cluster(n: usize, base: &std::path::Path) -> Result<Cluster, Error> {
     let base = base.to_path_buf();
-    Cluster::local_with(n, move |c| c.data_dir = Some(base.join(format!("n{}", c.node.0)))).await
+    Cluster::local_with(n, move |c| {
+        c.data_dir = Some(base.join(format!("n{}", c.node.0)))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +93,10 @@ async fn a_restarted_home_makes_peers_drop_stale_copies() -> Result<(), Error> {
     // Wait (bounded) until node 1 has noticed the new incarnation of node 0.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while cluster.node(1).stats().peer_restarts == restarts_before {
-        assert!(std::time::Instant::now() < deadline, "node 1 never noticed the restart");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 never noticed the restart"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // Node 0 no longer lists node 1 as a sharer, so this write is a local hit at the home...
@@ -103,7 +109,10 @@ async fn a_restarted_home_makes_peers_drop_stale_copies() -> Result<(), Error> {
         })
         .await?;
     // ...and node 1 must not read its old copy.
-    assert!(remote.try_read().is_none(), "a stale copy is still readable");
+    assert!(
+        remote.try_read().is_none(),
+        "a stale copy is still readable"
+    );
     assert_eq!(remote.start_read().await?.balance, 8);
     drop((remote, home));
     cluster.shutdown().await;

@@ -5,9 +5,11 @@
 //! - [`wire`]: the protocol's messages and their pinned, validated wire format.
 //! - [`engine`]: the coherence protocol as a state machine per node: fed messages and local
 //!   requests, emitting messages and completions. No I/O, no clock, no threads.
+//! - [`durable`]: a home node's write-ahead log, group commit, checkpoints and recovery.
 //! - `sim` (feature `sim`): a deterministic, seeded simulator driving many engines in one
 //!   thread against a reference model.
 
+pub mod durable;
 pub mod engine;
 pub mod region;
 #[cfg(feature = "sim")]

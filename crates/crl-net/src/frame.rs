@@ -84,6 +84,7 @@ mod tests {
         Message::GetShared {
             region: RegionId::new(NodeId(1), 2),
             fingerprint: 3,
+            priority: crl_core::wire::PRIORITY_NONE,
         }
     }
 

@@ -27,11 +27,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crl_core::durable::{DurableStore, StoreConfig};
 use crl_core::engine::{
     Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, Progress,
     ReadGuard, RegionCell, Start, WriteGuard,
 };
-use crl_core::durable::{DurableStore, StoreConfig};
 use crl_core::wire::Message;
 use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
@@ -152,7 +152,9 @@ pub enum Error {
     #[error("cannot open the durable store: {0}")]
     Store(#[from] crl_core::durable::StoreError),
     /// A two-phase commit did not collect its votes in time; the transaction was aborted.
-    #[error("commit of transaction {txid:#x} timed out after {after:?} waiting for votes (aborted)")]
+    #[error(
+        "commit of transaction {txid:#x} timed out after {after:?} waiting for votes (aborted)"
+    )]
     CommitTimedOut {
         /// The transaction.
         txid: u64,
@@ -241,6 +243,7 @@ impl EngineState {
                     warn!(%region, "a restarted peer held this region modified: its unlogged changes are lost");
                     continue;
                 }
+                _ => continue,
             };
             // A waiter that gave up (timeout) is gone: dropping a grant ends the access.
             if let Some(tx) = self.waiters.remove(&op) {
@@ -327,7 +330,9 @@ impl Node {
                 let config = StoreConfig::new(dir);
                 let (store, rec) = tokio::task::spawn_blocking(move || DurableStore::open(config))
                     .await
-                    .map_err(|e| Error::ProtocolViolation(format!("store recovery panicked: {e}")))??;
+                    .map_err(|e| {
+                        Error::ProtocolViolation(format!("store recovery panicked: {e}"))
+                    })??;
                 info!(
                     node = %id,
                     epoch = rec.epoch,
@@ -1129,11 +1134,7 @@ impl Cluster {
             configs.push(config.clone());
             nodes.push(Node::start_with_socket(config, socket).await?);
         }
-        Ok(Cluster {
-            nodes,
-            configs,
-            ca,
-        })
+        Ok(Cluster { nodes, configs, ca })
     }
 
     /// Stops node `i` and starts it again with the same configuration and address: with a

@@ -122,7 +122,10 @@ pub struct TransportSettings {
 
 /// A queued outgoing message and the peer incarnation it was meant for.
 enum Outgoing {
-    Message { msg: Message, generation: u64 },
+    Message {
+        msg: Message,
+        generation: u64,
+    },
     /// Connect now (sends the hello) even with nothing to send.
     Connect,
 }

@@ -227,9 +227,18 @@ unsafe impl<T: Send + Sync> Sync for RegionCell<T> {}
 
 impl<T: Region> RegionCell<T> {
     pub(crate) fn new(id: RegionId, value: Option<T>, drains: Arc<DrainList>) -> Self {
+        Self::with_version(id, value, 0, drains)
+    }
+
+    pub(crate) fn with_version(
+        id: RegionId,
+        value: Option<T>,
+        version: u64,
+        drains: Arc<DrainList>,
+    ) -> Self {
         RegionCell {
             word: AccessWord::default(),
-            version: AtomicU64::new(0),
+            version: AtomicU64::new(version),
             id,
             drains,
             value: UnsafeCell::new(value),
@@ -532,6 +541,88 @@ pub(crate) trait ErasedCell: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn end_read_erased(&self);
     fn end_write_erased(&self);
+    /// The bytes of a restored region not yet typed ([`RawCell`]); `None` for a typed cell.
+    fn raw_bytes(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// A home's copy of a region restored from storage before any local code named its Rust type
+/// ([`Engine::restore_raw`](super::Engine::restore_raw)): archived bytes and a fingerprint. It
+/// serves remote requests from the bytes and takes returned images as bytes; the first local
+/// `map::<T>` replaces it with a typed [`RegionCell`]. No local access is ever granted on it.
+pub(crate) struct RawCell {
+    id: RegionId,
+    word: AccessWord,
+    fingerprint: u64,
+    type_name: String,
+    state: Mutex<(Vec<u8>, u64)>,
+}
+
+impl RawCell {
+    pub(crate) fn new(id: RegionId, fingerprint: u64, type_name: String, bytes: Vec<u8>) -> Self {
+        RawCell {
+            id,
+            word: AccessWord::default(),
+            fingerprint,
+            type_name,
+            state: Mutex::new((bytes, 0)),
+        }
+    }
+}
+
+impl ErasedCell for RawCell {
+    fn id(&self) -> RegionId {
+        self.id
+    }
+    fn word(&self) -> &AccessWord {
+        &self.word
+    }
+    fn version(&self) -> u64 {
+        self.state.lock().1
+    }
+    fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+    fn type_name(&self) -> &'static str {
+        // Only a cache's typed cells are asked for their type name; a raw cell lives at its home.
+        "a restored region of unknown Rust type"
+    }
+    fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        Ok(self.state.lock().0.clone())
+    }
+    fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError> {
+        *self.state.lock() = (bytes.to_vec(), version);
+        Ok(())
+    }
+    fn clear(&self) {
+        self.state.lock().0 = Vec::new();
+    }
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+    fn end_read_erased(&self) {
+        debug_assert!(false, "access ended on raw region {}", self.id);
+    }
+    fn end_write_erased(&self) {
+        debug_assert!(false, "access ended on raw region {}", self.id);
+    }
+    fn raw_bytes(&self) -> Option<Vec<u8>> {
+        Some(self.state.lock().0.clone())
+    }
+}
+
+impl fmt::Debug for RawCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawCell")
+            .field("id", &self.id)
+            .field("type_name", &self.type_name)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T: Region> ErasedCell for RegionCell<T> {

@@ -6,15 +6,21 @@
 //! moves an entry forward as far as the protocol allows: first a pending recall (once the
 //! accesses in progress have ended), then the queued operations in order, asking the home for a
 //! copy when the head of the queue needs one.
+//!
+//! Priorities (wound-wait support, see the [engine docs](super)): a request to the home carries
+//! the oldest priority of the local accesses queued here; a later, older access sends a
+//! `Contend`. A recall remembers the priority it was sent with (lowered by `Contend`), and
+//! whenever the entry waits for local accesses in progress (a deferred recall, a queued access
+//! or flush, a stale copy) the oldest waiting priority is reported once as [`Event::Wanted`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tracing::{error, trace};
+use tracing::{debug, error, trace};
 
 use super::access::{AccessMode, ErasedCell};
 use super::home::encode_image;
-use super::{Engine, OpError, OpId, ProtocolViolation, planted};
+use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, ProtocolViolation, planted};
 use crate::region::{NodeId, RegionId};
 use crate::wire::{Grant, Message, Recall, Refusal, RegionImage};
 
@@ -32,15 +38,24 @@ pub enum CacheState {
 /// A local operation waiting at a cache entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LocalOp {
-    Read(OpId),
-    Write(OpId),
+    /// A read, with its priority.
+    Read(OpId, u64),
+    /// A write, with its priority.
+    Write(OpId, u64),
     Flush(OpId),
 }
 
 impl LocalOp {
-    fn op(self) -> OpId {
+    pub(crate) fn op(self) -> OpId {
         match self {
-            LocalOp::Read(op) | LocalOp::Write(op) | LocalOp::Flush(op) => op,
+            LocalOp::Read(op, _) | LocalOp::Write(op, _) | LocalOp::Flush(op) => op,
+        }
+    }
+
+    fn priority(self) -> u64 {
+        match self {
+            LocalOp::Read(_, p) | LocalOp::Write(_, p) => p,
+            LocalOp::Flush(_) => PRIORITY_NONE,
         }
     }
 }
@@ -50,19 +65,29 @@ pub(crate) struct CacheEntry {
     pub(crate) state: CacheState,
     /// The grant asked of the home, if a request is in flight.
     pub(crate) pending: Option<Grant>,
+    /// The priority the home knows the pending request under.
+    pub(crate) req_priority: u64,
     pub(crate) queue: VecDeque<LocalOp>,
-    /// A recall waiting for the accesses in progress to end.
-    pub(crate) recall: Option<Recall>,
+    /// A recall waiting for the accesses in progress to end, and the priority waiting on it.
+    pub(crate) recall: Option<(Recall, u64)>,
     pub(crate) deleted: bool,
     pub(crate) map_count: usize,
     /// Position in the unmapped LRU (when `map_count` is 0).
     pub(crate) unmapped_at: u64,
+    /// Whether a `Map` is in flight (its answer is awaited).
+    pub(crate) map_pending: bool,
     /// Map operations waiting for the home's answer.
     pub(crate) mapping: Vec<OpId>,
-    /// Flush operations waiting for `FlushAck`.
-    pub(crate) flushes: VecDeque<OpId>,
-    /// Delete operations waiting for `DeleteAck`.
-    pub(crate) deletes: VecDeque<OpId>,
+    /// Flush operations waiting for `FlushAck` (`None`: cancelled, the ack is still due).
+    pub(crate) flushes: VecDeque<Option<OpId>>,
+    /// Delete operations waiting for `DeleteAck` (`None`: cancelled, the answer is still due).
+    pub(crate) deletes: VecDeque<Option<OpId>>,
+    /// The home restarted while accesses were in progress on the copy: it is dropped (and no
+    /// request sent) once they end.
+    pub(crate) stale: bool,
+    /// The oldest priority reported by [`Event::Wanted`] during the current wait on local
+    /// accesses ([`PRIORITY_NONE`] when none was).
+    pub(crate) wanted: u64,
 }
 
 impl CacheEntry {
@@ -71,14 +96,40 @@ impl CacheEntry {
             cell,
             state: CacheState::Invalid,
             pending: None,
+            req_priority: PRIORITY_NONE,
             queue: VecDeque::new(),
             recall: None,
             deleted: false,
             map_count: 0,
             unmapped_at: 0,
+            map_pending: false,
             mapping: Vec::new(),
             flushes: VecDeque::new(),
             deletes: VecDeque::new(),
+            stale: false,
+            wanted: PRIORITY_NONE,
+        }
+    }
+
+    /// The oldest priority of the queued accesses.
+    pub(crate) fn queued_priority(&self) -> u64 {
+        self.queue
+            .iter()
+            .map(|o| o.priority())
+            .min()
+            .unwrap_or(PRIORITY_NONE)
+    }
+
+    /// The oldest priority waiting for the local accesses in progress, if it is older than
+    /// any reported so far in this wait: the caller emits [`Event::Wanted`] for it.
+    fn newly_wanted(&mut self) -> Option<u64> {
+        let recall = self.recall.map_or(PRIORITY_NONE, |(_, p)| p);
+        let p = recall.min(self.queued_priority());
+        if p < self.wanted {
+            self.wanted = p;
+            Some(p)
+        } else {
+            None
         }
     }
 
@@ -87,6 +138,8 @@ impl CacheEntry {
         self.pending.is_none()
             && self.queue.is_empty()
             && self.recall.is_none()
+            && !self.map_pending
+            && !self.stale
             && self.mapping.is_empty()
             && self.flushes.is_empty()
             && self.deletes.is_empty()
@@ -123,6 +176,19 @@ impl CacheEntry {
 }
 
 impl Engine {
+    /// Reports the oldest priority waiting on local accesses at the cache entry of `id`.
+    fn cache_wait_local(&mut self, id: RegionId) {
+        if let Some(entry) = self.cache.get_mut(&id)
+            && let Some(priority) = entry.newly_wanted()
+        {
+            trace!(node = %self.node, region = %id, priority, "wanted");
+            self.events.push_back(Event::Wanted {
+                region: id,
+                priority,
+            });
+        }
+    }
+
     /// Moves the cache entry of `id` forward as far as the protocol allows now.
     pub(crate) fn cache_advance(&mut self, id: RegionId) {
         loop {
@@ -131,7 +197,16 @@ impl Engine {
             let Some(entry) = self.cache.get_mut(&id) else {
                 return;
             };
-            if let Some(kind) = entry.recall {
+            if entry.stale {
+                if !entry.cell.word().revoke().is_idle() {
+                    return self.cache_wait_local(id);
+                }
+                entry.stale = false;
+                entry.wanted = PRIORITY_NONE;
+                entry.invalidate();
+                continue;
+            }
+            if let Some((kind, _)) = entry.recall {
                 let busy = entry.cell.word().revoke();
                 let ready = no_defer
                     || match kind {
@@ -139,7 +214,7 @@ impl Engine {
                         Recall::Invalidate | Recall::Delete => busy.is_idle(),
                     };
                 if !ready {
-                    return;
+                    return self.cache_wait_local(id);
                 }
                 let image = entry.modified_image(node);
                 if kind == Recall::Downgrade && entry.state == CacheState::Modified {
@@ -151,6 +226,7 @@ impl Engine {
                     entry.deleted = true;
                 }
                 entry.recall = None;
+                entry.wanted = PRIORITY_NONE;
                 trace!(%node, region = %id, ?kind, "recall done");
                 self.send(id.home, Message::RecallAck { region: id, image });
                 continue;
@@ -174,40 +250,48 @@ impl Engine {
             let busy = entry.cell.word().revoke();
             let fingerprint = entry.cell.fingerprint();
             match (head, entry.state) {
-                (LocalOp::Read(op), CacheState::Shared | CacheState::Modified) => {
+                (LocalOp::Read(op, _), CacheState::Shared | CacheState::Modified) => {
                     if busy.writer {
-                        return;
+                        return self.cache_wait_local(id);
                     }
                     entry.queue.pop_front();
+                    entry.wanted = PRIORITY_NONE;
                     let cell = entry.cell.clone();
                     self.grant(op, &cell, AccessMode::Read);
                 }
-                (LocalOp::Write(op), CacheState::Modified) => {
+                (LocalOp::Write(op, _), CacheState::Modified) => {
                     if !busy.is_idle() {
-                        return;
+                        return self.cache_wait_local(id);
                     }
                     entry.queue.pop_front();
+                    entry.wanted = PRIORITY_NONE;
                     let cell = entry.cell.clone();
                     self.grant(op, &cell, AccessMode::Write);
                 }
-                (LocalOp::Read(_), CacheState::Invalid) => {
+                (LocalOp::Read(..), CacheState::Invalid) => {
+                    let priority = entry.queued_priority();
                     entry.pending = Some(Grant::Shared);
+                    entry.req_priority = priority;
                     self.send(
                         id.home,
                         Message::GetShared {
                             region: id,
                             fingerprint,
+                            priority,
                         },
                     );
                     return;
                 }
-                (LocalOp::Write(_), CacheState::Invalid | CacheState::Shared) => {
+                (LocalOp::Write(..), CacheState::Invalid | CacheState::Shared) => {
+                    let priority = entry.queued_priority();
                     entry.pending = Some(Grant::Exclusive);
+                    entry.req_priority = priority;
                     self.send(
                         id.home,
                         Message::GetExclusive {
                             region: id,
                             fingerprint,
+                            priority,
                         },
                     );
                     return;
@@ -218,14 +302,135 @@ impl Engine {
                 }
                 (LocalOp::Flush(op), CacheState::Shared | CacheState::Modified) => {
                     if !busy.is_idle() {
-                        return;
+                        return self.cache_wait_local(id);
                     }
                     entry.queue.pop_front();
+                    entry.wanted = PRIORITY_NONE;
                     let image = entry.modified_image(node);
                     entry.invalidate();
-                    entry.flushes.push_back(op);
+                    entry.flushes.push_back(Some(op));
                     self.send(id.home, Message::Flush { region: id, image });
                 }
+            }
+        }
+    }
+
+    /// Queues a local access at the cache entry of `id` and moves the entry forward; sends a
+    /// `Contend` if the access is older than the request already in flight.
+    pub(crate) fn cache_queue_access(
+        &mut self,
+        id: RegionId,
+        op: OpId,
+        mode: AccessMode,
+        priority: u64,
+    ) -> Result<(), OpError> {
+        let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
+        if entry.deleted {
+            return Err(OpError::Deleted(id));
+        }
+        if entry.map_count == 0 || entry.map_pending {
+            return Err(OpError::NotMapped(id));
+        }
+        entry.queue.push_back(match mode {
+            AccessMode::Read => LocalOp::Read(op, priority),
+            AccessMode::Write => LocalOp::Write(op, priority),
+        });
+        if entry.pending.is_some() && priority < entry.req_priority {
+            entry.req_priority = priority;
+            trace!(node = %self.node, region = %id, priority, "contend");
+            self.send(
+                id.home,
+                Message::Contend {
+                    region: id,
+                    priority,
+                },
+            );
+        }
+        self.cache_advance(id);
+        Ok(())
+    }
+
+    /// Withdraws local operation `op` from the cache entries; true if it was found.
+    pub(crate) fn cache_cancel(&mut self, op: OpId) -> bool {
+        let mut found = None;
+        for (&id, entry) in self.cache.iter_mut() {
+            if let Some(pos) = entry.queue.iter().position(|o| o.op() == op) {
+                entry.queue.remove(pos);
+                found = Some((id, false));
+                break;
+            }
+            if let Some(pos) = entry.mapping.iter().position(|&o| o == op) {
+                entry.mapping.remove(pos);
+                entry.map_count -= 1;
+                found = Some((id, entry.map_count == 0));
+                break;
+            }
+            let slot = entry
+                .flushes
+                .iter_mut()
+                .chain(entry.deletes.iter_mut())
+                .find(|s| **s == Some(op));
+            if let Some(slot) = slot {
+                *slot = None;
+                return true;
+            }
+        }
+        let Some((id, unmapped)) = found else {
+            return false;
+        };
+        debug!(node = %self.node, region = %id, op, "cancelled");
+        if unmapped {
+            self.unmap_clock += 1;
+            let entry = self.cache.get_mut(&id).expect("cache entry");
+            entry.unmapped_at = self.unmap_clock;
+            self.unmapped.insert(self.unmap_clock, id);
+        }
+        self.cache_advance(id);
+        true
+    }
+
+    /// The home `node` restarted: drop every copy of its regions and fail what waited on it.
+    pub(crate) fn cache_peer_restarted(&mut self, node: NodeId) {
+        let ids: Vec<RegionId> = self
+            .cache
+            .keys()
+            .filter(|id| id.home == node)
+            .copied()
+            .collect();
+        self.stray_flush_acks.retain(|id, _| id.home != node);
+        for id in ids {
+            let entry = self.cache.get_mut(&id).expect("cache entry");
+            let err = OpError::HomeRestarted(id);
+            let mut failed: Vec<OpId> = entry.queue.drain(..).map(LocalOp::op).collect();
+            if entry.map_pending {
+                entry.map_pending = false;
+                entry.map_count = entry.map_count.saturating_sub(entry.mapping.len());
+            }
+            failed.append(&mut entry.mapping);
+            failed.extend(entry.flushes.drain(..).flatten());
+            failed.extend(entry.deletes.drain(..).flatten());
+            entry.pending = None;
+            entry.req_priority = PRIORITY_NONE;
+            entry.recall = None;
+            entry.wanted = PRIORITY_NONE;
+            entry.state = CacheState::Invalid;
+            let busy = entry.cell.word().revoke();
+            if busy.is_idle() {
+                entry.cell.clear();
+            } else {
+                entry.stale = true;
+            }
+            let drop_entry = entry.map_count == 0 && !entry.stale;
+            if drop_entry {
+                let entry = self.cache.remove(&id).expect("cache entry");
+                self.unmapped.remove(&entry.unmapped_at);
+            }
+            debug!(node = %self.node, region = %id, failed = failed.len(), "home restarted");
+            for op in failed {
+                self.complete(op, Err(err.clone()));
+            }
+            if !drop_entry {
+                self.cache_advance(id);
             }
         }
     }
@@ -266,7 +471,7 @@ impl Engine {
                 format!("{} about a region homed at {}", msg.kind_name(), id.home),
             ));
         }
-        if let Message::Recall { kind, .. } = msg {
+        if let Message::Recall { kind, priority, .. } = msg {
             self.stats.recalls_received += 1;
             let Some(entry) = self.cache.get_mut(&id) else {
                 // Evicted (its flush reached the home first): nothing to give back.
@@ -299,9 +504,20 @@ impl Engine {
                     },
                 );
             } else {
-                entry.recall = Some(kind);
+                entry.recall = Some((kind, priority));
             }
             self.cache_advance(id);
+            return Ok(());
+        }
+        if let Message::Contend { priority, .. } = msg {
+            // Only a recall still deferred here can be contended; otherwise it is stale.
+            if let Some(entry) = self.cache.get_mut(&id)
+                && let Some((_, p)) = &mut entry.recall
+                && priority < *p
+            {
+                *p = priority;
+                self.cache_advance(id);
+            }
             return Ok(());
         }
         if let Message::FlushAck { .. } = msg
@@ -322,9 +538,10 @@ impl Engine {
         };
         match msg {
             Message::MapOk { .. } => {
-                if entry.mapping.is_empty() {
+                if !entry.map_pending {
                     return Err(self.violation(from, Some(id), "map reply without a map request"));
                 }
+                entry.map_pending = false;
                 for op in std::mem::take(&mut entry.mapping) {
                     self.complete(op, Ok(()));
                 }
@@ -339,12 +556,25 @@ impl Engine {
                         actual,
                     },
                 };
-                if !entry.mapping.is_empty() {
-                    let entry = self.cache.remove(&id).expect("cache entry");
-                    for op in entry.mapping {
+                if entry.map_pending {
+                    // Every mapping of the entry was waiting for this answer (or cancelled).
+                    entry.map_pending = false;
+                    entry.map_count = 0;
+                    let failed = std::mem::take(&mut entry.mapping);
+                    if entry.deletes.is_empty() {
+                        let entry = self.cache.remove(&id).expect("cache entry");
+                        self.unmapped.remove(&entry.unmapped_at);
+                    } else if !self.unmapped.contains_key(&entry.unmapped_at) {
+                        // Kept until the answers to its deletes arrive; then evictable.
+                        self.unmap_clock += 1;
+                        entry.unmapped_at = self.unmap_clock;
+                        self.unmapped.insert(self.unmap_clock, id);
+                    }
+                    for op in failed {
                         self.complete(op, Err(err.clone()));
                     }
                 } else if entry.pending.take().is_some() {
+                    entry.req_priority = PRIORITY_NONE;
                     entry.deleted |= reason == Refusal::Deleted;
                     let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
                     for op in failed {
@@ -352,7 +582,9 @@ impl Engine {
                     }
                     self.cache_advance(id);
                 } else if let Some(op) = entry.deletes.pop_front() {
-                    self.complete(op, Err(err));
+                    if let Some(op) = op {
+                        self.complete(op, Err(err));
+                    }
                 } else {
                     return Err(self.violation(from, Some(id), "refusal of nothing asked"));
                 }
@@ -374,6 +606,7 @@ impl Engine {
                         }
                         if let Err(source) = entry.cell.install(&image.bytes, image.version) {
                             entry.pending = None;
+                            entry.req_priority = PRIORITY_NONE;
                             let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
                             let e = OpError::Codec {
                                 region: id,
@@ -396,6 +629,7 @@ impl Engine {
                     }
                 }
                 entry.pending = None;
+                entry.req_priority = PRIORITY_NONE;
                 entry.state = match grant {
                     Grant::Shared => CacheState::Shared,
                     Grant::Exclusive => CacheState::Modified,
@@ -403,13 +637,16 @@ impl Engine {
                 self.cache_advance(id);
             }
             Message::FlushAck { .. } => match entry.flushes.pop_front() {
-                Some(op) => self.complete(op, Ok(())),
+                Some(Some(op)) => self.complete(op, Ok(())),
+                Some(None) => {}
                 None => return Err(self.violation(from, Some(id), "flush ack without a flush")),
             },
             Message::DeleteAck { .. } => match entry.deletes.pop_front() {
                 Some(op) => {
                     entry.deleted = true;
-                    self.complete(op, Ok(()));
+                    if let Some(op) = op {
+                        self.complete(op, Ok(()));
+                    }
                     self.cache_advance(id);
                 }
                 None => return Err(self.violation(from, Some(id), "delete ack without a delete")),
@@ -421,7 +658,14 @@ impl Engine {
             | Message::Flush { .. }
             | Message::Delete { .. }
             | Message::Hello { .. }
-            | Message::Recall { .. } => {
+            | Message::Recall { .. }
+            | Message::Contend { .. }
+            | Message::TxCommit { .. }
+            | Message::TxPrepare { .. }
+            | Message::TxReply { .. }
+            | Message::TxDecide { .. }
+            | Message::TxDone { .. }
+            | Message::TxInquire { .. } => {
                 return Err(self.violation(
                     from,
                     Some(id),

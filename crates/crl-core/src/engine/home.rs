@@ -8,6 +8,12 @@
 //! recall and lets the home's own accesses in progress drain; **finish** grants (data to a
 //! remote requester, an [`Access`](super::Access) to a local one) and updates the directory.
 //! Only then does the next queued request start.
+//!
+//! Priorities (wound-wait support, see the [engine docs](super)): the request being served
+//! waits for the holders and, through it, so do the requests queued behind it; its effective
+//! priority is the oldest of them all. Recalls carry it; when it gets older (a `Contend` or an
+//! older request queued) the holders still to acknowledge get a `Contend`, and if the home's own
+//! accesses in progress hold the request up, [`Event::Wanted`] reports it here.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::sync::Arc;
 use tracing::{debug, trace};
 
 use super::access::{AccessMode, ErasedCell};
-use super::{Engine, OpError, OpId, ProtocolViolation, planted};
+use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, ProtocolViolation, planted};
 use crate::region::{NodeId, RegionId};
 use crate::wire::{Grant, Message, Recall, Refusal, RegionImage};
 
@@ -39,6 +45,12 @@ pub(crate) enum Requester {
     Remote(NodeId),
 }
 
+impl Requester {
+    fn is_local(self) -> bool {
+        matches!(self, Requester::Local(_))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Want {
     Read,
@@ -51,21 +63,28 @@ pub(crate) enum Want {
 pub(crate) struct Request {
     who: Requester,
     want: Want,
+    /// The oldest priority waiting for this request.
+    priority: u64,
 }
 
 impl Request {
-    pub(crate) fn access(who: Requester, mode: AccessMode) -> Self {
+    pub(crate) fn access(who: Requester, mode: AccessMode, priority: u64) -> Self {
         let want = match mode {
             AccessMode::Read => Want::Read,
             AccessMode::Write => Want::Write,
         };
-        Request { who, want }
+        Request {
+            who,
+            want,
+            priority,
+        }
     }
 
     pub(crate) fn delete(who: Requester) -> Self {
         Request {
             who,
             want: Want::Delete,
+            priority: PRIORITY_NONE,
         }
     }
 }
@@ -74,6 +93,12 @@ pub(crate) struct Serving {
     req: Request,
     /// Nodes whose `RecallAck` is still awaited.
     acks: BTreeSet<NodeId>,
+    /// The oldest priority waiting: the request's and those of the requests queued behind it.
+    priority: u64,
+    /// The oldest priority reported by [`Event::Wanted`] while waiting on local accesses.
+    wanted: u64,
+    /// The requester is gone (cancelled, or its node restarted): finish without answering.
+    cancelled: bool,
 }
 
 /// The directory entry of one region homed here.
@@ -118,7 +143,7 @@ impl HomeEntry {
     }
 
     /// Sets the home's hit permissions from the directory state (when nothing is queued).
-    fn permit(&self) {
+    pub(crate) fn permit(&self) {
         let (read, write) = match self.dir {
             DirState::Unowned => (true, true),
             DirState::Shared(_) => (true, false),
@@ -140,7 +165,31 @@ impl Engine {
     pub(crate) fn home_enqueue(&mut self, id: RegionId, req: Request) {
         let entry = self.homes.get_mut(&id.seq).expect("home entry");
         entry.queue.push_back(req);
+        self.home_contend(id, req.priority);
         self.home_advance(id);
+    }
+
+    /// A request with `priority` now waits for the one being served: if that is older than the
+    /// serving's priority so far, tell the holders still to acknowledge.
+    fn home_contend(&mut self, id: RegionId, priority: u64) {
+        let Some(serving) = self.homes.get_mut(&id.seq).and_then(|e| e.serving.as_mut()) else {
+            return;
+        };
+        if priority >= serving.priority {
+            return;
+        }
+        serving.priority = priority;
+        let targets: Vec<NodeId> = serving.acks.iter().copied().collect();
+        trace!(node = %self.node, region = %id, priority, ?targets, "contend");
+        for to in targets {
+            self.send(
+                to,
+                Message::Contend {
+                    region: id,
+                    priority,
+                },
+            );
+        }
     }
 
     /// Serves queued requests for `id` as far as the protocol allows now.
@@ -173,37 +222,66 @@ impl Engine {
                     }
                     Want::Delete => (entry.holders(), Recall::Delete),
                 };
-                trace!(node = %self.node, region = %id, ?req, ?targets, "serving");
+                let priority = entry
+                    .queue
+                    .iter()
+                    .map(|r| r.priority)
+                    .fold(req.priority, u64::min);
+                trace!(node = %self.node, region = %id, ?req, ?targets, priority, "serving");
                 entry.serving = Some(Serving {
                     req,
                     acks: targets.iter().copied().collect(),
+                    priority,
+                    wanted: PRIORITY_NONE,
+                    cancelled: false,
                 });
                 for to in targets {
                     self.stats.recalls_sent += 1;
-                    self.send(to, Message::Recall { region: id, kind });
+                    self.send(
+                        to,
+                        Message::Recall {
+                            region: id,
+                            kind,
+                            priority,
+                        },
+                    );
                 }
                 continue;
             }
-            let serving = entry.serving.as_ref().expect("serving");
-            if !serving.acks.is_empty() {
-                return;
-            }
-            let req = serving.req;
             let busy = entry.cell.word().revoke();
-            let ready = match req.want {
+            let serving = entry.serving.as_mut().expect("serving");
+            let ready = match serving.req.want {
                 Want::Read => !busy.writer,
                 Want::Write | Want::Delete => busy.is_idle(),
             };
-            if !ready {
+            if !ready && serving.priority < serving.wanted {
+                // The home's own accesses in progress hold the request up.
+                serving.wanted = serving.priority;
+                let priority = serving.priority;
+                trace!(node = %self.node, region = %id, priority, "wanted");
+                self.events.push_back(Event::Wanted {
+                    region: id,
+                    priority,
+                });
+            }
+            if !ready || !serving.acks.is_empty() {
                 return;
             }
-            entry.serving = None;
-            self.home_finish(id, req);
+            let serving = entry.serving.take().expect("serving");
+            self.home_finish(id, serving.req, serving.cancelled);
         }
     }
 
-    fn home_finish(&mut self, id: RegionId, req: Request) {
+    fn home_finish(&mut self, id: RegionId, req: Request, cancelled: bool) {
         let entry = self.homes.get_mut(&id.seq).expect("home entry");
+        if cancelled && req.want != Want::Delete {
+            // Nobody to answer. The recalls are done: a write's leaves the home sole holder.
+            debug!(node = %self.node, region = %id, ?req, "served a withdrawn request");
+            if req.want == Want::Write && req.who.is_local() {
+                entry.dir = DirState::Unowned;
+            }
+            return;
+        }
         match (req.want, req.who) {
             (Want::Read, Requester::Local(op)) => {
                 debug_assert!(!matches!(entry.dir, DirState::Exclusive(_)));
@@ -266,13 +344,110 @@ impl Engine {
                 entry.cell.clear();
                 self.deleted.insert(id.seq);
                 debug!(node = %self.node, region = %id, "deleted");
-                self.home_reply_deleted(id, who, true);
+                if !cancelled {
+                    self.home_reply_deleted(id, who, true);
+                }
                 for queued in entry.queue {
                     let delete = queued.want == Want::Delete;
                     self.home_reply_deleted(id, queued.who, delete);
                 }
             }
         }
+    }
+
+    /// Withdraws local operation `op` from the home queues; true if it was found.
+    pub(crate) fn home_cancel(&mut self, op: OpId) -> bool {
+        for (&seq, entry) in self.homes.iter_mut() {
+            let id = RegionId::new(self.node, seq);
+            if let Some(pos) = entry
+                .queue
+                .iter()
+                .position(|r| r.who == Requester::Local(op))
+            {
+                entry.queue.remove(pos);
+                debug!(node = %self.node, region = %id, op, "cancelled a queued request");
+                return true;
+            }
+            if let Some(serving) = entry.serving.as_mut()
+                && serving.req.who == Requester::Local(op)
+                && !serving.cancelled
+            {
+                // Its recalls are out: it is served to the end, without an answer.
+                serving.cancelled = true;
+                debug!(node = %self.node, region = %id, op, "cancelled the request being served");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Node `node` restarted: forget it in every directory entry homed here.
+    pub(crate) fn home_peer_restarted(&mut self, node: NodeId) {
+        let mut seqs: Vec<u64> = self.homes.keys().copied().collect();
+        seqs.sort_unstable();
+        for seq in seqs {
+            let id = RegionId::new(self.node, seq);
+            let entry = self.homes.get_mut(&seq).expect("home entry");
+            entry.queue.retain(|r| r.who != Requester::Remote(node));
+            if let Some(serving) = entry.serving.as_mut() {
+                serving.acks.remove(&node);
+                if serving.req.who == Requester::Remote(node) {
+                    serving.cancelled = true;
+                }
+            }
+            let lost = entry.dir == DirState::Exclusive(node);
+            entry.remove_holder(node);
+            if lost {
+                // Its copy may have been modified since the home's image was installed: the
+                // home's copy, as it is, is the region now.
+                self.stats.lost_copies += 1;
+                tracing::warn!(node = %self.node, region = %id, owner = %node,
+                    "the exclusive owner restarted: its copy is lost");
+                self.events.push_back(Event::CopyLost { region: id });
+            }
+            self.home_advance(id);
+        }
+    }
+
+    /// Whether the directory says `node` holds the exclusive copy of `id` (for this node: the
+    /// home holds it and no remote copy exists).
+    pub(crate) fn home_holds_exclusive(&self, id: RegionId, node: NodeId) -> bool {
+        if id.home != self.node {
+            return false;
+        }
+        match self.homes.get(&id.seq) {
+            Some(e) if node == self.node => e.dir == DirState::Unowned,
+            Some(e) => e.dir == DirState::Exclusive(node),
+            None => false,
+        }
+    }
+
+    /// Replaces the home's copy of `id` with `bytes` (see [`Engine::install_master`]).
+    pub(crate) fn home_install_master(
+        &mut self,
+        id: RegionId,
+        bytes: &[u8],
+    ) -> Result<(), OpError> {
+        if id.home != self.node {
+            return Err(OpError::NoSuchRegion(id));
+        }
+        let Some(entry) = self.homes.get(&id.seq) else {
+            return Err(self.home_missing(id));
+        };
+        // No hit may start while the value is replaced.
+        let busy = entry.cell.word().revoke();
+        let result = if busy.is_idle() {
+            let version = entry.cell.version() + 1;
+            entry
+                .cell
+                .install(bytes, version)
+                .map_err(|source| OpError::Codec { region: id, source })
+        } else {
+            Err(OpError::InUse(id))
+        };
+        debug!(node = %self.node, region = %id, ok = result.is_ok(), "install master");
+        self.home_advance(id);
+        result
     }
 
     /// Answers a requester after (or because of) the region's deletion.
@@ -319,7 +494,16 @@ impl Engine {
                 };
                 self.send(from, reply);
             }
-            Message::GetShared { fingerprint, .. } | Message::GetExclusive { fingerprint, .. } => {
+            Message::GetShared {
+                fingerprint,
+                priority,
+                ..
+            }
+            | Message::GetExclusive {
+                fingerprint,
+                priority,
+                ..
+            } => {
                 let want = if matches!(msg, Message::GetShared { .. }) {
                     AccessMode::Read
                 } else {
@@ -346,7 +530,7 @@ impl Engine {
                         "request for a copy it holds or already asked for",
                     ));
                 }
-                self.home_enqueue(id, Request::access(Requester::Remote(from), want));
+                self.home_enqueue(id, Request::access(Requester::Remote(from), want, priority));
             }
             Message::Delete { .. } => match self.home_refusal(id, None) {
                 Some(Refusal::Deleted) => self.send(from, Message::DeleteAck { region: id }),
@@ -423,13 +607,37 @@ impl Engine {
                 self.send(from, Message::FlushAck { region: id });
                 self.home_advance(id);
             }
+            Message::Contend { priority, .. } => {
+                // A request `from` sent now waits under an older priority. It may have been
+                // served already (the answer crossed this message): then it is stale.
+                let Some(entry) = self.homes.get_mut(&id.seq) else {
+                    return Ok(());
+                };
+                let asked =
+                    |r: &Request| r.who == Requester::Remote(from) && r.want != Want::Delete;
+                if let Some(serving) = entry.serving.as_mut().filter(|s| asked(&s.req)) {
+                    serving.req.priority = serving.req.priority.min(priority);
+                } else if let Some(req) = entry.queue.iter_mut().find(|r| asked(r)) {
+                    req.priority = req.priority.min(priority);
+                } else {
+                    return Ok(());
+                }
+                self.home_contend(id, priority);
+                self.home_advance(id);
+            }
             Message::MapOk { .. }
             | Message::Data { .. }
             | Message::Recall { .. }
             | Message::FlushAck { .. }
             | Message::DeleteAck { .. }
             | Message::Refused { .. }
-            | Message::Hello { .. } => {
+            | Message::Hello { .. }
+            | Message::TxCommit { .. }
+            | Message::TxPrepare { .. }
+            | Message::TxReply { .. }
+            | Message::TxDecide { .. }
+            | Message::TxDone { .. }
+            | Message::TxInquire { .. } => {
                 return Err(self.violation(
                     from,
                     Some(id),

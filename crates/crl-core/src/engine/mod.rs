@@ -38,6 +38,45 @@
 //! Deleting a region recalls every copy; afterwards each node's next access fails with
 //! [`OpError::Deleted`] (nodes that held a copy learn at once, others at their next request).
 //! Deleting is idempotent: deleting a deleted region succeeds.
+//!
+//! # Priorities and wound-wait
+//! Transactions hold their accesses to commit (DESIGN.md §5), so a request can wait on an
+//! access that waits elsewhere: a deadlock. The engine never aborts anything; it tells the node
+//! who waits on what, and the node applies wound-wait (an older transaction wounds a younger
+//! one that holds what it wants). Every access carries a **priority**
+//! ([`start_read_with`](Engine::start_read_with)): lower is older and wins;
+//! [`PRIORITY_NONE`] (`u64::MAX`) is a plain access, younger than every transaction.
+//! - A request to a home (`GetShared`/`GetExclusive`) carries the oldest priority of the local
+//!   accesses queued on the entry. An older access queued later, while the request is in flight,
+//!   sends `Contend{region, p}` to the home.
+//! - A home serves its FIFO queue as before. The **effective priority** of the request it
+//!   serves is the oldest of that request and every request queued behind it (they all wait on
+//!   the holders). Each `Recall` carries it; when it gets older (a `Contend`, or an older
+//!   request queued), the home sends `Contend{region, p}` to every node whose `RecallAck` it
+//!   still awaits.
+//! - [`Event::Wanted`]`{region, priority}` is emitted on a node whenever something with that
+//!   priority (not [`PRIORITY_NONE`]) waits for **this node's local accesses in progress** on
+//!   the region: a recall deferred here (its priority, lowered by `Contend`s), a request the
+//!   home serves that its own accesses hold up, or a local access or flush queued behind them.
+//!   It is reported once per wait, again only when an older priority joins the wait. The node
+//!   should then wound every local transaction younger than `priority` that holds an access
+//!   to the region (aborting ends its accesses, and the wait ends).
+//! - A `Contend` for a region or request that is no longer waiting is stale and ignored (it can
+//!   cross the answer on the wire).
+//!
+//! # Cancel and restarts
+//! [`cancel`](Engine::cancel) withdraws a queued operation (a waiter timed out, a transaction
+//! was wounded). [`peer_restarted`](Engine::peer_restarted) forgets a peer's previous
+//! incarnation: copies of its regions are dropped, operations waiting on it fail with
+//! [`OpError::HomeRestarted`], and as a home this node forgets the copies it held (a lost
+//! exclusive copy is reported with [`Event::CopyLost`]).
+//!
+//! # Commit and restore support
+//! The transaction layer (not the engine) handles the `Tx*` messages; at a home it checks
+//! [`holds_exclusive`](Engine::holds_exclusive) and installs committed images with
+//! [`install_master`](Engine::install_master). A restarted home recreates its regions with
+//! [`restore_raw`](Engine::restore_raw) (bytes, no Rust type yet) and
+//! [`set_next_seq`](Engine::set_next_seq).
 
 pub mod access;
 mod cache;
@@ -49,7 +88,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 pub use access::{Access, AccessMode, InProgress, ReadGuard, RegionCell, WriteGuard};
-use access::{DrainList, ErasedCell};
+use access::{DrainList, ErasedCell, RawCell};
 pub use cache::CacheState;
 use cache::{CacheEntry, LocalOp};
 pub use home::DirState;
@@ -57,6 +96,7 @@ use home::{HomeEntry, Requester};
 
 use crate::region::{CodecError, NodeId, Region, RegionId};
 use crate::wire::Message;
+pub use crate::wire::PRIORITY_NONE;
 
 /// Identifies a local operation that may complete later ([`Event`]); chosen by the caller.
 pub type OpId = u64;
@@ -89,6 +129,33 @@ pub enum Event {
         /// Its outcome.
         result: Result<(), OpError>,
     },
+    /// A request with `priority` waits for this node's local accesses in progress on
+    /// `region` (see the [module docs](self#priorities-and-wound-wait)): the node should wound
+    /// its local transactions younger than `priority` that hold an access to `region`. Not an
+    /// operation's completion.
+    Wanted {
+        /// The region.
+        region: RegionId,
+        /// The oldest priority waiting (never [`PRIORITY_NONE`]).
+        priority: u64,
+    },
+    /// A node that held the only valid copy of `region` (homed here) restarted: the home's
+    /// copy, as last installed, is the region's value now and later writes may be lost. Also
+    /// counted in [`EngineStats::lost_copies`].
+    CopyLost {
+        /// The region.
+        region: RegionId,
+    },
+}
+
+impl Event {
+    /// The operation this event completes, if it is a completion.
+    pub fn op(&self) -> Option<OpId> {
+        match self {
+            Event::Granted { op, .. } | Event::Completed { op, .. } => Some(*op),
+            Event::Wanted { .. } | Event::CopyLost { .. } => None,
+        }
+    }
 }
 
 /// How a local request was taken.
@@ -141,6 +208,29 @@ pub enum OpError {
         /// The decoding error.
         source: CodecError,
     },
+    /// The region's home restarted while the operation waited on it; retry.
+    #[error("the home of region {0} restarted")]
+    HomeRestarted(RegionId),
+    /// The home's copy of the region is in use by a local access (see
+    /// [`Engine::install_master`]).
+    #[error("region {0} is in use at its home")]
+    InUse(RegionId),
+}
+
+/// Why [`Engine::restore_raw`] refused a region.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The region is homed at another node.
+    #[error("region {region} is not homed at {node}")]
+    NotHome {
+        /// The region.
+        region: RegionId,
+        /// This node.
+        node: NodeId,
+    },
+    /// A region with this id already exists here.
+    #[error("region {0} already exists")]
+    Exists(RegionId),
 }
 
 /// A peer broke the protocol; the driver should close the connection to it.
@@ -227,6 +317,8 @@ pub struct EngineStats {
     pub recalls_received: u64,
     /// Regions flushed and dropped from the unmapped cache.
     pub evictions: u64,
+    /// Exclusive copies lost because their holder restarted (see [`Event::CopyLost`]).
+    pub lost_copies: u64,
 }
 
 /// A snapshot of one region's protocol state at this node, for tests and debugging.
@@ -365,7 +457,7 @@ impl Engine {
                 self.unmapped.remove(&entry.unmapped_at);
             }
             entry.map_count += 1;
-            if entry.mapping.is_empty() {
+            if !entry.map_pending {
                 return Ok((cell, Progress::Done));
             }
             entry.mapping.push(op);
@@ -374,6 +466,7 @@ impl Engine {
         let cell = Arc::new(RegionCell::<T>::new(id, None, self.drains.clone()));
         let mut entry = CacheEntry::new(cell.clone());
         entry.map_count = 1;
+        entry.map_pending = true;
         entry.mapping.push(op);
         self.cache.insert(id, entry);
         self.send(
@@ -390,8 +483,33 @@ impl Engine {
         &mut self,
         id: RegionId,
     ) -> Result<(Arc<RegionCell<T>>, Progress), OpError> {
+        let drains = self.drains.clone();
         match self.homes.get_mut(&id.seq) {
             Some(entry) => {
+                if let Some(bytes) = entry.cell.raw_bytes() {
+                    // A restored region, typed by its first local mapping.
+                    let actual = entry.cell.fingerprint();
+                    if actual != T::FINGERPRINT {
+                        return Err(OpError::WrongType {
+                            region: id,
+                            expected: T::TYPE_NAME,
+                            actual,
+                        });
+                    }
+                    let value = T::decode_region(&bytes)
+                        .map_err(|source| OpError::Codec { region: id, source })?;
+                    let version = entry.cell.version();
+                    let cell = Arc::new(RegionCell::with_version(id, Some(value), version, drains));
+                    entry.cell = cell.clone();
+                    entry.map_count += 1;
+                    if entry.serving.is_some() || !entry.queue.is_empty() {
+                        cell.word().revoke();
+                    } else {
+                        entry.permit();
+                    }
+                    debug!(node = %self.node, region = %id, ty = T::TYPE_NAME, "typed a restored region");
+                    return Ok((cell, Progress::Done));
+                }
                 let cell = downcast::<T>(id, &entry.cell)?;
                 entry.map_count += 1;
                 Ok((cell, Progress::Done))
@@ -429,46 +547,70 @@ impl Engine {
         Ok(())
     }
 
-    /// Starts a read of `id` on the slow path (after [`RegionCell::try_read`] missed).
+    /// Starts a read of `id` on the slow path (after [`RegionCell::try_read`] missed), not on
+    /// behalf of a transaction ([`PRIORITY_NONE`]).
     pub fn start_read(&mut self, id: RegionId, op: OpId) -> Result<Start, OpError> {
-        self.start_access(id, op, AccessMode::Read)
+        self.start_access(id, op, AccessMode::Read, PRIORITY_NONE)
     }
 
-    /// Starts a write of `id` on the slow path (after [`RegionCell::try_write`] missed).
+    /// Starts a write of `id` on the slow path (after [`RegionCell::try_write`] missed), not on
+    /// behalf of a transaction ([`PRIORITY_NONE`]).
     pub fn start_write(&mut self, id: RegionId, op: OpId) -> Result<Start, OpError> {
-        self.start_access(id, op, AccessMode::Write)
+        self.start_access(id, op, AccessMode::Write, PRIORITY_NONE)
     }
 
-    fn start_access(&mut self, id: RegionId, op: OpId, mode: AccessMode) -> Result<Start, OpError> {
+    /// [`start_read`](Self::start_read) on behalf of a transaction with `priority` (lower is
+    /// older; see the [module docs](self#priorities-and-wound-wait)).
+    pub fn start_read_with(
+        &mut self,
+        id: RegionId,
+        op: OpId,
+        priority: u64,
+    ) -> Result<Start, OpError> {
+        self.start_access(id, op, AccessMode::Read, priority)
+    }
+
+    /// [`start_write`](Self::start_write) on behalf of a transaction with `priority` (lower is
+    /// older; see the [module docs](self#priorities-and-wound-wait)).
+    pub fn start_write_with(
+        &mut self,
+        id: RegionId,
+        op: OpId,
+        priority: u64,
+    ) -> Result<Start, OpError> {
+        self.start_access(id, op, AccessMode::Write, priority)
+    }
+
+    fn start_access(
+        &mut self,
+        id: RegionId,
+        op: OpId,
+        mode: AccessMode,
+        priority: u64,
+    ) -> Result<Start, OpError> {
         self.process_drained();
         if id.home == self.node {
-            if !self.homes.contains_key(&id.seq) {
+            let Some(entry) = self.homes.get(&id.seq) else {
                 return Err(self.home_missing(id));
-            }
-            self.home_enqueue(id, home::Request::access(Requester::Local(op), mode));
-        } else {
-            let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
-            if entry.deleted {
-                return Err(OpError::Deleted(id));
-            }
-            if entry.map_count == 0 || !entry.mapping.is_empty() {
+            };
+            if entry.cell.raw_bytes().is_some() {
+                // Restored and never mapped here: no typed copy to access yet.
                 return Err(OpError::NotMapped(id));
             }
-            entry.queue.push_back(match mode {
-                AccessMode::Read => LocalOp::Read(op),
-                AccessMode::Write => LocalOp::Write(op),
-            });
-            self.cache_advance(id);
+            let req = home::Request::access(Requester::Local(op), mode, priority);
+            self.home_enqueue(id, req);
+        } else {
+            self.cache_queue_access(id, op, mode, priority)?;
         }
         Ok(self.take_immediate(op))
     }
 
     /// If `op` was granted during the call that queued it, return it directly.
     fn take_immediate(&mut self, op: OpId) -> Start {
-        let pos = self.events.iter().position(|e| match e {
-            Event::Granted { op: o, .. } => *o == op,
-            Event::Completed { .. } => false,
-        });
+        let pos = self
+            .events
+            .iter()
+            .position(|e| matches!(e, Event::Granted { op: o, .. } if *o == op));
         match pos.and_then(|p| self.events.remove(p)) {
             Some(Event::Granted { access, .. }) => Start::Granted(access),
             _ => {
@@ -499,10 +641,9 @@ impl Engine {
     }
 
     fn take_completed(&mut self, op: OpId) -> Progress {
-        let pos = self.events.iter().position(|e| match e {
-            Event::Completed { op: o, result } => *o == op && result.is_ok(),
-            Event::Granted { .. } => false,
-        });
+        let pos = self.events.iter().position(
+            |e| matches!(e, Event::Completed { op: o, result } if *o == op && result.is_ok()),
+        );
         match pos.and_then(|p| self.events.remove(p)) {
             Some(_) => Progress::Done,
             None => Progress::Pending,
@@ -523,7 +664,7 @@ impl Engine {
             return Ok(self.take_completed(op));
         }
         if let Some(entry) = self.cache.get_mut(&id) {
-            entry.deletes.push_back(op);
+            entry.deletes.push_back(Some(op));
         } else {
             return Err(OpError::NotMapped(id));
         }
@@ -555,6 +696,13 @@ impl Engine {
     pub fn handle_message(&mut self, from: NodeId, msg: Message) -> Result<(), ProtocolViolation> {
         self.process_drained();
         self.stats.messages_received += 1;
+        if msg.is_transaction() {
+            return Err(self.violation(
+                from,
+                None,
+                format!("{} is not an engine message", msg.kind_name()),
+            ));
+        }
         let Some(region) = msg.region() else {
             return Err(self.violation(from, None, "hello on an established link"));
         };
@@ -565,6 +713,109 @@ impl Engine {
         };
         self.evict_unmapped();
         result
+    }
+
+    /// Withdraws local operation `op` (an access, map, flush or delete) that has not completed:
+    /// afterwards no [`Event`] for `op` is emitted. A queued access leaves its queue (if its
+    /// request is already on its way, the grant is kept as a cached copy when it arrives); a
+    /// pending map's mapping is undone (as by [`unmap`](Self::unmap)); a flush or delete already
+    /// sent still happens, only its completion is suppressed, and so does a request the home is
+    /// already serving for `op` (its recalls are out). Cancelling an unknown or finished
+    /// operation does nothing; an event already queued for [`poll_event`](Self::poll_event)
+    /// is not withdrawn. Returns whether `op` was found. Takes time linear in the number of
+    /// entries.
+    pub fn cancel(&mut self, op: OpId) -> bool {
+        self.process_drained();
+        let found = self.home_cancel(op) || self.cache_cancel(op);
+        self.evict_unmapped();
+        found
+    }
+
+    /// Peer `node` restarted (it came back with a new epoch). Call it before handling any
+    /// message of its new incarnation; messages of the old one must not be handled afterwards.
+    ///
+    /// - As a cache: every copy of a region homed at `node` is dropped (a copy with accesses in
+    ///   progress is kept for them, marked stale: nothing hits on it and it is dropped when they
+    ///   end); operations waiting on that home (queued accesses, maps, flushes, deletes) fail
+    ///   with [`OpError::HomeRestarted`].
+    /// - As a home: `node` is forgotten everywhere. A sharer is removed; if it held a region
+    ///   exclusively, the home's copy as last installed is the region's value again, and the
+    ///   loss is reported ([`Event::CopyLost`], [`EngineStats::lost_copies`]; the home cannot
+    ///   tell whether the copy was modified, so every lost exclusive copy counts). A recall
+    ///   awaited from `node` counts as acknowledged without data; its queued requests are
+    ///   dropped and one being served is finished without an answer.
+    pub fn peer_restarted(&mut self, node: NodeId) {
+        self.process_drained();
+        debug!(node = %self.node, peer = %node, "peer restarted");
+        if node == self.node {
+            return;
+        }
+        self.cache_peer_restarted(node);
+        self.home_peer_restarted(node);
+        self.evict_unmapped();
+    }
+
+    /// Whether the home directory of `id` (homed here) says `node` holds its exclusive copy.
+    /// For `node == self`: the home holds the region and no remote copy exists. False for a
+    /// region not homed here.
+    pub fn holds_exclusive(&self, id: RegionId, node: NodeId) -> bool {
+        self.home_holds_exclusive(id, node)
+    }
+
+    /// At the home of `id`, replaces the home's copy with committed `bytes` (the archive of the
+    /// region's value), while a remote node owns the region exclusively (so the home's copy is
+    /// stale and unused). Typed regions validate the bytes by decoding them
+    /// ([`OpError::Codec`]); a [restored](Self::restore_raw) region not yet typed stores them.
+    /// The copy's version is bumped. Fails with [`OpError::InUse`] if a local access is in
+    /// progress on the home's copy, and [`OpError::NoSuchRegion`] / [`OpError::Deleted`] if the
+    /// region is not homed here.
+    pub fn install_master(&mut self, id: RegionId, bytes: &[u8]) -> Result<(), OpError> {
+        self.process_drained();
+        self.home_install_master(id, bytes)
+    }
+
+    /// Recreates region `id` (homed here) at restart from stored bytes, before any local code
+    /// names its Rust type: the entry is `Unowned`, unmapped, version 0. Remote requests are
+    /// served from the bytes (checked against `fingerprint`) and returned images replace them;
+    /// the first local [`map`](Self::map) checks the fingerprint ([`OpError::WrongType`]) and
+    /// decodes the bytes into a typed cell. Local accesses before that fail with
+    /// [`OpError::NotMapped`]. Sequence numbers given by [`create`](Self::create) continue
+    /// above `id.seq`.
+    pub fn restore_raw(
+        &mut self,
+        id: RegionId,
+        fingerprint: u64,
+        type_name: String,
+        bytes: Vec<u8>,
+    ) -> Result<(), RestoreError> {
+        if id.home != self.node {
+            return Err(RestoreError::NotHome {
+                region: id,
+                node: self.node,
+            });
+        }
+        if self.homes.contains_key(&id.seq) {
+            return Err(RestoreError::Exists(id));
+        }
+        debug!(node = %self.node, region = %id, ty = %type_name, len = bytes.len(), "restored");
+        let cell = Arc::new(RawCell::new(id, fingerprint, type_name, bytes));
+        let mut entry = HomeEntry::new(cell);
+        entry.map_count = 0;
+        self.homes.insert(id.seq, entry);
+        self.deleted.remove(&id.seq);
+        self.next_seq = self.next_seq.max(id.seq.saturating_add(1));
+        Ok(())
+    }
+
+    /// The sequence number the next [`create`](Self::create) will use.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Sets the sequence number the next [`create`](Self::create) will use (at restart, from
+    /// the stored state; never below one already in use).
+    pub fn set_next_seq(&mut self, seq: u64) {
+        self.next_seq = seq;
     }
 
     /// Revokes every hit permission on this node, so every later access takes the slow path

@@ -126,11 +126,7 @@ impl Durability {
 
     /// The transactions still in doubt here, with their coordinators.
     pub(crate) fn in_doubt(&self) -> Vec<(u64, NodeId)> {
-        self.in_doubt
-            .lock()
-            .iter()
-            .map(|(&t, &c)| (t, c))
-            .collect()
+        self.in_doubt.lock().iter().map(|(&t, &c)| (t, c)).collect()
     }
 
     /// The decisions this coordinator still has to deliver.
@@ -228,7 +224,13 @@ impl Durability {
                     // Still collecting votes: the decision goes to every participant anyway.
                 } else {
                     // Presumed abort: a commit is always logged before it is announced.
-                    node.send(from, Message::TxDecide { txid, commit: false });
+                    node.send(
+                        from,
+                        Message::TxDecide {
+                            txid,
+                            commit: false,
+                        },
+                    );
                 }
             }
             Message::TxCommit { txid, .. } => {
@@ -266,7 +268,9 @@ impl Durability {
             );
         };
         if coordinator != from {
-            return refuse(format!("prepare from {from} names coordinator {coordinator}"));
+            return refuse(format!(
+                "prepare from {from} names coordinator {coordinator}"
+            ));
         }
         let me = node.id();
         let regions: Vec<RegionId> = writes
@@ -452,7 +456,13 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
         };
         if let Some(f) = failure {
             for &home in &participants {
-                node.send(home, Message::TxDecide { txid, commit: false });
+                node.send(
+                    home,
+                    Message::TxDecide {
+                        txid,
+                        commit: false,
+                    },
+                );
             }
             super::abort(tx).await;
             return Err(f);
@@ -476,7 +486,13 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
     });
     if let Err(e) = durability.append_all(records).await {
         for &home in &participants {
-            node.send(home, Message::TxDecide { txid, commit: false });
+            node.send(
+                home,
+                Message::TxDecide {
+                    txid,
+                    commit: false,
+                },
+            );
         }
         super::abort(tx).await;
         return Err(CommitFailure::Fatal(Error::LogFailed(e.to_string())));

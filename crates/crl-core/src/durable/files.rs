@@ -1,0 +1,389 @@
+//! The store's files: names, the directory lock, the epoch file and the checkpoint.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::codec::{Dec, DecodeError, Enc};
+use super::table::{MIN_NEXT_SEQ, Table};
+use super::{InDoubt, StoreError, StoredRegion};
+use crate::region::NodeId;
+
+pub(crate) const LOCK_FILE: &str = "lock";
+pub(crate) const EPOCH_FILE: &str = "epoch";
+pub(crate) const EPOCH_TMP: &str = "epoch.tmp";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+const LOG_PREFIX: &str = "log.";
+
+const EPOCH_MAGIC: [u8; 4] = *b"CRLE";
+const EPOCH_LEN: usize = 20;
+const CHECKPOINT_MAGIC: [u8; 4] = *b"CRLK";
+const CHECKPOINT_HEADER: usize = 20;
+const FORMAT_VERSION: u32 = 1;
+
+/// The file name of log generation `generation`.
+pub(crate) fn log_name(generation: u64) -> String {
+    format!("{LOG_PREFIX}{generation:020}")
+}
+
+/// The generation of a log file name, if it is one.
+pub(crate) fn parse_log_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(LOG_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The logs in `dir`, by generation.
+pub(crate) fn list_logs(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StoreError> {
+    let mut logs = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(StoreError::io("listing the store directory"))? {
+        let entry = entry.map_err(StoreError::io("listing the store directory"))?;
+        if let Some(generation) = entry.file_name().to_str().and_then(parse_log_name) {
+            logs.insert(generation, entry.path());
+        }
+    }
+    Ok(logs)
+}
+
+/// Takes the directory's lock (released when the returned file is closed).
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(StoreError::io("opening the store's lock file"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(StoreError::Io {
+            what: "locking the store directory",
+            source: e,
+        }),
+    }
+}
+
+/// Fsyncs the directory, making creations, renames and removals in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("syncing the store directory"))
+}
+
+/// Opens (creating if needed) log `generation` for appending; also says if it was created.
+pub(crate) fn open_log(dir: &Path, generation: u64) -> Result<(File, bool), StoreError> {
+    let path = dir.join(log_name(generation));
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(StoreError::io("opening the log"))?;
+    Ok((file, !existed))
+}
+
+/// Creates log `generation` empty (truncating any file of that name) for writing.
+pub(crate) fn create_log(dir: &Path, generation: u64) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join(log_name(generation)))
+        .map_err(StoreError::io("creating a log"))
+}
+
+/// Writes `bytes` to `tmp`, fsyncs it, renames it to `name`, fsyncs the directory.
+fn replace_file(dir: &Path, tmp: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp_path = dir.join(tmp);
+    let mut f = File::create(&tmp_path).map_err(StoreError::io("creating a temporary file"))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io("writing a temporary file"))?;
+    drop(f);
+    fs::rename(&tmp_path, dir.join(name)).map_err(StoreError::io("renaming a temporary file"))?;
+    sync_dir(dir)
+}
+
+fn corrupt(dir: &Path, name: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        file: dir.join(name),
+        reason: reason.into(),
+    }
+}
+
+/// Reads the epoch file: `None` if there is none.
+pub(crate) fn read_epoch(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let bytes = match fs::read(dir.join(EPOCH_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "reading the epoch file",
+                source: e,
+            });
+        }
+    };
+    if bytes.len() != EPOCH_LEN {
+        return Err(corrupt(
+            dir,
+            EPOCH_FILE,
+            format!("{} bytes, expected {EPOCH_LEN}", bytes.len()),
+        ));
+    }
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[..16]) != crc {
+        return Err(corrupt(dir, EPOCH_FILE, "checksum mismatch"));
+    }
+    if bytes[0..4] != EPOCH_MAGIC {
+        return Err(corrupt(dir, EPOCH_FILE, "bad magic"));
+    }
+    let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            dir,
+            EPOCH_FILE,
+            format!("unsupported version {version}"),
+        ));
+    }
+    Ok(Some(u64::from_le_bytes(
+        bytes[8..16].try_into().expect("8 bytes"),
+    )))
+}
+
+/// Persists `epoch` (temporary file, fsync, rename, directory fsync).
+pub(crate) fn write_epoch(dir: &Path, epoch: u64) -> Result<(), StoreError> {
+    let mut bytes = Vec::with_capacity(EPOCH_LEN);
+    bytes.extend_from_slice(&EPOCH_MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&epoch.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    replace_file(dir, EPOCH_TMP, EPOCH_FILE, &bytes)
+}
+
+/// A loaded checkpoint.
+pub(crate) struct Checkpoint {
+    pub(crate) epoch: u64,
+    /// The first log generation after the checkpoint.
+    pub(crate) log_gen: u64,
+    pub(crate) table: Table,
+}
+
+/// Counts and checksums what is written through it.
+struct CrcWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        self.inner.write_all(bytes)
+    }
+}
+
+/// Writes a checkpoint of `table` (temporary file, fsync, rename, directory fsync).
+pub(crate) fn write_checkpoint(
+    dir: &Path,
+    table: &Table,
+    epoch: u64,
+    log_gen: u64,
+) -> Result<(), StoreError> {
+    let tmp_path = dir.join(CHECKPOINT_TMP);
+    let file = File::create(&tmp_path).map_err(StoreError::io("creating the checkpoint file"))?;
+    let write = || -> io::Result<File> {
+        let mut w = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: crc32fast::Hasher::new(),
+            len: 0,
+        };
+        w.inner.write_all(&[0; CHECKPOINT_HEADER])?;
+        let mut scratch = Vec::with_capacity(1 << 16);
+        let mut e = Enc(&mut scratch);
+        e.u64(epoch);
+        e.u64(log_gen);
+        e.u64(table.next_seq);
+        e.u64(table.regions.len() as u64);
+        w.put(&scratch)?;
+        for r in table.regions.values() {
+            scratch.clear();
+            let mut e = Enc(&mut scratch);
+            e.region(r.region);
+            e.u64(r.fingerprint);
+            e.bytes(r.type_name.as_bytes());
+            e.bytes(&r.bytes);
+            w.put(&scratch)?;
+        }
+        scratch.clear();
+        Enc(&mut scratch).u64(table.in_doubt.len() as u64);
+        w.put(&scratch)?;
+        for t in table.in_doubt.values() {
+            scratch.clear();
+            let mut e = Enc(&mut scratch);
+            e.u64(t.txid);
+            e.u32(t.coordinator.0);
+            e.writes(&t.writes);
+            e.regions(&t.deletes);
+            w.put(&scratch)?;
+        }
+        scratch.clear();
+        Enc(&mut scratch).u64(table.coordinating.len() as u64);
+        w.put(&scratch)?;
+        for (&txid, participants) in &table.coordinating {
+            scratch.clear();
+            let mut e = Enc(&mut scratch);
+            e.u64(txid);
+            e.nodes(participants);
+            w.put(&scratch)?;
+        }
+        let mut header = Vec::with_capacity(CHECKPOINT_HEADER);
+        header.extend_from_slice(&CHECKPOINT_MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&w.len.to_le_bytes());
+        header.extend_from_slice(&w.hasher.finalize().to_le_bytes());
+        let mut file = w.inner.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&header)?;
+        file.sync_all()?;
+        Ok(file)
+    };
+    drop(write().map_err(StoreError::io("writing the checkpoint"))?);
+    fs::rename(&tmp_path, dir.join(CHECKPOINT_FILE))
+        .map_err(StoreError::io("renaming the checkpoint"))?;
+    sync_dir(dir)
+}
+
+/// Reads the checkpoint: `None` if there is none; `Corrupt` unless it is entirely valid.
+pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, StoreError> {
+    let bytes = match fs::read(dir.join(CHECKPOINT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "reading the checkpoint",
+                source: e,
+            });
+        }
+    };
+    let bad = |reason: String| corrupt(dir, CHECKPOINT_FILE, reason);
+    if bytes.len() < CHECKPOINT_HEADER {
+        return Err(bad(format!(
+            "{} bytes, shorter than its header",
+            bytes.len()
+        )));
+    }
+    if bytes[0..4] != CHECKPOINT_MAGIC {
+        return Err(bad("bad magic".into()));
+    }
+    let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(bad(format!("unsupported version {version}")));
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let payload = &bytes[CHECKPOINT_HEADER..];
+    if len != payload.len() as u64 {
+        return Err(bad(format!(
+            "payload of {} bytes, header says {len}",
+            payload.len()
+        )));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(bad("checksum mismatch".into()));
+    }
+    decode_checkpoint(payload).map_err(bad)
+}
+
+fn decode_checkpoint(payload: &[u8]) -> Result<Option<Checkpoint>, String> {
+    let de = |DecodeError(why)| why.to_string();
+    let mut d = Dec::new(payload);
+    let epoch = d.u64().map_err(de)?;
+    let log_gen = d.u64().map_err(de)?;
+    let next_seq = d.u64().map_err(de)?;
+    if log_gen == 0 {
+        return Err("log generation 0".into());
+    }
+    if next_seq < MIN_NEXT_SEQ {
+        return Err(format!("next_seq {next_seq} below {MIN_NEXT_SEQ}"));
+    }
+    let mut table = Table {
+        next_seq,
+        ..Table::default()
+    };
+    let n = d.count64(12 + 8 + 4 + 4).map_err(de)?;
+    table.regions.reserve(n);
+    for _ in 0..n {
+        let region = d.region().map_err(de)?;
+        let fingerprint = d.u64().map_err(de)?;
+        let type_name = d.string().map_err(de)?;
+        let bytes = d.bytes().map_err(de)?.to_vec();
+        // `next_seq` saturates at u64::MAX (see Table::apply).
+        if region.seq.saturating_add(1) > next_seq {
+            return Err(format!("region {region} not below next_seq {next_seq}"));
+        }
+        let r = StoredRegion {
+            region,
+            fingerprint,
+            type_name,
+            bytes,
+        };
+        if table.regions.insert(region, r).is_some() {
+            return Err(format!("region {region} appears twice"));
+        }
+    }
+    let n = d.count64(8 + 4 + 4 + 4).map_err(de)?;
+    for _ in 0..n {
+        let txid = d.u64().map_err(de)?;
+        let coordinator = NodeId(d.u32().map_err(de)?);
+        let writes = d.writes().map_err(de)?;
+        let deletes = d.regions().map_err(de)?;
+        let t = InDoubt {
+            txid,
+            coordinator,
+            writes,
+            deletes,
+        };
+        if table.in_doubt.insert(txid, t).is_some() {
+            return Err(format!("in-doubt transaction {txid} appears twice"));
+        }
+    }
+    let n = d.count64(8 + 4).map_err(de)?;
+    for _ in 0..n {
+        let txid = d.u64().map_err(de)?;
+        let participants = d.nodes().map_err(de)?;
+        if table.coordinating.insert(txid, participants).is_some() {
+            return Err(format!("coordinated transaction {txid} appears twice"));
+        }
+    }
+    if d.remaining() != 0 {
+        return Err(format!("{} trailing bytes", d.remaining()));
+    }
+    Ok(Some(Checkpoint {
+        epoch,
+        log_gen,
+        table,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names_roundtrip_and_sort() {
+        assert_eq!(parse_log_name(&log_name(7)), Some(7));
+        assert_eq!(parse_log_name(&log_name(u64::MAX)), Some(u64::MAX));
+        assert!(log_name(9) < log_name(10));
+        for bad in ["log.", "log.-1", "log.1a", "log.+1", "logx1", "log.1.tmp"] {
+            assert_eq!(parse_log_name(bad), None, "{bad}");
+        }
+    }
+}

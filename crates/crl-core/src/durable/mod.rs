@@ -1,0 +1,520 @@
+//! Durability at a home node: write-ahead log, group commit, checkpoints and recovery.
+//!
+//! A home keeps the master copy of its regions. [`DurableStore`] makes the changes to them
+//! durable: every change is a [`LogRecord`] appended to a write-ahead log; a dedicated writer
+//! thread writes everything queued in one `write` and one `fdatasync` (group commit: many
+//! concurrent commits share one fsync) and then runs each caller's completion. The writer also
+//! applies each record, in log order, to an in-memory copy of the durable state (the region
+//! table, the in-doubt transactions of two-phase commit, the transactions this node still
+//! coordinates), which it writes out as a checkpoint when the log grows past
+//! [`StoreConfig::checkpoint_bytes`]. [`DurableStore::open`] recovers that state
+//! ([`Recovered`]) and bumps the node's epoch, so every copy cached before a restart can be
+//! recognised as stale.
+//!
+//! # Files
+//!
+//! A store directory holds:
+//!
+//! ```text
+//! lock                      held (flock) while a store has the directory open
+//! epoch                     the epoch of the last open (20 bytes, checksummed)
+//! checkpoint                the durable state as of the start of log.<log_gen> (checksummed)
+//! log.<gen>                 write-ahead logs, <gen> zero-padded to 20 digits
+//! epoch.tmp, checkpoint.tmp being written; removed by recovery
+//! ```
+//!
+//! Every integer is little endian. CRCs are CRC-32 (IEEE, as computed by `crc32fast`).
+//!
+//! ## Log records
+//!
+//! A log file is a sequence of frames, with no file header:
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic        = b"CRLW"
+//!      4     4  payload_len  <= MAX_RECORD_BYTES (64 MiB)
+//!      8     4  crc          CRC-32 of the payload
+//!     12     n  payload      tag u8, then the record's fields
+//! ```
+//!
+//! Payload fields: a [`RegionId`] is `home u32, seq u64`; a byte string or string is
+//! `len u32, bytes` (strings are UTF-8); a list is `count u32, items`; a bool is one byte,
+//! 0 or 1. Tags: 1 `Create { region, fingerprint u64, type_name, bytes }`, 2
+//! `Delete { region }`, 3 `Commit { txid u64, writes [(region, bytes)], deletes [region],
+//! participants [node u32] }`, 4 `Prepare { txid, coordinator u32, writes, deletes }`, 5
+//! `Decide { txid, commit bool }`, 6 `Forget { txid }`. A payload must be consumed exactly.
+//!
+//! ## Checkpoint and epoch files
+//!
+//! ```text
+//! checkpoint: magic b"CRLK", version u32 = 1, payload_len u64, crc u32, payload
+//!   payload:  epoch u64, log_gen u64, next_seq u64,
+//!             regions u64 count × (region, fingerprint u64, type_name, bytes),
+//!             in-doubt u64 count × (txid u64, coordinator u32, writes, deletes),
+//!             coordinating u64 count × (txid u64, participants [node u32])
+//! epoch:      magic b"CRLE", version u32 = 1, epoch u64, crc u32 (of the 16 bytes before it)
+//! ```
+//!
+//! Both are written to a `.tmp` file, fsynced, renamed over the real name, and the directory
+//! is fsynced: a reader sees the old file or the new one, never a mix.
+//!
+//! # Recovery rules
+//!
+//! Bytes read from disk are untrusted: every length is bounded by the bytes that remain and
+//! by [`MAX_RECORD_BYTES`], and nothing is trusted before its checksum matches.
+//!
+//! 1. Leftover `epoch.tmp` and `checkpoint.tmp` are removed (they were never renamed, so
+//!    never in effect).
+//! 2. The epoch file and the checkpoint, if present, must be entirely valid: a bad magic,
+//!    version, length or checksum, or a payload that does not decode exactly, is
+//!    [`StoreError::Corrupt`] and the store refuses to start. A missing epoch file while a
+//!    checkpoint or a log exists is also `Corrupt`: recovery never guesses.
+//! 3. The checkpoint names `log_gen`, the first log that follows it (1 without a
+//!    checkpoint). Logs older than `log_gen` are stale (a checkpoint finished but their
+//!    removal did not) and are deleted. The logs from `log_gen` on must be consecutive,
+//!    starting at `log_gen`; a gap is `Corrupt`.
+//! 4. The logs are replayed in order. The first frame that is torn (short), has a bad magic,
+//!    a length over the maximum, a checksum mismatch or a payload that does not decode ends
+//!    the log: the file is truncated there (and synced), later logs are deleted, and the bytes
+//!    dropped are reported as [`RecoveryReport::cut_bytes`] and logged with `warn!`. Nothing
+//!    after the cut is applied: a record was acknowledged only after every byte before it was
+//!    synced, so everything before the cut is all that is known to be durable.
+//! 5. The new epoch, one more than the stored one, is persisted before [`DurableStore::open`]
+//!    returns; new records are appended to the last log.
+//!
+//! # Checkpoint sequence
+//!
+//! With the current log `log.<g>`, the writer thread: creates an empty `log.<g+1>` and
+//! fsyncs the directory; writes `checkpoint.tmp` (state as of the end of `log.<g>`,
+//! `log_gen = g + 1`) and fsyncs it; renames it over `checkpoint` and fsyncs the directory;
+//! switches to `log.<g+1>`; removes the older logs. A crash before the rename leaves the old
+//! checkpoint in effect, with `log.<g>` complete and `log.<g+1>` empty, both replayed; a crash
+//! after it leaves the new checkpoint, and `log.<g>` is stale. Records go to `log.<g+1>` only
+//! after the new checkpoint is durable.
+//!
+//! # Failures
+//!
+//! An error from writing or syncing the log (or writing a checkpoint) is fatal: the store
+//! records it ([`DurableStore::failure`]), fails the batch in flight and every later append
+//! with [`StoreError::Failed`], and never retries (after a failed fsync the kernel may have
+//! dropped the dirty pages; retrying could report as durable what is not). A record whose
+//! append failed may or may not be found by the next recovery: its outcome is unknown.
+
+mod codec;
+mod files;
+mod probe;
+mod recovery;
+mod table;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tracing::info;
+
+use crate::region::{NodeId, RegionId};
+
+pub use codec::MAX_RECORD_BYTES;
+pub use probe::fsync_probe;
+
+/// The default [`StoreConfig::checkpoint_bytes`]: 64 MiB.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// Where a [`DurableStore`] keeps its files and when it checkpoints.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The store's directory (created if needed). One store per directory at a time.
+    pub dir: PathBuf,
+    /// Checkpoint when the current log exceeds this many bytes (default
+    /// [`DEFAULT_CHECKPOINT_BYTES`]).
+    pub checkpoint_bytes: u64,
+}
+
+impl StoreConfig {
+    /// A configuration for the store in `dir`, with the default checkpoint threshold.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            dir: dir.into(),
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+        }
+    }
+}
+
+/// One change to a home's durable state, appended to its write-ahead log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord {
+    /// A region created at this home, with its first contents.
+    Create {
+        /// The new region (its `seq` is never reused at this home).
+        region: RegionId,
+        /// The fingerprint of the region's type.
+        fingerprint: u64,
+        /// The name of the region's type.
+        type_name: String,
+        /// The region's first contents (its archived bytes).
+        bytes: Vec<u8>,
+    },
+    /// A region deleted at this home.
+    Delete {
+        /// The deleted region.
+        region: RegionId,
+    },
+    /// A committed transaction's effects at this home (one-phase commit, or the
+    /// coordinator's own part plus its decision when `participants` is non-empty: then this
+    /// node is the 2PC coordinator and the decision is "commit" for `txid`).
+    Commit {
+        /// The transaction.
+        txid: u64,
+        /// The new contents of each region written at this home.
+        writes: Vec<(RegionId, Vec<u8>)>,
+        /// The regions of this home the transaction deleted.
+        deletes: Vec<RegionId>,
+        /// The other homes of a two-phase commit this node coordinates (empty otherwise).
+        participants: Vec<NodeId>,
+    },
+    /// 2PC phase 1 at a participant: effects held in doubt until a [`LogRecord::Decide`].
+    Prepare {
+        /// The transaction.
+        txid: u64,
+        /// The node coordinating the transaction, to ask for the outcome.
+        coordinator: NodeId,
+        /// The new contents of each region written at this home.
+        writes: Vec<(RegionId, Vec<u8>)>,
+        /// The regions of this home the transaction deletes.
+        deletes: Vec<RegionId>,
+    },
+    /// The outcome of a prepared transaction at a participant: applied if `commit`,
+    /// discarded otherwise. A decision for an unknown transaction is ignored.
+    Decide {
+        /// The transaction.
+        txid: u64,
+        /// Whether it committed.
+        commit: bool,
+    },
+    /// Coordinator: every participant acknowledged the decision of `txid`; it can be
+    /// forgotten.
+    Forget {
+        /// The transaction.
+        txid: u64,
+    },
+}
+
+/// A region as recovered: its identity, type and last durable contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRegion {
+    /// The region.
+    pub region: RegionId,
+    /// The fingerprint of its type.
+    pub fingerprint: u64,
+    /// The name of its type.
+    pub type_name: String,
+    /// Its contents.
+    pub bytes: Vec<u8>,
+}
+
+/// A transaction prepared at this node (a 2PC participant) whose outcome is not known yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    /// The transaction.
+    pub txid: u64,
+    /// The node coordinating it, to ask for the outcome.
+    pub coordinator: NodeId,
+    /// The new contents it writes, applied if it commits.
+    pub writes: Vec<(RegionId, Vec<u8>)>,
+    /// The regions it deletes, if it commits.
+    pub deletes: Vec<RegionId>,
+}
+
+/// A transaction this node committed as 2PC coordinator and whose participants have not all
+/// acknowledged the decision yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coordinating {
+    /// The transaction (its decision is commit).
+    pub txid: u64,
+    /// The participants to tell.
+    pub participants: Vec<NodeId>,
+}
+
+/// What recovery found and did, for logs and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Regions loaded from the checkpoint (0 without one).
+    pub checkpoint_regions: usize,
+    /// Log records replayed after the checkpoint.
+    pub log_records: u64,
+    /// Bytes of log replayed (valid records only).
+    pub log_bytes: u64,
+    /// Bytes dropped from the end of the log: a torn or corrupt tail, and any log after it.
+    pub cut_bytes: u64,
+    /// Writes replayed for a region that did not exist (skipped, see [`StoreStats`]).
+    pub skipped_writes: u64,
+    /// How long recovery took (reading, replaying, truncating; not the epoch write).
+    pub elapsed: Duration,
+}
+
+/// The durable state recovered by [`DurableStore::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The new epoch: the previous one plus 1 (1 on a fresh directory). Already persisted.
+    pub epoch: u64,
+    /// Every region of this home: checkpoint plus replayed log, sorted by id.
+    pub regions: Vec<StoredRegion>,
+    /// 1 + the largest `RegionId::seq` ever created here, deleted regions included; at
+    /// least 2. Allocate new region ids from here.
+    pub next_seq: u64,
+    /// Transactions prepared here with no decision yet, sorted by txid: ask their
+    /// coordinator.
+    pub in_doubt: Vec<InDoubt>,
+    /// Transactions committed here as coordinator, not yet acknowledged by every
+    /// participant, sorted by txid: tell them again.
+    pub coordinating: Vec<Coordinating>,
+    /// What recovery did.
+    pub report: RecoveryReport,
+}
+
+/// Counters of a [`DurableStore`] since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records appended to the log (written and synced).
+    pub appends: u64,
+    /// Batches written, each with one `fdatasync`.
+    pub batches: u64,
+    /// Bytes written to logs.
+    pub bytes_written: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Size of the current log file.
+    pub log_bytes: u64,
+    /// Most records in one batch.
+    pub largest_batch: u64,
+    /// Writes to a region that did not exist, skipped (each logged with `warn!`).
+    pub skipped_writes: u64,
+}
+
+/// An error of a [`DurableStore`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The store failed earlier (an I/O error while writing the log or a checkpoint) and
+    /// accepts no more appends. Reopen it to recover.
+    #[error("durable store failed: {reason}")]
+    Failed {
+        /// The error that made it fail.
+        reason: String,
+    },
+    /// A checkpoint, epoch or log file is unusable: the store refuses to start.
+    #[error("corrupt {}: {reason}", file.display())]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store was closed.
+    #[error("durable store is closed")]
+    Closed,
+    /// The record encodes to more than [`MAX_RECORD_BYTES`] bytes; it was not appended
+    /// (the store does not fail).
+    #[error("log record of {size} bytes exceeds the maximum of {max} bytes")]
+    RecordTooLarge {
+        /// The encoded payload size.
+        size: usize,
+        /// The maximum, [`MAX_RECORD_BYTES`].
+        max: usize,
+    },
+    /// Another store has the directory open.
+    #[error("store directory {} is in use by another store", dir.display())]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+        move |source| StoreError::Io { what, source }
+    }
+}
+
+/// The completion of [`DurableStore::append`].
+pub type AppendDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A home node's durable store: a write-ahead log with group commit, checkpoints and
+/// recovery. Cheap to clone (all clones share one store); the writer thread stops on
+/// [`close`](Self::close) or when the last clone is dropped. See the [module
+/// docs](self) for the file format and recovery rules.
+#[derive(Clone)]
+pub struct DurableStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<writer::Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    epoch: u64,
+}
+
+impl DurableStore {
+    /// Opens the store in `config.dir` (creating the directory if needed), recovers its
+    /// durable state, bumps and persists the epoch, and starts the writer thread.
+    pub fn open(config: StoreConfig) -> Result<(DurableStore, Recovered), StoreError> {
+        let start = Instant::now();
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(StoreError::io("creating the store directory"))?;
+        let lock = files::lock_dir(&dir)?;
+        let mut rec = recovery::recover(&dir)?;
+        rec.report.elapsed = start.elapsed();
+        let epoch = rec
+            .epoch
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt {
+                file: dir.join(files::EPOCH_FILE),
+                reason: "epoch overflow".into(),
+            })?;
+        files::write_epoch(&dir, epoch)?;
+        let (log, created) = files::open_log(&dir, rec.active_gen)?;
+        if created {
+            files::sync_dir(&dir)?;
+        }
+        let recovered = Recovered {
+            epoch,
+            regions: rec.table.regions_sorted(),
+            next_seq: rec.table.next_seq,
+            in_doubt: rec.table.in_doubt.values().cloned().collect(),
+            coordinating: rec
+                .table
+                .coordinating
+                .iter()
+                .map(|(&txid, participants)| Coordinating {
+                    txid,
+                    participants: participants.clone(),
+                })
+                .collect(),
+            report: rec.report.clone(),
+        };
+        info!(
+            dir = %dir.display(),
+            epoch,
+            regions = recovered.regions.len(),
+            in_doubt = recovered.in_doubt.len(),
+            coordinating = recovered.coordinating.len(),
+            log_records = rec.report.log_records,
+            cut_bytes = rec.report.cut_bytes,
+            elapsed = ?rec.report.elapsed,
+            "durable store recovered"
+        );
+        let shared = Arc::new(writer::Shared::new(rec.active_len));
+        let w = writer::Writer {
+            shared: shared.clone(),
+            dir,
+            checkpoint_bytes: config.checkpoint_bytes,
+            epoch,
+            generation: rec.active_gen,
+            log,
+            log_bytes: rec.active_len,
+            table: rec.table,
+            _lock: lock,
+        };
+        let handle = std::thread::Builder::new()
+            .name("crl-durable-writer".into())
+            .spawn(move || w.run())
+            .map_err(StoreError::io("spawning the log writer thread"))?;
+        let store = DurableStore {
+            inner: Arc::new(Inner {
+                shared,
+                thread: Mutex::new(Some(handle)),
+                epoch,
+            }),
+        };
+        Ok((store, recovered))
+    }
+
+    /// Group commit: queues `record` for the writer thread, which runs `done` after the
+    /// record is written and fdatasync'ed (`Ok`), or with the error if the store failed.
+    ///
+    /// `done` runs on the writer thread, and should be quick (it delays the completions of
+    /// the rest of its batch, and the next batch). If the store has already failed or is
+    /// closed, or the record is too large, `done` runs at once on the calling thread, before
+    /// `append` returns: do not call `append` while holding a lock that `done` takes.
+    pub fn append(&self, record: LogRecord, done: AppendDone) {
+        self.inner.shared.push(record, Some(done));
+    }
+
+    /// Like [`append`](Self::append), but nobody waits: the record is written with the next
+    /// batch. For records whose loss in a crash is harmless (e.g. [`LogRecord::Forget`]).
+    /// Dropped (with a `debug!`) if the store failed or is closed.
+    pub fn append_lazy(&self, record: LogRecord) {
+        self.inner.shared.push(record, None);
+    }
+
+    /// The error that made the store fail, once an I/O error did (fatal: every later append
+    /// fails at once; nothing is retried).
+    pub fn failure(&self) -> Option<StoreError> {
+        self.inner.shared.failure()
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.shared.stats()
+    }
+
+    /// This node's epoch since the store was opened (persisted by [`open`](Self::open)).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// Writes what is queued, then stops the writer thread and waits for it (unless called
+    /// from the writer thread itself, i.e. from a completion). Later appends fail with
+    /// [`StoreError::Closed`]. Idempotent; also done when the last clone is dropped.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Test hook: makes the next log sync fail as if `fdatasync` had returned an error.
+    #[doc(hidden)]
+    pub fn inject_failure(&self) {
+        self.inner.shared.inject_failure();
+    }
+}
+
+impl Inner {
+    fn close(&self) {
+        self.shared.close();
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle {
+            if handle.thread().id() == std::thread::current().id() {
+                // Called from a completion: the writer stops after this batch.
+                return;
+            }
+            if handle.join().is_err() {
+                tracing::error!("the durable log writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl std::fmt::Debug for DurableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableStore")
+            .field("epoch", &self.inner.epoch)
+            .field("stats", &self.stats())
+            .field("failure", &self.inner.shared.failure())
+            .finish()
+    }
+}

@@ -1,0 +1,957 @@
+//! Tests of the durable store: log replay, torn and corrupt tails, checkpoints, 2PC tables,
+//! group commit and fatal failures. Each test uses its own temporary directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use crl_core::durable::{
+    Coordinating, DurableStore, InDoubt, LogRecord, Recovered, StoreConfig, StoreError,
+    StoredRegion, fsync_probe,
+};
+use crl_core::{NodeId, RegionId};
+use proptest::prelude::*;
+
+/// Appends `record` and waits for its completion.
+fn append_wait(store: &DurableStore, record: LogRecord) -> Result<(), StoreError> {
+    let (tx, rx) = mpsc::channel();
+    store.append(
+        record,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv().expect("completion ran")
+}
+
+/// Appends every record without waiting in between, then waits for all of them.
+fn append_all(store: &DurableStore, records: &[LogRecord]) {
+    let (tx, rx) = mpsc::channel();
+    for r in records {
+        let tx = tx.clone();
+        store.append(
+            r.clone(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+    }
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), records.len());
+    for r in results {
+        r.expect("append");
+    }
+}
+
+/// The durable state, computed independently of the store: what recovery must return.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    regions: BTreeMap<RegionId, StoredRegion>,
+    in_doubt: BTreeMap<u64, InDoubt>,
+    coordinating: BTreeMap<u64, Vec<NodeId>>,
+    max_seq: Option<u64>,
+}
+
+impl Model {
+    fn effects(&mut self, writes: &[(RegionId, Vec<u8>)], deletes: &[RegionId]) {
+        for (r, b) in writes {
+            if let Some(region) = self.regions.get_mut(r) {
+                region.bytes = b.clone();
+            }
+        }
+        for r in deletes {
+            self.regions.remove(r);
+        }
+    }
+
+    fn apply(&mut self, record: &LogRecord) {
+        match record {
+            LogRecord::Create {
+                region,
+                fingerprint,
+                type_name,
+                bytes,
+            } => {
+                self.max_seq = Some(self.max_seq.map_or(region.seq, |m| m.max(region.seq)));
+                self.regions.insert(
+                    *region,
+                    StoredRegion {
+                        region: *region,
+                        fingerprint: *fingerprint,
+                        type_name: type_name.clone(),
+                        bytes: bytes.clone(),
+                    },
+                );
+            }
+            LogRecord::Delete { region } => {
+                self.regions.remove(region);
+            }
+            LogRecord::Commit {
+                txid,
+                writes,
+                deletes,
+                participants,
+            } => {
+                self.effects(writes, deletes);
+                if !participants.is_empty() {
+                    self.coordinating.insert(*txid, participants.clone());
+                }
+            }
+            LogRecord::Prepare {
+                txid,
+                coordinator,
+                writes,
+                deletes,
+            } => {
+                self.in_doubt.insert(
+                    *txid,
+                    InDoubt {
+                        txid: *txid,
+                        coordinator: *coordinator,
+                        writes: writes.clone(),
+                        deletes: deletes.clone(),
+                    },
+                );
+            }
+            LogRecord::Decide { txid, commit } => {
+                if let Some(t) = self.in_doubt.remove(txid)
+                    && *commit
+                {
+                    self.effects(&t.writes, &t.deletes);
+                }
+            }
+            LogRecord::Forget { txid } => {
+                self.coordinating.remove(txid);
+            }
+        }
+    }
+
+    fn apply_all(&mut self, records: &[LogRecord]) {
+        for r in records {
+            self.apply(r);
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.max_seq.map_or(2, |m| (m + 1).max(2))
+    }
+
+    fn check(&self, rec: &Recovered) {
+        let regions: Vec<StoredRegion> = self.regions.values().cloned().collect();
+        assert_eq!(rec.regions, regions, "regions");
+        let in_doubt: Vec<InDoubt> = self.in_doubt.values().cloned().collect();
+        assert_eq!(rec.in_doubt, in_doubt, "in-doubt");
+        let coordinating: Vec<Coordinating> = self
+            .coordinating
+            .iter()
+            .map(|(&txid, p)| Coordinating {
+                txid,
+                participants: p.clone(),
+            })
+            .collect();
+        assert_eq!(rec.coordinating, coordinating, "coordinating");
+        assert_eq!(rec.next_seq, self.next_seq(), "next_seq");
+    }
+}
+
+fn rid(seq: u64) -> RegionId {
+    RegionId::new(NodeId(1), seq)
+}
+
+fn create(seq: u64, bytes: &[u8]) -> LogRecord {
+    LogRecord::Create {
+        region: rid(seq),
+        fingerprint: seq * 31,
+        type_name: format!("T{seq}"),
+        bytes: bytes.to_vec(),
+    }
+}
+
+fn open(dir: &Path) -> (DurableStore, Recovered) {
+    DurableStore::open(StoreConfig::new(dir)).expect("open")
+}
+
+fn open_with(dir: &Path, checkpoint_bytes: u64) -> (DurableStore, Recovered) {
+    let mut config = StoreConfig::new(dir);
+    config.checkpoint_bytes = checkpoint_bytes;
+    DurableStore::open(config).expect("open")
+}
+
+fn logs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("log."))
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "lock" {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fresh_store_starts_at_epoch_1_and_bumps_on_every_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    for expected in 1..=3 {
+        let (store, rec) = open(&dir);
+        assert_eq!(rec.epoch, expected);
+        assert_eq!(store.epoch(), expected);
+        assert!(rec.regions.is_empty());
+        assert_eq!(rec.next_seq, 2);
+        assert_eq!(rec.report.cut_bytes, 0);
+        store.close();
+    }
+}
+
+#[test]
+fn every_record_kind_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let records = vec![
+        create(2, b"two"),
+        create(3, b"three"),
+        create(4, b"four"),
+        LogRecord::Delete { region: rid(3) },
+        LogRecord::Commit {
+            txid: 10,
+            writes: vec![(rid(2), b"two'".to_vec())],
+            deletes: vec![rid(4)],
+            participants: vec![],
+        },
+        LogRecord::Commit {
+            txid: 11,
+            writes: vec![(rid(2), b"two''".to_vec())],
+            deletes: vec![],
+            participants: vec![NodeId(2), NodeId(3)],
+        },
+        LogRecord::Prepare {
+            txid: 12,
+            coordinator: NodeId(5),
+            writes: vec![(rid(2), b"in doubt".to_vec())],
+            deletes: vec![],
+        },
+        LogRecord::Decide {
+            txid: 99,
+            commit: true,
+        },
+        LogRecord::Forget { txid: 1000 },
+    ];
+    let (store, _) = open(tmp.path());
+    append_all(&store, &records);
+    store.close();
+    let (_store, rec) = open(tmp.path());
+    let mut model = Model::default();
+    model.apply_all(&records);
+    model.check(&rec);
+    assert_eq!(rec.regions.len(), 1);
+    assert_eq!(rec.regions[0].bytes, b"two''");
+    assert_eq!(rec.regions[0].type_name, "T2");
+    assert_eq!(rec.regions[0].fingerprint, 62);
+    assert_eq!(rec.next_seq, 5);
+    assert_eq!(rec.coordinating.len(), 1);
+    assert_eq!(rec.coordinating[0].participants, vec![NodeId(2), NodeId(3)]);
+    assert_eq!(
+        rec.in_doubt,
+        vec![InDoubt {
+            txid: 12,
+            coordinator: NodeId(5),
+            writes: vec![(rid(2), b"in doubt".to_vec())],
+            deletes: vec![],
+        }]
+    );
+    assert_eq!(rec.report.log_records, records.len() as u64);
+    assert_eq!(rec.report.cut_bytes, 0);
+    assert!(rec.report.log_bytes > 0);
+}
+
+#[test]
+fn replay_accumulates_over_many_reopens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = Model::default();
+    for round in 0..5u64 {
+        let (store, rec) = open(tmp.path());
+        model.check(&rec);
+        assert_eq!(rec.epoch, round + 1);
+        let records = vec![
+            create(10 + round, &[round as u8; 8]),
+            LogRecord::Commit {
+                txid: round,
+                writes: vec![(rid(10), vec![round as u8])],
+                deletes: vec![],
+                participants: vec![],
+            },
+        ];
+        append_all(&store, &records);
+        model.apply_all(&records);
+    }
+    let (_store, rec) = open(tmp.path());
+    model.check(&rec);
+}
+
+/// Writes `n` records with waits and returns (dir contents ready, start offset of the last
+/// record, end offset).
+fn write_three(dir: &Path, last: &LogRecord) -> (Vec<LogRecord>, u64, u64) {
+    let first = vec![create(2, b"first"), create(3, b"second")];
+    let (store, _) = open(dir);
+    append_all(&store, &first);
+    let start = store.stats().log_bytes;
+    append_wait(&store, last.clone()).unwrap();
+    let end = store.stats().log_bytes;
+    store.close();
+    (first, start, end)
+}
+
+#[test]
+fn torn_tail_of_every_length_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let last = LogRecord::Commit {
+        txid: 5,
+        writes: vec![(rid(2), vec![7; 20])],
+        deletes: vec![rid(3)],
+        participants: vec![NodeId(4)],
+    };
+    let (first, start, end) = write_three(&src, &last);
+    assert_eq!(logs(&src).len(), 1);
+    let mut model = Model::default();
+    model.apply_all(&first);
+    for keep in 1..(end - start) {
+        let dir = tmp.path().join(format!("cut{keep}"));
+        copy_dir(&src, &dir);
+        let log = &logs(&dir)[0];
+        fs::OpenOptions::new()
+            .write(true)
+            .open(log)
+            .unwrap()
+            .set_len(start + keep)
+            .unwrap();
+        let (store, rec) = open(&dir);
+        model.check(&rec);
+        assert_eq!(rec.report.log_records, 2, "keep {keep}");
+        assert_eq!(rec.report.cut_bytes, keep, "keep {keep}");
+        assert_eq!(fs::metadata(log).unwrap().len(), start, "truncated");
+        // The store goes on after the cut, and the next recovery finds no cut.
+        append_wait(&store, LogRecord::Delete { region: rid(2) }).unwrap();
+        store.close();
+        let (_store, rec) = open(&dir);
+        assert_eq!(rec.report.cut_bytes, 0);
+        assert_eq!(rec.report.log_records, 3);
+        assert!(rec.regions.iter().all(|r| r.region != rid(2)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn flipped_byte_in_the_middle_record_cuts_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (store, _) = open(dir);
+    append_wait(&store, create(2, b"first")).unwrap();
+    let middle = store.stats().log_bytes;
+    append_wait(&store, create(3, b"middle record")).unwrap();
+    append_wait(&store, create(4, b"last")).unwrap();
+    let end = store.stats().log_bytes;
+    store.close();
+    let log = &logs(dir)[0];
+    let mut bytes = fs::read(log).unwrap();
+    bytes[middle as usize + 20] ^= 0x01;
+    fs::write(log, &bytes).unwrap();
+    let (_store, rec) = open(dir);
+    assert_eq!(rec.report.log_records, 1);
+    assert_eq!(rec.report.cut_bytes, end - middle);
+    assert_eq!(rec.regions.len(), 1);
+    assert_eq!(rec.regions[0].region, rid(2));
+    // Records after the cut are gone for good, but seq 3 and 4 were never durable either.
+    assert_eq!(rec.next_seq, 3);
+}
+
+#[test]
+fn two_phase_tables_survive_reopen_and_checkpoints() {
+    for checkpoint_bytes in [u64::MAX, 0, 200] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut model = Model::default();
+        let steps: Vec<Vec<LogRecord>> = vec![
+            vec![create(2, b"a"), create(3, b"b")],
+            vec![
+                LogRecord::Prepare {
+                    txid: 1,
+                    coordinator: NodeId(7),
+                    writes: vec![(rid(2), b"a1".to_vec())],
+                    deletes: vec![rid(3)],
+                },
+                LogRecord::Prepare {
+                    txid: 2,
+                    coordinator: NodeId(8),
+                    writes: vec![(rid(3), b"b2".to_vec())],
+                    deletes: vec![],
+                },
+                LogRecord::Commit {
+                    txid: 3,
+                    writes: vec![(rid(2), b"a3".to_vec())],
+                    deletes: vec![],
+                    participants: vec![NodeId(9), NodeId(10)],
+                },
+            ],
+            vec![
+                LogRecord::Decide {
+                    txid: 2,
+                    commit: false,
+                },
+                LogRecord::Commit {
+                    txid: 4,
+                    writes: vec![],
+                    deletes: vec![],
+                    participants: vec![NodeId(11)],
+                },
+            ],
+            vec![
+                LogRecord::Decide {
+                    txid: 1,
+                    commit: true,
+                },
+                LogRecord::Decide {
+                    txid: 1,
+                    commit: false,
+                },
+                LogRecord::Forget { txid: 3 },
+            ],
+        ];
+        for step in &steps {
+            let (store, rec) = open_with(dir, checkpoint_bytes);
+            model.check(&rec);
+            append_all(&store, step);
+            model.apply_all(step);
+            store.close();
+            if checkpoint_bytes == 0 {
+                assert!(store.stats().checkpoints > 0);
+            }
+        }
+        let (_store, rec) = open_with(dir, checkpoint_bytes);
+        model.check(&rec);
+        assert_eq!(rec.regions.len(), 1);
+        // Prepared by txid 1 (deleting region 3), committed after txid 3's write.
+        assert_eq!(rec.regions[0].bytes, b"a1".to_vec());
+        assert!(rec.in_doubt.is_empty());
+        assert_eq!(rec.coordinating.len(), 1);
+        assert_eq!(rec.coordinating[0].txid, 4);
+    }
+}
+
+#[test]
+fn tiny_checkpoint_threshold_gives_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (store, _) = open_with(dir, 512);
+    let mut model = Model::default();
+    let mut records = Vec::new();
+    for i in 0..200u64 {
+        records.push(create(2 + i % 20, &[i as u8; 40]));
+        records.push(LogRecord::Commit {
+            txid: i,
+            writes: vec![(rid(2 + (i * 7) % 20), vec![i as u8; 30])],
+            deletes: if i % 9 == 0 {
+                vec![rid(2 + i % 20)]
+            } else {
+                vec![]
+            },
+            participants: if i % 5 == 0 { vec![NodeId(3)] } else { vec![] },
+        });
+        if i % 10 == 0 {
+            records.push(LogRecord::Forget {
+                txid: i.saturating_sub(5),
+            });
+        }
+    }
+    for chunk in records.chunks(10) {
+        append_all(&store, chunk);
+    }
+    model.apply_all(&records);
+    store.close();
+    let stats = store.stats();
+    assert!(stats.checkpoints >= 10, "{stats:?}");
+    assert_eq!(logs(dir).len(), 1, "older logs are removed");
+    let (_store, rec) = open_with(dir, 512);
+    model.check(&rec);
+    assert!(rec.report.checkpoint_regions > 0);
+    assert!(rec.report.log_records < records.len() as u64);
+}
+
+#[test]
+fn next_seq_never_goes_back_after_deletes() {
+    for checkpoint_bytes in [u64::MAX, 0] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (store, rec) = open_with(dir, checkpoint_bytes);
+        assert_eq!(rec.next_seq, 2);
+        append_wait(&store, create(40, b"x")).unwrap();
+        append_wait(&store, create(7, b"y")).unwrap();
+        append_wait(&store, LogRecord::Delete { region: rid(40) }).unwrap();
+        store.close();
+        let (store, rec) = open_with(dir, checkpoint_bytes);
+        assert_eq!(rec.next_seq, 41);
+        append_wait(
+            &store,
+            LogRecord::Commit {
+                txid: 1,
+                writes: vec![],
+                deletes: vec![rid(7)],
+                participants: vec![],
+            },
+        )
+        .unwrap();
+        store.close();
+        let (_store, rec) = open_with(dir, checkpoint_bytes);
+        assert!(rec.regions.is_empty());
+        assert_eq!(rec.next_seq, 41);
+    }
+}
+
+#[test]
+fn group_commit_shares_fsyncs() {
+    const THREADS: usize = 32;
+    const EACH: usize = 50;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let seq = 2 + (t * EACH + i) as u64;
+                    append_wait(&store, create(seq, &[t as u8; 64])).unwrap();
+                }
+            });
+        }
+    });
+    let stats = store.stats();
+    let total = (THREADS * EACH) as u64;
+    assert_eq!(stats.appends, total);
+    assert!(stats.batches < stats.appends, "{stats:?}");
+    assert!(stats.largest_batch > 1, "{stats:?}");
+    store.close();
+    let (_store, rec) = open(tmp.path());
+    assert_eq!(rec.regions.len(), THREADS * EACH);
+    assert_eq!(rec.next_seq, 2 + total);
+}
+
+#[test]
+fn concurrent_appends_across_checkpoints_all_survive() {
+    const THREADS: usize = 8;
+    const EACH: usize = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open_with(tmp.path(), 2048);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let seq = 2 + (t * EACH + i) as u64;
+                    append_wait(&store, create(seq, &[i as u8; 32])).unwrap();
+                    if i % 3 == 0 {
+                        store.append_lazy(LogRecord::Forget { txid: seq });
+                    }
+                }
+            });
+        }
+    });
+    store.close();
+    assert!(store.stats().checkpoints > 0, "{:?}", store.stats());
+    let (_store, rec) = open_with(tmp.path(), 2048);
+    assert_eq!(rec.regions.len(), THREADS * EACH);
+    assert_eq!(rec.next_seq, 2 + (THREADS * EACH) as u64);
+    assert_eq!(rec.report.cut_bytes, 0);
+    assert_eq!(logs(tmp.path()).len(), 1);
+}
+
+#[test]
+fn oversized_record_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    let huge = create(2, &vec![0; crl_core::durable::MAX_RECORD_BYTES]);
+    let err = append_wait(&store, huge).unwrap_err();
+    assert!(matches!(err, StoreError::RecordTooLarge { .. }), "{err}");
+    assert!(store.failure().is_none());
+    append_wait(&store, create(3, b"fine")).unwrap();
+}
+
+#[test]
+fn injected_fsync_failure_is_fatal_and_sticky() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    append_wait(&store, create(2, b"durable")).unwrap();
+    assert!(store.failure().is_none());
+    store.inject_failure();
+    let err = append_wait(&store, create(3, b"unknown")).unwrap_err();
+    assert!(matches!(err, StoreError::Failed { .. }), "{err}");
+    assert!(err.to_string().contains("injected"), "{err}");
+    let failure = store.failure().expect("failed");
+    assert!(matches!(failure, StoreError::Failed { .. }));
+    // Sticky: later appends fail at once, nothing is written or retried.
+    let batches = store.stats().batches;
+    for seq in 4..8 {
+        let err = append_wait(&store, create(seq, b"after")).unwrap_err();
+        assert!(matches!(err, StoreError::Failed { .. }), "{err}");
+    }
+    store.append_lazy(LogRecord::Forget { txid: 1 });
+    assert_eq!(store.stats().batches, batches);
+    assert_eq!(store.stats().appends, 1);
+    store.close();
+    // Reopening recovers what was durable (the failed record's outcome is unknown).
+    let (_store, rec) = open(tmp.path());
+    assert!(rec.regions.iter().any(|r| r.region == rid(2)));
+    assert!(rec.regions.iter().all(|r| r.region.seq < 4));
+}
+
+#[test]
+fn lazy_appends_ride_with_the_next_batch_and_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    append_wait(
+        &store,
+        LogRecord::Commit {
+            txid: 1,
+            writes: vec![],
+            deletes: vec![],
+            participants: vec![NodeId(2)],
+        },
+    )
+    .unwrap();
+    store.append_lazy(LogRecord::Forget { txid: 1 });
+    append_wait(&store, create(2, b"x")).unwrap();
+    assert_eq!(store.stats().appends, 3);
+    store.append_lazy(LogRecord::Delete { region: rid(2) });
+    store.close();
+    let (_store, rec) = open(tmp.path());
+    assert!(rec.coordinating.is_empty());
+    assert!(rec.regions.is_empty());
+}
+
+#[test]
+fn closed_store_refuses_appends_and_frees_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    let err = DurableStore::open(StoreConfig::new(tmp.path())).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    let clone = store.clone();
+    store.close();
+    store.close();
+    let err = append_wait(&clone, create(2, b"late")).unwrap_err();
+    assert!(matches!(err, StoreError::Closed), "{err}");
+    let (_store, rec) = open(tmp.path());
+    assert_eq!(rec.epoch, 2);
+}
+
+#[test]
+fn write_to_an_unknown_region_is_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    append_wait(&store, create(2, b"x")).unwrap();
+    append_wait(
+        &store,
+        LogRecord::Commit {
+            txid: 1,
+            writes: vec![(rid(2), b"y".to_vec()), (rid(99), b"ghost".to_vec())],
+            deletes: vec![],
+            participants: vec![],
+        },
+    )
+    .unwrap();
+    store.close();
+    assert_eq!(store.stats().skipped_writes, 1);
+    let (_store, rec) = open(tmp.path());
+    assert_eq!(rec.report.skipped_writes, 1);
+    assert_eq!(rec.regions.len(), 1);
+    assert_eq!(rec.regions[0].bytes, b"y");
+}
+
+#[test]
+fn corrupt_checkpoint_or_epoch_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let (store, _) = open_with(&src, 0);
+    append_wait(&store, create(2, b"checkpointed")).unwrap();
+    store.close();
+    assert_eq!(store.stats().checkpoints, 1);
+
+    let len = fs::metadata(src.join("checkpoint")).unwrap().len() as usize;
+    for i in [0, 5, 10, 17, 21, len - 1] {
+        let dir = tmp.path().join(format!("ck{i}"));
+        copy_dir(&src, &dir);
+        let mut bytes = fs::read(dir.join("checkpoint")).unwrap();
+        bytes[i] ^= 0x10;
+        fs::write(dir.join("checkpoint"), &bytes).unwrap();
+        let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "byte {i}: {err}");
+    }
+    let dir = tmp.path().join("short");
+    copy_dir(&src, &dir);
+    let bytes = fs::read(dir.join("checkpoint")).unwrap();
+    fs::write(dir.join("checkpoint"), &bytes[..bytes.len() - 1]).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+    let dir = tmp.path().join("epoch");
+    copy_dir(&src, &dir);
+    let mut bytes = fs::read(dir.join("epoch")).unwrap();
+    bytes[9] ^= 1;
+    fs::write(dir.join("epoch"), &bytes).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+    let dir = tmp.path().join("no-epoch");
+    copy_dir(&src, &dir);
+    fs::remove_file(dir.join("epoch")).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("epoch"), "{err}");
+
+    // The source still opens.
+    let (_store, rec) = open(&src);
+    assert_eq!(rec.regions.len(), 1);
+}
+
+#[test]
+fn crash_states_of_the_checkpoint_sequence_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let records = vec![
+        create(2, b"a"),
+        create(3, b"b"),
+        LogRecord::Delete { region: rid(3) },
+    ];
+    let (store, _) = open(&base);
+    append_all(&store, &records);
+    store.close();
+    let mut model = Model::default();
+    model.apply_all(&records);
+    let log1 = logs(&base)[0].clone();
+    let log_name = |g: u64| format!("log.{g:020}");
+    assert_eq!(log1.file_name().unwrap().to_str().unwrap(), log_name(1));
+
+    // Crash after creating the next log and writing part of checkpoint.tmp, before the rename.
+    let dir = tmp.path().join("before-rename");
+    copy_dir(&base, &dir);
+    fs::write(dir.join(log_name(2)), b"").unwrap();
+    fs::write(dir.join("checkpoint.tmp"), b"CRLK garbage").unwrap();
+    let (store, rec) = open(&dir);
+    model.check(&rec);
+    assert!(!dir.join("checkpoint.tmp").exists());
+    // New records go to the last log; both logs replay in order.
+    append_wait(&store, create(4, b"c")).unwrap();
+    store.close();
+    assert!(fs::metadata(dir.join(log_name(2))).unwrap().len() > 0);
+    let mut after = model.clone();
+    after.apply_all(&[create(4, b"c")]);
+    let (_store, rec) = open(&dir);
+    after.check(&rec);
+
+    // Crash after the rename, before the old log was removed: it is stale and ignored.
+    let dir = tmp.path().join("after-rename");
+    copy_dir(&base, &dir);
+    let (store, _) = open_with(&dir, 0);
+    append_wait(&store, create(5, b"d")).unwrap();
+    store.close();
+    assert_eq!(store.stats().checkpoints, 1);
+    assert_eq!(logs(&dir).len(), 1);
+    // Put back an old log whose replay would change the table.
+    let (scratch_store, _) = open(&tmp.path().join("scratch"));
+    append_wait(&scratch_store, LogRecord::Delete { region: rid(2) }).unwrap();
+    scratch_store.close();
+    fs::copy(
+        tmp.path().join("scratch").join(log_name(1)),
+        dir.join(log_name(1)),
+    )
+    .unwrap();
+    let mut after = model.clone();
+    after.apply_all(&[create(5, b"d")]);
+    let (_store, rec) = open(&dir);
+    after.check(&rec);
+    assert!(!dir.join(log_name(1)).exists(), "stale log removed");
+
+    // A gap in the logs after the checkpoint is refused.
+    let dir = tmp.path().join("gap");
+    copy_dir(&base, &dir);
+    fs::write(dir.join(log_name(3)), b"").unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn corrupt_earlier_log_drops_the_later_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (store, _) = open(dir);
+    append_all(&store, &[create(2, b"a"), create(3, b"b")]);
+    store.close();
+    // Simulate a later log after a cut earlier log (recovery must not apply it).
+    let log2 = dir.join(format!("log.{:020}", 2));
+    let (scratch, _) = open(&tmp.path().join("scratch"));
+    append_wait(&scratch, create(9, b"later")).unwrap();
+    scratch.close();
+    fs::copy(
+        tmp.path().join("scratch").join(format!("log.{:020}", 1)),
+        &log2,
+    )
+    .unwrap();
+    let log1 = dir.join(format!("log.{:020}", 1));
+    let len1 = fs::metadata(&log1).unwrap().len();
+    let len2 = fs::metadata(&log2).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&log1)
+        .unwrap()
+        .set_len(len1 - 1)
+        .unwrap();
+    let (_store, rec) = open(dir);
+    assert_eq!(rec.regions.len(), 1);
+    assert_eq!(rec.report.log_records, 1);
+    assert!(rec.report.cut_bytes > len2);
+    assert!(!log2.exists());
+}
+
+#[test]
+fn fsync_probe_measures_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let latencies = fsync_probe(tmp.path(), 5).unwrap();
+    assert_eq!(latencies.len(), 5);
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn recovery_reports_elapsed_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    append_wait(&store, create(2, b"a")).unwrap();
+    store.close();
+    let (_store, rec) = open(tmp.path());
+    assert!(rec.report.elapsed > std::time::Duration::ZERO);
+}
+
+#[test]
+fn completion_may_append_and_drop_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = open(tmp.path());
+    let (tx, rx) = mpsc::channel();
+    let inner = store.clone();
+    store.append(
+        create(2, b"a"),
+        Box::new(move |r| {
+            r.unwrap();
+            // Appending from a completion must not deadlock; nor must dropping a clone.
+            let tx2 = tx.clone();
+            inner.append(
+                create(3, b"b"),
+                Box::new(move |r| {
+                    tx2.send(r.is_ok()).unwrap();
+                }),
+            );
+            drop(inner);
+            tx.send(true).unwrap();
+        }),
+    );
+    assert!(rx.recv().unwrap());
+    assert!(rx.recv().unwrap());
+    drop(store);
+    let (_store, rec) = open(tmp.path());
+    assert_eq!(rec.regions.len(), 2);
+}
+
+fn arb_region() -> impl Strategy<Value = RegionId> + Clone {
+    (1u32..3, 0u64..12).prop_map(|(home, seq)| RegionId::new(NodeId(home), seq))
+}
+
+fn arb_bytes() -> impl Strategy<Value = Vec<u8>> + Clone {
+    proptest::collection::vec(any::<u8>(), 0..48)
+}
+
+fn arb_record() -> impl Strategy<Value = LogRecord> {
+    let writes = proptest::collection::vec((arb_region(), arb_bytes()), 0..3);
+    let deletes = proptest::collection::vec(arb_region(), 0..2);
+    let txid = 0u64..8;
+    prop_oneof![
+        3 => (arb_region(), any::<u64>(), "[a-zA-Z:é]{0,12}", arb_bytes()).prop_map(
+            |(region, fingerprint, type_name, bytes)| LogRecord::Create {
+                region,
+                fingerprint,
+                type_name,
+                bytes,
+            }
+        ),
+        1 => arb_region().prop_map(|region| LogRecord::Delete { region }),
+        3 => (
+            txid.clone(),
+            writes.clone(),
+            deletes.clone(),
+            proptest::collection::vec((0u32..5).prop_map(NodeId), 0..3)
+        )
+            .prop_map(|(txid, writes, deletes, participants)| LogRecord::Commit {
+                txid,
+                writes,
+                deletes,
+                participants,
+            }),
+        2 => (txid.clone(), (0u32..5).prop_map(NodeId), writes, deletes).prop_map(
+            |(txid, coordinator, writes, deletes)| LogRecord::Prepare {
+                txid,
+                coordinator,
+                writes,
+                deletes,
+            }
+        ),
+        2 => (txid.clone(), any::<bool>())
+            .prop_map(|(txid, commit)| LogRecord::Decide { txid, commit }),
+        1 => txid.prop_map(|txid| LogRecord::Forget { txid }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Reopening gives the table of applying the records in memory, whatever the
+    /// checkpoints and reopens in between.
+    #[test]
+    fn reopen_equals_in_memory_replay(
+        records in proptest::collection::vec(arb_record(), 0..60),
+        checkpoint_bytes in prop_oneof![Just(u64::MAX), Just(0u64), 64u64..2048],
+        reopen_every in 5usize..40,
+        lazy_mask in any::<u64>(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut model = Model::default();
+        let (mut store, rec) = open_with(tmp.path(), checkpoint_bytes);
+        model.check(&rec);
+        for (i, chunk) in records.chunks(reopen_every).enumerate() {
+            // Some records lazily, the rest waited for; close flushes the lazy ones.
+            let (tx, rx) = mpsc::channel();
+            for (j, r) in chunk.iter().enumerate() {
+                if lazy_mask >> ((i * 7 + j) % 64) & 1 == 1 {
+                    store.append_lazy(r.clone());
+                } else {
+                    let tx = tx.clone();
+                    store.append(r.clone(), Box::new(move |r| { let _ = tx.send(r); }));
+                }
+            }
+            drop(tx);
+            for r in rx.iter() {
+                prop_assert!(r.is_ok());
+            }
+            model.apply_all(chunk);
+            store.close();
+            let (next, rec) = open_with(tmp.path(), checkpoint_bytes);
+            model.check(&rec);
+            prop_assert_eq!(rec.report.cut_bytes, 0);
+            store = next;
+        }
+    }
+}
