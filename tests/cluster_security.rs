@@ -157,10 +157,12 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
     let (cluster, counter, addr) = setup().await;
     let cluster_id = cluster.node(0).cluster_id();
     let as_node1 = cluster.ca().issue(NodeId(1)).unwrap();
+    // The impostor speaks with node 1's certificate and epoch: a different epoch would (rightly)
+    // make node 0 treat node 1 as restarted and drop the real node 1's older stream.
     let hello = frame(&Message::Hello {
         cluster_id,
         node: NodeId(1),
-        epoch: 0,
+        epoch: cluster.node(1).stats().epoch,
     });
 
     // Garbage after a valid hello.

@@ -93,7 +93,8 @@ pub struct PeerStats {
     pub messages_received: u64,
     /// Bytes received from it.
     pub bytes_received: u64,
-    /// Messages whose write failed on a broken connection (not resent).
+    /// Writes that failed on a broken connection (the message is sent again on the next
+    /// connection; frames already written that the peer did not receive are lost).
     pub messages_lost: u64,
 }
 
@@ -564,19 +565,31 @@ async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedRece
                 next = Some(msg);
                 break;
             }
+            if let Some(why) = conn.close_reason() {
+                // Closed (by the peer, or idle): nothing of `msg` was written yet, so it goes
+                // on the next connection, in order.
+                counters.connected.store(false, Ordering::Relaxed);
+                info!("link to {peer} closed ({why}); reconnecting");
+                next = Some(msg);
+                break;
+            }
             match write_frame(&mut stream, &msg, &mut buf).await {
                 Ok(n) => {
                     counters.messages_sent.fetch_add(1, Ordering::Relaxed);
                     counters.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    // The frame was not (entirely) written, so the peer never decoded it:
+                    // sending it again on a new connection cannot duplicate it. Frames
+                    // written before the break that the peer did not receive are lost.
                     counters.messages_lost.fetch_add(1, Ordering::Relaxed);
                     counters.connected.store(false, Ordering::Relaxed);
                     warn!(
-                        "link to {peer} broke ({e}): a {} was lost; reconnecting",
+                        "link to {peer} broke ({e}) while writing a {}; reconnecting to send it again",
                         msg.kind_name()
                     );
                     conn.close(close_code::SHUTDOWN.into(), b"reconnecting");
+                    next = Some(msg);
                     break;
                 }
             }
