@@ -850,6 +850,8 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
     };
     // Protocol messages held back while in-doubt transactions are resolved after a restart.
     let mut held_back: Vec<(NodeId, Message)> = Vec::new();
+    // Restarted peers whose prepared transactions are not resolved yet, and their messages.
+    let mut restarting: HashMap<NodeId, Vec<Message>> = HashMap::new();
     loop {
         tokio::select! {
             m = inbound.recv() => {
@@ -861,12 +863,28 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                     match item {
                         Inbound::Message { from, msg } if msg.is_transaction() => {
                             match &inner.durability {
-                                Some(d) => d.handle(&node, from, msg),
+                                Some(d) => {
+                                    d.handle(&node, from, msg);
+                                    if restarting.contains_key(&from) && d.prepared_by(from) == 0 {
+                                        let held = restarting.remove(&from).unwrap_or_default();
+                                        forget_incarnation(&node, from, false);
+                                        for msg in held {
+                                            // A recall ack answers a recall meant for the old
+                                            // incarnation's copy, which the line above counted
+                                            // as acknowledged already.
+                                            if !matches!(msg, Message::RecallAck { .. }) {
+                                                handle_protocol(&inner, from, msg);
+                                            }
+                                        }
+                                    }
+                                }
                                 None => refuse_transaction(&node, from, msg),
                             }
                         }
                         Inbound::Message { from, msg } => {
-                            if inner.recovering.load(Ordering::Acquire) {
+                            if let Some(held) = restarting.get_mut(&from) {
+                                held.push(msg);
+                            } else if inner.recovering.load(Ordering::Acquire) {
                                 held_back.push((from, msg));
                             } else {
                                 handle_protocol(&inner, from, msg);
@@ -874,15 +892,26 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                         }
                         Inbound::PeerRestarted { peer, epoch } => {
                             info!(node = %inner.id, %peer, epoch, "peer restarted: dropping what it knew");
-                            {
-                                let mut st = inner.state.lock();
-                                st.engine.peer_restarted(peer);
-                                st.flush(&inner.transport, &inner.locks);
-                            }
-                            inner.transport.restart_handled(peer);
-                            inner.peer_restarts.fetch_add(1, Ordering::Relaxed);
-                            if let Some(d) = &inner.durability {
-                                d.peer_restarted(&node, peer);
+                            let waiting = inner
+                                .durability
+                                .as_ref()
+                                .map_or(0, |d| d.prepared_by(peer));
+                            if waiting == 0 {
+                                forget_incarnation(&node, peer, true);
+                            } else {
+                                // Talk to the new incarnation now (the inquiries must reach
+                                // it); what the engine sends it meanwhile is about copies the
+                                // old one held and is at worst refused.
+                                inner.transport.restart_handled(peer);
+                                // Transactions it coordinated are prepared here: until it says
+                                // how they ended, the regions they wrote must keep their old
+                                // owner (the restarted peer), or the home would serve contents
+                                // that miss a committed write. Its messages wait meanwhile.
+                                info!(node = %inner.id, %peer, waiting, "resolving its prepared transactions first");
+                                restarting.entry(peer).or_default();
+                                if let Some(d) = &inner.durability {
+                                    d.inquire_prepared_by(&node, peer);
+                                }
                             }
                         }
                     }
@@ -904,6 +933,23 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Forgets everything about `peer`'s previous incarnation (it restarted).
+fn forget_incarnation(node: &Node, peer: NodeId, reconnect: bool) {
+    let inner = &node.inner;
+    {
+        let mut st = inner.state.lock();
+        st.engine.peer_restarted(peer);
+        st.flush(&inner.transport, &inner.locks);
+    }
+    if reconnect {
+        inner.transport.restart_handled(peer);
+    }
+    inner.peer_restarts.fetch_add(1, Ordering::Relaxed);
+    if let Some(d) = &inner.durability {
+        d.peer_restarted(node, peer);
     }
 }
 

@@ -129,6 +129,32 @@ impl Durability {
         self.in_doubt.lock().iter().map(|(&t, &c)| (t, c)).collect()
     }
 
+    /// How many transactions coordinated by `coordinator` are prepared here, undecided.
+    pub(crate) fn prepared_by(&self, coordinator: NodeId) -> usize {
+        self.prepared
+            .lock()
+            .values()
+            .filter(|p| p.coordinator == coordinator)
+            .count()
+    }
+
+    /// `coordinator` restarted: its transactions prepared here are in doubt until it answers
+    /// (asked now, and again every second).
+    pub(crate) fn inquire_prepared_by(&self, node: &Node, coordinator: NodeId) {
+        let txids: Vec<u64> = self
+            .prepared
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.coordinator == coordinator)
+            .map(|(&t, _)| t)
+            .collect();
+        let mut doubt = self.in_doubt.lock();
+        for txid in txids {
+            doubt.insert(txid, coordinator);
+            node.send(coordinator, Message::TxInquire { txid });
+        }
+    }
+
     /// The decisions this coordinator still has to deliver.
     pub(crate) fn undelivered(&self) -> Vec<(u64, Vec<NodeId>)> {
         self.deciding
