@@ -7,8 +7,8 @@
 //!
 //! This facade re-exports the crates: [`core`] (regions, wire format, protocol engine) and
 //! [`net`] (the QUIC transport with mutual TLS and the node driver). The everyday API is
-//! re-exported here: [`Cluster`], [`Node`], [`Handle`], [`Error`], and [`blocking`] for programs
-//! without an async runtime.
+//! re-exported here: [`Cluster`], [`Node`], [`Handle`], [`Error`], transactions ([`Node::transaction`],
+//! [`Tx`]), and [`blocking`] for programs without an async runtime.
 //!
 //! ```
 //! use crl::{Cluster, Region};
@@ -45,3 +45,4 @@ pub use crl_core::{RegionField, RegionRef};
 pub use crl_net as net;
 pub use crl_net::blocking;
 pub use crl_net::{Cluster, Error, Handle, Node, NodeConfig, NodeStats};
+pub use crl_net::{Tx, TxRead, TxStats, TxWrite};

@@ -29,7 +29,10 @@
 //!   (presumed abort: it never decides commit without logging it first), and stays silent
 //!   while still collecting votes (its decision will be sent anyway). A coordinator that
 //!   restarts re-sends `TxDecide` for every committed transaction not yet forgotten. Decisions
-//!   are idempotent.
+//!   are idempotent. A home that sees a coordinator come back with a new epoch while
+//!   transactions it coordinated are prepared here first asks it how they ended (holding back
+//!   its other messages), and only then forgets the regions the old incarnation held:
+//!   otherwise it would serve a master copy that misses a committed write.
 //! - **Failure of the log** (an fsync error) is fatal for that store: the commit fails with
 //!   [`Error::LogFailed`], later commits fail at once; nothing is retried silently.
 

@@ -18,7 +18,7 @@
 //! read, takes the write and checks that the contents did not change in between (else the
 //! transaction conflicts and is retried).
 //!
-//! **Deadlocks** are broken by wound-wait ([`locks`]): every transaction has a priority (its
+//! **Deadlocks** are broken by wound-wait (`txn/locks.rs`): every transaction has a priority (its
 //! first start time); an older transaction that waits for a younger one wounds it, and the
 //! wounded one aborts at its next blocking point and is retried with its original priority,
 //! so it eventually becomes the oldest and commits.
@@ -37,8 +37,42 @@
 //! transactions wait for (it is never wounded). Plain writes are coherent but not durable:
 //! they reach the log only when a later transaction commits the region.
 //!
-//! **Commit** ([`commit`]): without a data dir, committing releases the locks (atomic and
-//! serializable, not durable). With one, the new images are logged at their homes first.
+//! # Commit protocol (`txn/commit.rs`)
+//!
+//! **Without a data dir** committing only releases the locks: the transaction is atomic and
+//! serializable (its writes became visible all at once, when its locks were released) but not
+//! durable.
+//!
+//! **With a data dir** every home logs what the transactions write to its regions
+//! ([`crl_core::durable`]: checksummed records, group commit, checkpoints) before the writer
+//! releases its locks:
+//!
+//! - **Local commit.** If every region written lives at the committing node, one `Commit`
+//!   record (plus a `Create` for each region created) is appended and fsynced, then the locks
+//!   are released.
+//! - **Two-phase commit.** If some written region lives elsewhere, the committing node is the
+//!   coordinator. (1) It sends `TxPrepare` with the new images to each other home; the home
+//!   checks that its directory lists the coordinator as the exclusive holder of every region
+//!   concerned (so a copy that went stale, e.g. because the home restarted, is refused), logs
+//!   a `Prepare` record, fsyncs and votes yes. (2) With every vote yes, the coordinator logs
+//!   its own part and the decision in one `Commit` record naming the participants and fsyncs:
+//!   this is the commit point. (3) It sends `TxDecide` to the participants *before*
+//!   releasing its locks; since links are FIFO, each home installs the committed image as its
+//!   master copy before any later message about the region arrives, logs `Decide`, and
+//!   answers `TxDone`; once all have, the coordinator logs `Forget`. A no vote or a timeout
+//!   aborts: `TxDecide{commit: false}` to every participant, before-images restored.
+//! - **Crashes.** A participant that restarts with a `Prepare` and no `Decide` (in doubt)
+//!   asks the coordinator (`TxInquire`) before serving anything; the coordinator answers
+//!   commit if its log has the `Commit` record, abort if it has no record of the transaction
+//!   (presumed abort: it never decides commit without logging it first), and stays silent
+//!   while still collecting votes (its decision will be sent anyway). A coordinator that
+//!   restarts re-sends `TxDecide` for every committed transaction not yet forgotten. Decisions
+//!   are idempotent. A home that sees a coordinator come back with a new epoch while
+//!   transactions it coordinated are prepared here first asks it how they ended (holding back
+//!   its other messages), and only then forgets the regions the old incarnation held:
+//!   otherwise it would serve a master copy that misses a committed write.
+//! - **Failure of the log** (an fsync error) is fatal for that store: the commit fails with
+//!   [`Error::LogFailed`], later commits fail at once; nothing is retried silently.
 //!
 //! [`NodeConfig::tx_max_attempts`]: crate::NodeConfig::tx_max_attempts
 
