@@ -19,7 +19,12 @@
 //! **Names.** [`Node::bind`] and [`Node::lookup`] keep a name → region directory in ordinary
 //! regions: every node homes one name table (its first region, `r<node>.1`), and a name lives
 //! in the table of the member chosen by a hash of the name. Lookups are cached like any read,
-//! so a repeated lookup is a local hit. Names are not durable yet.
+//! so a repeated lookup is a local hit. Binding and unbinding are transactions, so names are
+//! durable with a data dir.
+//!
+//! **Restarts.** With a data dir a node recovers its regions from its log at start (see
+//! [`crate::txn`]); in every case it starts with a new epoch, and its peers forget what they
+//! knew of the previous incarnation (`Engine::peer_restarted`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

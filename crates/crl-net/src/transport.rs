@@ -5,11 +5,19 @@
 //! node opened to that peer, and the peer reads that stream in order: per-link FIFO, exactly
 //! what the crl-core engine assumes. Messages to different peers are independent.
 //!
-//! **Connections** are made lazily, on the first message to a peer, and re-made after a loss
-//! (with backoff). A message whose write failed when a connection broke is *not* resent: it may
-//! or may not have arrived, and a duplicate would be a protocol violation. Connection loss is a
-//! failure; the operations waiting on it end with a timeout error (bounded by the node's
+//! **Connections** are made lazily, on the first message to a peer (or at once for every peer
+//! with [`Transport::announce`]), and re-made after a loss (with backoff). A message that was
+//! not (entirely) written when a connection broke goes on the next connection: the peer never
+//! decoded it, so this cannot duplicate it. Frames already written that the peer did not receive
+//! are lost; the operations waiting on them end with a timeout error (bounded by the node's
 //! operation timeout), never a hang.
+//!
+//! **Epochs.** Every hello carries the sender's epoch (its incarnation). A hello with a new
+//! epoch from a known peer means it restarted: the transport delivers
+//! [`Inbound::PeerRestarted`] before any message of the new incarnation, ignores what older
+//! streams of that peer still deliver, and, once the driver calls
+//! [`Transport::restart_handled`], drops the messages queued for the old incarnation and
+//! reconnects.
 //!
 //! **Authentication.** TLS checks both certificates against the cluster CA. That alone is not
 //! enough: with QUIC a client may consider itself connected before the server has rejected its
