@@ -103,7 +103,7 @@ impl Durability {
     }
 
     /// Registers what recovery found: prepared transactions in doubt, and committed ones whose
-    /// participants may not know yet. Returns the messages to send (inquiries, decisions).
+    /// participants may not know yet (the node then asks and re-sends, see `resend_decisions`).
     pub(crate) fn recovered(
         &self,
         in_doubt: Vec<crl_core::durable::InDoubt>,
@@ -375,8 +375,9 @@ impl Durability {
         );
     }
 
-    /// A peer restarted: votes it owed will never come; decisions and inquiries to it are
-    /// sent again.
+    /// A peer restarted (and the node resolved the transactions it coordinated that were
+    /// prepared here, see the driver): votes it owed will never come; decisions it had not
+    /// confirmed are sent again.
     pub(crate) fn peer_restarted(&self, node: &Node, peer: NodeId) {
         for v in self.voting.lock().values_mut() {
             if v.waiting.contains(&peer)
@@ -388,16 +389,6 @@ impl Durability {
         for (&txid, waiting) in self.deciding.lock().iter() {
             if waiting.contains(&peer) {
                 node.send(peer, Message::TxDecide { txid, commit: true });
-            }
-        }
-        for (&txid, &coordinator) in self.in_doubt.lock().iter() {
-            if coordinator == peer {
-                node.send(peer, Message::TxInquire { txid });
-            }
-        }
-        for (&txid, p) in self.prepared.lock().iter() {
-            if p.coordinator == peer {
-                node.send(peer, Message::TxInquire { txid });
             }
         }
     }
@@ -554,5 +545,5 @@ async fn finish(tx: &Tx, node: &Node) -> Result<(), CommitFailure> {
     Ok(())
 }
 
-/// How long a restarted participant waits for the coordinators of its in-doubt transactions.
+/// How often a restarting participant asks again about its in-doubt transactions.
 pub(crate) const IN_DOUBT_RESEND: Duration = Duration::from_millis(250);
