@@ -30,7 +30,7 @@ async fn connect(
 
 /// Sends raw bytes on a fresh stream and returns whether the node closed the connection.
 async fn send_and_expect_close(conn: &quinn::Connection, bytes: &[u8]) -> bool {
-    let mut s = conn.open_uni().await.unwrap();
+    let (mut s, _answers) = conn.open_bi().await.unwrap();
     let _ = s.write_all(bytes).await;
     let _ = s.finish();
     tokio::time::timeout(WAIT, conn.closed()).await.is_ok()
@@ -52,7 +52,7 @@ async fn still_serving(cluster: &Cluster, counter: crl::RegionId) {
 }
 
 async fn setup() -> (Cluster, crl::RegionId, SocketAddr) {
-    let cluster = Cluster::local(2).await.unwrap();
+    let cluster = Cluster::local(3).await.unwrap();
     let counter = cluster.node(0).create(Counter { value: 0 }).await.unwrap();
     let id = counter.id();
     std::mem::forget(counter); // keep it mapped at the home for the test's duration
@@ -76,6 +76,7 @@ async fn a_foreign_ca_certificate_is_refused() {
                 cluster_id: cluster.node(0).cluster_id(),
                 node: NodeId(1),
                 epoch: 0,
+                peer_epoch: 0,
             });
             assert!(
                 send_and_expect_close(&conn, &hello).await,
@@ -104,6 +105,7 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
                 cluster_id,
                 node: NodeId(2),
                 epoch: 0,
+                peer_epoch: 0,
             })
         )
         .await
@@ -119,6 +121,7 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
                 cluster_id,
                 node: NodeId(0),
                 epoch: 0,
+                peer_epoch: 0,
             })
         )
         .await
@@ -134,6 +137,7 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
                 cluster_id: cluster_id ^ 1,
                 node: NodeId(1),
                 epoch: 0,
+                peer_epoch: 0,
             })
         )
         .await
@@ -156,17 +160,19 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
 async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
     let (cluster, counter, addr) = setup().await;
     let cluster_id = cluster.node(0).cluster_id();
-    let as_node1 = cluster.ca().issue(NodeId(1)).unwrap();
-    // The impostor speaks with node 1's certificate and epoch: a different epoch would (rightly)
-    // make node 0 treat node 1 as restarted and drop the real node 1's older stream.
+    let as_node2 = cluster.ca().issue(NodeId(2)).unwrap();
+    // The impostor speaks with node 2's certificate and epoch (node 2 stays idle): an older
+    // epoch would be refused as a zombie, a newer one would make node 0 treat node 2 as
+    // restarted. Node 1 checks that the cluster still serves.
     let hello = frame(&Message::Hello {
         cluster_id,
-        node: NodeId(1),
-        epoch: cluster.node(1).stats().epoch,
+        node: NodeId(2),
+        epoch: cluster.node(2).stats().epoch,
+        peer_epoch: 0,
     });
 
     // Garbage after a valid hello.
-    let conn = connect(&as_node1, addr, NodeId(0))
+    let conn = connect(&as_node2, addr, NodeId(0))
         .await
         .expect("tls handshake");
     let mut bytes = hello.clone();
@@ -177,12 +183,13 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
     );
 
     // A header announcing a frame far over the limit (refused before any allocation).
-    let conn = connect(&as_node1, addr, NodeId(0))
+    let conn = connect(&as_node2, addr, NodeId(0))
         .await
         .expect("tls handshake");
     let mut header = frame(&Message::FlushAck { region: counter })[..wire::HEADER_LEN].to_vec();
     header[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut bytes = hello.clone();
+    bytes.extend_from_slice(&1u64.to_le_bytes());
     bytes.extend_from_slice(&header);
     assert!(
         send_and_expect_close(&conn, &bytes).await,
@@ -190,10 +197,11 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
     );
 
     // A well-formed message that breaks the protocol: the engine reports it, the link closes.
-    let conn = connect(&as_node1, addr, NodeId(0))
+    let conn = connect(&as_node2, addr, NodeId(0))
         .await
         .expect("tls handshake");
     let mut bytes = hello.clone();
+    bytes.extend_from_slice(&1u64.to_le_bytes());
     bytes.extend(frame(&Message::RecallAck {
         region: counter,
         image: None,
@@ -201,6 +209,33 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
     assert!(
         send_and_expect_close(&conn, &bytes).await,
         "a protocol violation was not cut off"
+    );
+
+    // A message number that skips ahead breaks the session: cut off.
+    let conn = connect(&as_node2, addr, NodeId(0))
+        .await
+        .expect("tls handshake");
+    let mut bytes = hello.clone();
+    bytes.extend_from_slice(&1000u64.to_le_bytes());
+    bytes.extend(frame(&Message::FlushAck { region: counter }));
+    assert!(
+        send_and_expect_close(&conn, &bytes).await,
+        "a gap in the message numbers was not cut off"
+    );
+
+    // A hello from an older incarnation (a zombie): refused.
+    let conn = connect(&as_node2, addr, NodeId(0))
+        .await
+        .expect("tls handshake");
+    let zombie = frame(&Message::Hello {
+        cluster_id,
+        node: NodeId(2),
+        epoch: cluster.node(2).stats().epoch - 1,
+        peer_epoch: 0,
+    });
+    assert!(
+        send_and_expect_close(&conn, &zombie).await,
+        "a zombie's hello was accepted"
     );
     assert!(cluster.node(0).stats().violations >= 1);
 

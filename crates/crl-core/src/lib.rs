@@ -5,6 +5,8 @@
 //! - [`wire`]: the protocol's messages and their pinned, validated wire format.
 //! - [`engine`]: the coherence protocol as a state machine per node: fed messages and local
 //!   requests, emitting messages and completions. No I/O, no clock, no threads.
+//! - [`session`]: exactly-once, in-order delivery across connection breaks (numbered messages,
+//!   acknowledgements, retransmit buffer, epochs).
 //! - [`durable`]: a home node's write-ahead log, group commit, checkpoints and recovery.
 //! - `sim` (feature `sim`): a deterministic, seeded simulator driving many engines in one
 //!   thread against a reference model.
@@ -12,6 +14,7 @@
 pub mod durable;
 pub mod engine;
 pub mod region;
+pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod wire;

@@ -305,6 +305,7 @@ impl Sim {
                 let config = EngineConfig {
                     unmapped_capacity: cfg.unmapped_capacity,
                     on_drain: None,
+                    max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
                     fault: cfg.fault,
                 };
                 Engine::new(NodeId(i as u32), config)
@@ -1121,7 +1122,10 @@ pub fn describe_message(msg: &Message) -> String {
             cluster_id,
             node,
             epoch,
-        } => format!("{node} cluster {cluster_id:#x} epoch {epoch}"),
+            peer_epoch,
+        } => format!("{node} cluster {cluster_id:#x} epoch {epoch} (peer {peer_epoch})"),
+        Message::HelloAck { epoch, received } => format!(" epoch {epoch} received {received}"),
+        Message::Ack { received } => format!(" {received}"),
         Message::TxCommit {
             txid,
             writes,

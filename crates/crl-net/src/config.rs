@@ -14,7 +14,7 @@
 //! connect_timeout_ms = 2000     # optional (default 2000)
 //! unmapped_capacity = 4096      # optional (default 4096; 0 keeps no unmapped regions)
 //! max_frame_len = 16777216      # optional (default and maximum: crl_core::wire::MAX_FRAME_LEN)
-//! send_queue = 1024             # optional (default 1024 messages per peer)
+//! send_buffer_bytes = 67108864   # optional (default 64 MiB per peer): unacknowledged bytes before operations wait
 //! ca = "certs/ca.pem"           # required: the CA certificate shared by all nodes
 //!
 //! [[node]]
@@ -59,8 +59,8 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default [`NodeConfig::unmapped_capacity`].
 pub const DEFAULT_UNMAPPED_CAPACITY: usize = 4096;
-/// Default [`NodeConfig::send_queue`] (messages per peer).
-pub const DEFAULT_SEND_QUEUE: usize = 1024;
+/// Default [`NodeConfig::send_buffer_bytes`]: 64 MiB per peer.
+pub const DEFAULT_SEND_BUFFER_BYTES: usize = crl_core::session::DEFAULT_MAX_UNACKED_BYTES;
 /// Default [`NodeConfig::tx_max_attempts`].
 pub const DEFAULT_TX_MAX_ATTEMPTS: u32 = 100;
 
@@ -87,8 +87,10 @@ pub struct NodeConfig {
     pub unmapped_capacity: usize,
     /// Largest frame payload accepted or sent (default [`crl_core::wire::MAX_FRAME_LEN`]).
     pub max_frame_len: usize,
-    /// Messages queued per peer before senders wait (default [`DEFAULT_SEND_QUEUE`]).
-    pub send_queue: usize,
+    /// Bytes sent to a peer and not yet acknowledged (the session's retransmit buffer) beyond
+    /// which new operations wait for room (default [`DEFAULT_SEND_BUFFER_BYTES`]). See
+    /// [`crate::transport`].
+    pub send_buffer_bytes: usize,
     /// How many times a transaction is attempted before it fails with
     /// [`Error::Conflict`](crate::Error::Conflict) (default [`DEFAULT_TX_MAX_ATTEMPTS`]).
     pub tx_max_attempts: u32,
@@ -113,7 +115,7 @@ impl fmt::Debug for NodeConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("unmapped_capacity", &self.unmapped_capacity)
             .field("max_frame_len", &self.max_frame_len)
-            .field("send_queue", &self.send_queue)
+            .field("send_buffer_bytes", &self.send_buffer_bytes)
             .field("tx_max_attempts", &self.tx_max_attempts)
             .finish_non_exhaustive()
     }
@@ -133,7 +135,7 @@ impl NodeConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             unmapped_capacity: DEFAULT_UNMAPPED_CAPACITY,
             max_frame_len: crl_core::wire::MAX_FRAME_LEN,
-            send_queue: DEFAULT_SEND_QUEUE,
+            send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
             tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
             tx_fault: None,
         }
@@ -276,7 +278,7 @@ struct ClusterFile {
     connect_timeout_ms: Option<u64>,
     unmapped_capacity: Option<usize>,
     max_frame_len: Option<usize>,
-    send_queue: Option<usize>,
+    send_buffer_bytes: Option<usize>,
     ca: PathBuf,
     #[serde(default)]
     node: Vec<NodeEntry>,
@@ -355,15 +357,15 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         Some(n) => n,
         None => crl_core::wire::MAX_FRAME_LEN,
     };
-    let send_queue = match raw.send_queue {
+    let send_buffer_bytes = match raw.send_buffer_bytes {
         Some(0) => {
             return Err(ConfigError::Zero {
                 file: f(),
-                field: "send_queue",
+                field: "send_buffer_bytes",
             });
         }
         Some(n) => n,
-        None => DEFAULT_SEND_QUEUE,
+        None => DEFAULT_SEND_BUFFER_BYTES,
     };
     let unmapped_capacity = raw.unmapped_capacity.unwrap_or(DEFAULT_UNMAPPED_CAPACITY);
 
@@ -467,7 +469,7 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         connect_timeout,
         unmapped_capacity,
         max_frame_len,
-        send_queue,
+        send_buffer_bytes,
         tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
         tx_fault: None,
     })
@@ -511,7 +513,7 @@ cluster_id = 7
 op_timeout_ms = 1500
 connect_timeout_ms = 250
 unmapped_capacity = 10
-send_queue = 8
+send_buffer_bytes = 8192
 ca = "certs/ca.pem"
 
 [[node]]
@@ -559,7 +561,7 @@ addr = "[::1]:7002"
         assert_eq!(c.op_timeout, Duration::from_millis(1500));
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.unmapped_capacity, 10);
-        assert_eq!(c.send_queue, 8);
+        assert_eq!(c.send_buffer_bytes, 8192);
         assert_eq!(c.max_frame_len, crl_core::wire::MAX_FRAME_LEN);
 
         // Node 2 takes the default certificate paths next to the CA, and default settings
@@ -587,7 +589,7 @@ addr = "[::1]:7002"
         assert_eq!(c.op_timeout, DEFAULT_OP_TIMEOUT);
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.unmapped_capacity, DEFAULT_UNMAPPED_CAPACITY);
-        assert_eq!(c.send_queue, DEFAULT_SEND_QUEUE);
+        assert_eq!(c.send_buffer_bytes, DEFAULT_SEND_BUFFER_BYTES);
         assert!(c.peers.is_empty());
 
         let built = NodeConfig::new(1, c.identity.clone(), c.listen);
@@ -595,7 +597,7 @@ addr = "[::1]:7002"
         assert_eq!(built.op_timeout, Duration::from_secs(5));
         assert_eq!(built.connect_timeout, Duration::from_secs(2));
         assert_eq!(built.unmapped_capacity, 4096);
-        assert_eq!(built.send_queue, 1024);
+        assert_eq!(built.send_buffer_bytes, DEFAULT_SEND_BUFFER_BYTES);
         assert!(built.peers.is_empty() && built.data_dir.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -734,8 +736,11 @@ addr = "[::1]:7002"
             e,
             "<config>: `connect_timeout_ms` must be greater than zero"
         );
-        let e = err(&FULL.replace("send_queue = 8", "send_queue = 0"), 0);
-        assert_eq!(e, "<config>: `send_queue` must be greater than zero");
+        let e = err(
+            &FULL.replace("send_buffer_bytes = 8192", "send_buffer_bytes = 0"),
+            0,
+        );
+        assert_eq!(e, "<config>: `send_buffer_bytes` must be greater than zero");
         let e = err(&format!("max_frame_len = 0\n{FULL}"), 0);
         assert_eq!(e, "<config>: `max_frame_len` must be greater than zero");
         let e = err(

@@ -63,6 +63,26 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(wire::decode_payload(buf)?))
 }
 
+/// Reads the sequence number that precedes a numbered frame on a session stream
+/// ([`crl_core::session::SEQ_LEN`] bytes, little endian). `Ok(None)` means the stream ended
+/// cleanly between frames.
+pub async fn read_seq<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<u64>, FrameError> {
+    let mut bytes = [0u8; crl_core::session::SEQ_LEN];
+    let mut got = 0;
+    while got < bytes.len() {
+        let n = r.read(&mut bytes[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    Ok(Some(u64::from_le_bytes(bytes)))
+}
+
 /// Writes one frame (`buf` is scratch space, reused between calls).
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,

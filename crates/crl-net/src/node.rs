@@ -126,6 +126,19 @@ pub enum Error {
     /// The node was shut down.
     #[error("the node is shut down")]
     ShutDown,
+    /// The region is too large to ship between nodes: its encoded image does not fit in one
+    /// message (`max_frame_len`). Regions larger than a frame do not travel in chunks yet.
+    #[error(
+        "region {region} is {len} bytes encoded, over the limit of {max} bytes for one message"
+    )]
+    TooLarge {
+        /// The region.
+        region: RegionId,
+        /// Its encoded length.
+        len: u64,
+        /// The largest image one message may carry.
+        max: u64,
+    },
     /// The transaction was wounded by an older one (wound-wait) or lost a conflict; it is
     /// aborted and retried automatically when this error is returned from its closure.
     #[error("the transaction must abort: an older transaction needs its locks (it is retried)")]
@@ -193,6 +206,7 @@ impl From<OpError> for Error {
             },
             OpError::NotMapped(id) => Error::NotMapped(id),
             OpError::HomeRestarted(id) => Error::HomeRestarted(id),
+            OpError::TooLarge { region, len, max } => Error::TooLarge { region, len, max },
             e @ OpError::InUse(_) => Error::ProtocolViolation(e.to_string()),
             e @ OpError::Codec { .. } => Error::ProtocolViolation(e.to_string()),
         }
@@ -233,7 +247,8 @@ impl EngineState {
     /// the engine lock held.
     fn flush(&mut self, transport: &Transport, locks: &LockTable) {
         while let Some(t) = self.engine.poll_transmit() {
-            transport.send(t.to, t.msg);
+            // A refusal (an oversized message) is logged and counted by the transport.
+            let _ = transport.send(t.to, t.msg);
         }
         while let Some(event) = self.engine.poll_event() {
             let (op, outcome) = match event {
@@ -356,17 +371,18 @@ impl Node {
         let epoch = match &durability {
             Some(d) => d.epoch(),
             None => {
-                // Without a log every start is a new incarnation; any distinct number will do.
+                // Without a log every start is a new incarnation, and epochs must only grow
+                // (peers refuse an older one as a zombie): the wall clock in nanoseconds.
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
-                    ^ (u64::from(std::process::id()) << 40)
             }
         };
         let settings = TransportSettings {
             cluster_id: config.cluster_id,
             connect_timeout: config.connect_timeout,
             max_frame_len: config.max_frame_len,
+            max_unacked_bytes: config.send_buffer_bytes,
             epoch,
         };
         let (transport, inbound) =
@@ -375,6 +391,7 @@ impl Node {
         let wake = drained.clone();
         let engine_config = EngineConfig::default()
             .with_unmapped_capacity(config.unmapped_capacity)
+            .with_max_frame_len(config.max_frame_len)
             .with_on_drain(Arc::new(move || wake.notify_one()));
         let mut engine = Engine::new(id, engine_config);
         let mut has_name_table = false;
@@ -643,7 +660,8 @@ impl Node {
     /// Sends `msg` to `to` in order with the engine's own messages.
     pub(crate) fn send(&self, to: NodeId, msg: Message) {
         let _st = self.inner.state.lock();
-        self.inner.transport.send(to, msg);
+        // A refusal (an oversized message) is logged and counted by the transport.
+        let _ = self.inner.transport.send(to, msg);
     }
 
     /// Runs `f` on the engine (under its lock) and sends what it produced.
@@ -764,12 +782,26 @@ impl Node {
         if region.home != self.inner.id && !self.inner.transport.knows(region.home) {
             return Err(Error::UnknownNode(region.home));
         }
+        let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
         let _permit = self
             .inner
             .admission
             .acquire()
             .await
             .map_err(|_| Error::ShutDown)?;
+        if region.home != self.inner.id {
+            // A home that does not acknowledge what it is sent slows its clients down
+            // instead of growing this node's retransmit buffer.
+            let room = self.inner.transport.wait_for_room(region.home);
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Error::HomeUnreachable {
+                    what,
+                    region,
+                    home: region.home,
+                    after: self.inner.op_timeout,
+                });
+            }
+        }
         let op = self.inner.next_op.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -790,7 +822,7 @@ impl Node {
                 }
             }
         }
-        match tokio::time::timeout(self.inner.op_timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Err(Error::ShutDown),
             Err(_) => {
@@ -907,7 +939,10 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                 // Talk to the new incarnation now (the inquiries must reach
                                 // it); what the engine sends it meanwhile is about copies the
                                 // old one held and is at worst refused.
-                                inner.transport.restart_handled(peer);
+                                {
+                                    let _engine = inner.state.lock();
+                                    inner.transport.restart_handled(peer);
+                                }
                                 // Transactions it coordinated are prepared here: until it says
                                 // how they ended, the regions they wrote must keep their old
                                 // owner (the restarted peer), or the home would serve contents
@@ -948,9 +983,11 @@ fn forget_incarnation(node: &Node, peer: NodeId, reconnect: bool) {
         let mut st = inner.state.lock();
         st.engine.peer_restarted(peer);
         st.flush(&inner.transport, &inner.locks);
-    }
-    if reconnect {
-        inner.transport.restart_handled(peer);
+        if reconnect {
+            // Under the engine lock: nothing meant for the old incarnation can be queued
+            // after this, and nothing for the new one before.
+            inner.transport.restart_handled(peer);
+        }
     }
     inner.peer_restarts.fetch_add(1, Ordering::Relaxed);
     if let Some(d) = &inner.durability {

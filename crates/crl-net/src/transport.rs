@@ -1,23 +1,33 @@
-//! Connections between nodes: one QUIC endpoint per node, mutual TLS, an authenticated hello,
-//! and one long-lived unidirectional stream per direction per peer pair.
+//! Connections between nodes: one QUIC endpoint per node, mutual TLS, an authenticated
+//! handshake, and a **session** per peer pair that loses nothing across broken connections.
 //!
-//! **Ordering.** Every message a node sends to a peer goes, in order, on the one stream that
-//! node opened to that peer, and the peer reads that stream in order: per-link FIFO, exactly
-//! what the crl-core engine assumes. Messages to different peers are independent.
+//! **Sessions** (DESIGN.md §6, rule 1; the state machines are [`crl_core::session`]). Between
+//! two live incarnations of two nodes, every message is delivered exactly once and in order,
+//! across any number of broken and re-opened connections. Each node numbers the messages it
+//! sends to a peer and keeps them, encoded, in a bounded retransmit buffer until the peer
+//! acknowledges them (cumulatively). Each new connection starts with a handshake in which the
+//! receiver says how far it got; the sender re-sends the rest, and the receiver drops any
+//! number it has already delivered. So the engine's assumption, reliable per-link FIFO, holds
+//! for real: a cut that heals, however long, loses nothing.
 //!
-//! **Connections** are made lazily, on the first message to a peer (or at once for every peer
-//! with [`Transport::announce`]), and re-made after a loss (with backoff). A message that was
-//! not (entirely) written when a connection broke goes on the next connection: the peer never
-//! decoded it, so this cannot duplicate it. Frames already written that the peer did not receive
-//! are lost; the operations waiting on them end with a timeout error (bounded by the node's
-//! operation timeout), never a hang.
+//! **Streams.** For each direction of each peer pair, the sending node opens a connection and
+//! one bidirectional stream on it. The sender writes its numbered messages on the stream; the
+//! receiver answers on the same stream's other half with the handshake answer
+//! ([`Message::HelloAck`]) and then with acknowledgements ([`Message::Ack`], coalesced, at most
+//! one per [`ACK_DELAY`]). Numbered frames are a little-endian `u64` sequence number followed
+//! by a wire frame.
 //!
-//! **Epochs.** Every hello carries the sender's epoch (its incarnation). A hello with a new
-//! epoch from a known peer means it restarted: the transport delivers
-//! [`Inbound::PeerRestarted`] before any message of the new incarnation, ignores what older
-//! streams of that peer still deliver, and, once the driver calls
-//! [`Transport::restart_handled`], drops the messages queued for the old incarnation and
-//! reconnects.
+//! **Epochs.** Every node has an epoch (its incarnation) that only grows. The hello carries the
+//! sender's epoch and the epoch it believes the receiver has; the answer carries the
+//! receiver's. Hearing a *newer* epoch of a peer (from either side) means it restarted: the
+//! transport delivers [`Inbound::PeerRestarted`] before any message of the new incarnation,
+//! writes nothing more to the peer until the driver calls [`Transport::restart_handled`] (which
+//! drops every message queued for the old incarnation and starts a new session), and the
+//! receiving side starts counting the new incarnation's messages from 1. Hearing an *older*
+//! epoch than one already heard means a zombie (an old process, a delayed handshake): it is
+//! refused with a logged reason. A hello whose idea of this node's epoch is older than this
+//! node's is answered with this node's epoch and nothing on it is delivered: its messages were
+//! meant for an incarnation that is gone.
 //!
 //! **Authentication.** TLS checks both certificates against the cluster CA. That alone is not
 //! enough: with QUIC a client may consider itself connected before the server has rejected its
@@ -27,24 +37,38 @@
 //! membership list before reading anything else. Any failure closes the connection with a
 //! logged reason.
 //!
-//! **Bounds.** Frames longer than the configured limit are refused before allocation. Send
-//! queues are unbounded channels, but bounded by construction: the node admits a bounded number
-//! of operations in flight, and each produces a bounded number of messages.
+//! **Bounds.** Frames longer than the configured limit are refused before allocation when
+//! read, and before they are numbered when sent ([`SendError::TooLarge`]): an oversized
+//! message is logged and dropped, it never reaches the link, so it cannot wedge it. The
+//! retransmit buffer per peer has a soft bound in bytes ([`TransportSettings::max_unacked_bytes`]):
+//! operations wait for room with [`Transport::wait_for_room`] under their own timeout, while the
+//! engine's own answers are always taken, up to a hard bound (twice the soft one plus one
+//! frame) that only a peer which stops reading can reach; past it, messages to that peer are
+//! dropped and counted, and its connections closed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crl_core::NodeId;
-use crl_core::wire::Message;
+use crl_core::session::{
+    Delivery, EpochCheck, RecvSession, Resume, SendError, SendSession, SessionLimits, check_epoch,
+};
+use crl_core::wire::{self, Message};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::frame::{FrameError, read_frame, write_frame};
+use crate::frame::{FrameError, read_frame, read_seq, write_frame};
 use crate::tls::{self, NodeIdentity, TlsError};
+
+/// How long a receiver waits after delivering a message before acknowledging it, so that one
+/// acknowledgement covers a burst.
+pub const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Longest pause between connection attempts to an unreachable peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Application error codes used when closing a connection.
 mod close_code {
@@ -91,19 +115,26 @@ pub enum Inbound {
 pub struct PeerStats {
     /// The peer.
     pub node: NodeId,
-    /// Whether a connection to it is up now.
+    /// Whether a connection to it is up now (the session survives without one).
     pub connected: bool,
-    /// Messages sent to it.
+    /// Messages sent to it (each counted once, however often it was re-sent).
     pub messages_sent: u64,
-    /// Bytes sent to it (frames, headers included).
+    /// Bytes of messages sent to it (frames, headers included, each counted once).
     pub bytes_sent: u64,
-    /// Messages received from it.
+    /// Messages received from it and delivered.
     pub messages_received: u64,
     /// Bytes received from it.
     pub bytes_received: u64,
-    /// Writes that failed on a broken connection (the message is sent again on the next
-    /// connection; frames already written that the peer did not receive are lost).
-    pub messages_lost: u64,
+    /// Messages written again on a new connection because the old one broke before the peer
+    /// acknowledged them.
+    pub messages_resent: u64,
+    /// Messages received twice (a re-send of something delivered) and dropped.
+    pub duplicates_dropped: u64,
+    /// Messages refused before sending (larger than a frame, or the peer acknowledged
+    /// nothing for too long).
+    pub messages_refused: u64,
+    /// Bytes sent and not yet acknowledged (the retransmit buffer).
+    pub unacked_bytes: u64,
 }
 
 #[derive(Default)]
@@ -113,7 +144,8 @@ struct PeerCounters {
     bytes_sent: AtomicU64,
     messages_received: AtomicU64,
     bytes_received: AtomicU64,
-    messages_lost: AtomicU64,
+    duplicates_dropped: AtomicU64,
+    messages_refused: AtomicU64,
 }
 
 /// Settings of a [`Transport`].
@@ -121,22 +153,48 @@ struct PeerCounters {
 pub struct TransportSettings {
     /// The cluster's id (hellos from other clusters are refused).
     pub cluster_id: u64,
-    /// Bound on a connection attempt and on waiting for a hello.
+    /// Bound on a connection attempt and on waiting for a hello or its answer.
     pub connect_timeout: Duration,
-    /// Largest frame payload accepted.
+    /// Largest frame payload accepted or sent.
     pub max_frame_len: usize,
-    /// This node's incarnation, sent in every hello (a new one after each restart).
+    /// Soft bound on each peer's retransmit buffer, in bytes.
+    pub max_unacked_bytes: usize,
+    /// This node's incarnation, sent in every hello (a greater one after each restart).
     pub epoch: u64,
 }
 
-/// A queued outgoing message and the peer incarnation it was meant for.
-enum Outgoing {
-    Message {
-        msg: Message,
-        generation: u64,
-    },
-    /// Connect now (sends the hello) even with nothing to send.
-    Connect,
+/// What this node knows of a peer's incarnation, and its receiving session.
+#[derive(Default)]
+struct PeerState {
+    /// The newest epoch heard from the peer.
+    known_epoch: Option<u64>,
+    /// The session of messages from incarnation `known_epoch`.
+    recv: Option<RecvSession>,
+    /// A [`Inbound::PeerRestarted`] was delivered and the driver has not handled it yet:
+    /// nothing is written to the peer meanwhile.
+    restart_pending: bool,
+}
+
+/// Everything about one peer.
+struct Link {
+    peer: NodeId,
+    addr: SocketAddr,
+    counters: PeerCounters,
+    /// The sending session (numbering, retransmit buffer).
+    send: Mutex<SendSession>,
+    /// Incarnation and receiving session. Lock order: `state` before `send`.
+    state: Mutex<PeerState>,
+    /// Wakes the link's sender task (a message was queued, a restart handled, a connect
+    /// requested).
+    wake: Notify,
+    /// Wakes operations waiting for room in the retransmit buffer.
+    room: Notify,
+    /// Connect even with nothing to send (an announce).
+    connect_requested: AtomicBool,
+    /// `(epoch, delivered)` of the receiving session: the acknowledgement to send.
+    delivered: watch::Sender<(u64, u64)>,
+    /// Connections accepted from the peer (to close them on a protocol violation).
+    accepted: Mutex<Vec<quinn::Connection>>,
 }
 
 struct Inner {
@@ -144,18 +202,8 @@ struct Inner {
     settings: TransportSettings,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
-    peers: BTreeMap<NodeId, SocketAddr>,
-    counters: BTreeMap<NodeId, PeerCounters>,
-    senders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outgoing>>>,
-    /// The last epoch heard from each peer.
-    epochs: Mutex<HashMap<NodeId, u64>>,
-    /// Bumped for a peer each time the driver handled its restart: messages queued for an
-    /// older generation were meant for the dead incarnation and are dropped, and the sender
-    /// reconnects before writing the next one.
-    generations: BTreeMap<NodeId, AtomicU64>,
+    links: BTreeMap<NodeId, Arc<Link>>,
     inbound: mpsc::UnboundedSender<Inbound>,
-    /// Connections accepted from each peer (to close them on a protocol violation).
-    accepted: Mutex<HashMap<NodeId, Vec<quinn::Connection>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -166,11 +214,25 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts the endpoint on `socket` and its accept loop. Received messages arrive on the
-    /// returned channel. Must be called inside a tokio runtime.
+    /// Starts the endpoint on `socket`, its accept loop and one sender task per peer. Received
+    /// messages arrive on the returned channel. Must be called inside a tokio runtime.
     pub fn start(
         identity: &NodeIdentity,
         socket: std::net::UdpSocket,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        settings: TransportSettings,
+    ) -> Result<(Transport, mpsc::UnboundedReceiver<Inbound>), TransportError> {
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+        let socket = runtime.wrap_udp_socket(socket)?;
+        Transport::start_with_abstract_socket(identity, socket, peers, settings)
+    }
+
+    /// Like [`start`](Self::start), on any [`quinn::AsyncUdpSocket`] (for example one that
+    /// drops datagrams on command, to cut a node off in tests).
+    pub fn start_with_abstract_socket(
+        identity: &NodeIdentity,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
         peers: BTreeMap<NodeId, SocketAddr>,
         settings: TransportSettings,
     ) -> Result<(Transport, mpsc::UnboundedReceiver<Inbound>), TransportError> {
@@ -179,7 +241,7 @@ impl Transport {
         let client = identity.client_config()?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| std::io::Error::other("no async runtime found"))?;
-        let endpoint = quinn::Endpoint::new(
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server),
             socket,
@@ -187,27 +249,44 @@ impl Transport {
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
-        let counters = peers
-            .keys()
-            .map(|&p| (p, PeerCounters::default()))
+        // A frame on a link is the wire header plus the payload.
+        let limits = SessionLimits::new(
+            settings.max_frame_len + wire::HEADER_LEN,
+            settings.max_unacked_bytes,
+        );
+        let links = peers
+            .iter()
+            .map(|(&peer, &addr)| {
+                let link = Link {
+                    peer,
+                    addr,
+                    counters: PeerCounters::default(),
+                    send: Mutex::new(SendSession::new(limits)),
+                    state: Mutex::new(PeerState::default()),
+                    wake: Notify::new(),
+                    room: Notify::new(),
+                    connect_requested: AtomicBool::new(false),
+                    delivered: watch::channel((0, 0)).0,
+                    accepted: Mutex::new(Vec::new()),
+                };
+                (peer, Arc::new(link))
+            })
             .collect();
-        let generations = peers.keys().map(|&p| (p, AtomicU64::new(0))).collect();
         let inner = Arc::new(Inner {
             node,
             settings,
-            epochs: Mutex::new(HashMap::new()),
-            generations,
             endpoint,
             client,
-            peers,
-            counters,
-            senders: Mutex::new(HashMap::new()),
+            links,
             inbound: tx,
-            accepted: Mutex::new(HashMap::new()),
             shutdown,
         });
         let span = info_span!("transport", node = %node);
         tokio::spawn(accept_loop(inner.clone()).instrument(span));
+        for link in inner.links.values() {
+            let span = info_span!("link", node = %node, peer = %link.peer);
+            tokio::spawn(run_sender(inner.clone(), link.clone()).instrument(span));
+        }
         Ok((Transport { inner }, rx))
     }
 
@@ -218,81 +297,147 @@ impl Transport {
 
     /// Whether `node` is a member this transport can reach.
     pub fn knows(&self, node: NodeId) -> bool {
-        self.inner.peers.contains_key(&node)
+        self.inner.links.contains_key(&node)
     }
 
     /// Whether a connection to `peer` is up now.
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.inner
-            .counters
+            .links
             .get(&peer)
-            .is_some_and(|c| c.connected.load(Ordering::Relaxed))
+            .is_some_and(|l| l.counters.connected.load(Ordering::Relaxed))
     }
 
-    /// Queues `msg` for `to`, in order after every message queued for `to` before. Never
-    /// blocks. Call it in the order the engine produced the messages.
-    pub fn send(&self, to: NodeId, msg: Message) {
-        let Some(generation) = self.inner.generations.get(&to) else {
+    /// Queues `msg` for `to`, in order after every message queued for `to` before; it is
+    /// delivered exactly once while both nodes live. Never blocks. Call it in the order the
+    /// engine produced the messages. A message larger than a frame, or to a peer that has
+    /// acknowledged nothing past the hard bound, is refused (logged and counted).
+    pub fn send(&self, to: NodeId, msg: Message) -> Result<(), SendError> {
+        let Some(link) = self.inner.links.get(&to) else {
             warn!(node = %self.inner.node, peer = %to, "dropping a message to a node outside the cluster");
+            return Ok(());
+        };
+        let frame = match wire::encode(&msg) {
+            Ok(f) => f,
+            Err(e) => {
+                link.counters
+                    .messages_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(node = %self.inner.node, peer = %to, "refusing to send a {}: {e}", msg.kind_name());
+                return Err(match e {
+                    wire::WireError::FrameTooLarge { len, max } => SendError::TooLarge { len, max },
+                    // Only an oversized payload makes encoding fail.
+                    _ => SendError::TooLarge {
+                        len: 0,
+                        max: self.inner.settings.max_frame_len,
+                    },
+                });
+            }
+        };
+        let len = frame.len();
+        let pushed = link.send.lock().push(frame);
+        match pushed {
+            Ok(_) => {
+                link.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+                link.counters
+                    .bytes_sent
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                link.wake.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                link.counters
+                    .messages_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(node = %self.inner.node, peer = %to, "refusing to send a {}: {e}", msg.kind_name());
+                if matches!(e, SendError::Overflow { .. }) {
+                    self.close_peer(to, "it acknowledges nothing: retransmit buffer overflow");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until the retransmit buffer to `peer` is under its soft bound. Operations call
+    /// it (under their own timeout) before sending a request, so a peer that does not keep up
+    /// slows its clients down instead of growing this node's memory. Cancel-safe.
+    pub async fn wait_for_room(&self, peer: NodeId) {
+        let Some(link) = self.inner.links.get(&peer) else {
             return;
         };
-        let generation = generation.load(Ordering::Acquire);
-        self.queue(to, Outgoing::Message { msg, generation });
+        loop {
+            let notified = link.room.notified();
+            if link.send.lock().has_room() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Connects to every peer now (each learns this node's epoch from the hello), instead of
     /// at the first message. A restarted node calls it so that peers drop its old state.
     pub fn announce(&self) {
-        for &peer in self.inner.peers.keys() {
-            self.queue(peer, Outgoing::Connect);
+        for link in self.inner.links.values() {
+            link.connect_requested.store(true, Ordering::Release);
+            link.wake.notify_one();
         }
     }
 
     /// The driver has handled [`Inbound::PeerRestarted`] for `peer`: messages queued before
-    /// now were for its old incarnation and are dropped; later ones go to a new connection.
+    /// now were for its old incarnation and are dropped; a new session starts with the new
+    /// one. Call it with the engine lock held, right after the engine forgot the old
+    /// incarnation, so that no message meant for it lands in the new session.
     pub fn restart_handled(&self, peer: NodeId) {
-        if let Some(g) = self.inner.generations.get(&peer) {
-            g.fetch_add(1, Ordering::AcqRel);
+        let Some(link) = self.inner.links.get(&peer) else {
+            return;
+        };
+        let dropped = {
+            let mut state = link.state.lock();
+            state.restart_pending = false;
+            link.send.lock().reset(state.known_epoch)
+        };
+        if dropped > 0 {
+            info!(node = %self.inner.node, %peer, dropped, "dropped the messages queued for the peer's previous incarnation");
         }
-        // Wake the sender so it reconnects even if nothing else is queued.
-        self.queue(peer, Outgoing::Connect);
-    }
-
-    fn queue(&self, to: NodeId, item: Outgoing) {
-        let mut senders = self.inner.senders.lock();
-        let tx = senders.entry(to).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let span = info_span!("link", node = %self.inner.node, peer = %to);
-            tokio::spawn(run_sender(self.inner.clone(), to, rx).instrument(span));
-            tx
-        });
-        if tx.send(item).is_err() {
-            debug!(peer = %to, "transport shut down; message dropped");
-        }
+        link.connect_requested.store(true, Ordering::Release);
+        link.wake.notify_one();
+        link.room.notify_waiters();
     }
 
     /// Closes every connection accepted from `peer`, logging `reason` (used when the peer
     /// broke the protocol).
     pub fn close_peer(&self, peer: NodeId, reason: &str) {
         warn!(node = %self.inner.node, %peer, "closing connections: {reason}");
-        for conn in self.inner.accepted.lock().remove(&peer).unwrap_or_default() {
-            conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+        if let Some(link) = self.inner.links.get(&peer) {
+            for conn in std::mem::take(&mut *link.accepted.lock()) {
+                conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+            }
         }
     }
 
     /// Traffic counters per peer.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.inner
-            .counters
-            .iter()
-            .map(|(&node, c)| PeerStats {
-                node,
-                connected: c.connected.load(Ordering::Relaxed),
-                messages_sent: c.messages_sent.load(Ordering::Relaxed),
-                bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-                messages_received: c.messages_received.load(Ordering::Relaxed),
-                bytes_received: c.bytes_received.load(Ordering::Relaxed),
-                messages_lost: c.messages_lost.load(Ordering::Relaxed),
+            .links
+            .values()
+            .map(|l| {
+                let c = &l.counters;
+                let (resent, unacked) = {
+                    let s = l.send.lock();
+                    (s.resends(), s.unacked_bytes() as u64)
+                };
+                PeerStats {
+                    node: l.peer,
+                    connected: c.connected.load(Ordering::Relaxed),
+                    messages_sent: c.messages_sent.load(Ordering::Relaxed),
+                    bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                    messages_received: c.messages_received.load(Ordering::Relaxed),
+                    bytes_received: c.bytes_received.load(Ordering::Relaxed),
+                    messages_resent: resent,
+                    duplicates_dropped: c.duplicates_dropped.load(Ordering::Relaxed),
+                    messages_refused: c.messages_refused.load(Ordering::Relaxed),
+                    unacked_bytes: unacked,
+                }
             })
             .collect()
     }
@@ -300,7 +445,6 @@ impl Transport {
     /// Stops sending and accepting, closes the endpoint and waits (bounded) for it to idle.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        self.inner.senders.lock().clear();
         self.inner
             .endpoint
             .close(close_code::SHUTDOWN.into(), b"shutdown");
@@ -341,9 +485,11 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         }
     };
     loop {
-        match conn.accept_uni().await {
-            Ok(stream) => {
-                tokio::spawn(read_stream(inner.clone(), conn.clone(), stream).in_current_span());
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(
+                    read_stream(inner.clone(), conn.clone(), send, recv).in_current_span(),
+                );
             }
             Err(e) => {
                 debug!(%remote, "connection ended: {e}");
@@ -358,65 +504,115 @@ fn refuse(conn: &quinn::Connection, code: u32, reason: &str) {
     conn.close(code.into(), reason.as_bytes());
 }
 
-async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: quinn::RecvStream) {
+/// Reads and checks the hello that opens every stream; returns the sender and its epochs.
+async fn read_hello(
+    inner: &Inner,
+    conn: &quinn::Connection,
+    stream: &mut quinn::RecvStream,
+    buf: &mut Vec<u8>,
+) -> Option<(NodeId, u64, u64)> {
     let max = inner.settings.max_frame_len;
-    let mut buf = Vec::new();
-    let hello = tokio::time::timeout(
-        inner.settings.connect_timeout,
-        read_frame(&mut stream, max, &mut buf),
-    )
-    .await;
-    let from = match hello {
+    let hello =
+        tokio::time::timeout(inner.settings.connect_timeout, read_frame(stream, max, buf)).await;
+    match hello {
         Ok(Ok(Some(Message::Hello {
             cluster_id,
             node,
             epoch,
+            peer_epoch,
         }))) => {
             if cluster_id != inner.settings.cluster_id {
-                return refuse(
-                    &conn,
+                refuse(
+                    conn,
                     close_code::REFUSED,
                     &format!(
                         "hello from cluster {cluster_id}, this is cluster {}",
                         inner.settings.cluster_id
                     ),
                 );
+                return None;
             }
-            if !inner.peers.contains_key(&node) {
-                return refuse(
-                    &conn,
+            if !inner.links.contains_key(&node) {
+                refuse(
+                    conn,
                     close_code::REFUSED,
                     &format!("hello from {node}, not a member of this cluster"),
                 );
+                return None;
             }
-            if let Err(e) = tls::verify_peer(&conn, node) {
-                return refuse(
-                    &conn,
+            if let Err(e) = tls::verify_peer(conn, node) {
+                refuse(
+                    conn,
                     close_code::REFUSED,
                     &format!("hello claims {node}: {e}"),
                 );
+                return None;
             }
-            (node, epoch)
+            Some((node, epoch, peer_epoch))
         }
         Ok(Ok(Some(other))) => {
-            return refuse(
-                &conn,
+            refuse(
+                conn,
                 close_code::REFUSED,
                 &format!("first frame is {}, not a hello", other.kind_name()),
             );
+            None
         }
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return refuse(&conn, close_code::BAD_FRAME, &format!("bad hello: {e}")),
-        Err(_) => return refuse(&conn, close_code::REFUSED, "no hello in time"),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            refuse(conn, close_code::BAD_FRAME, &format!("bad hello: {e}"));
+            None
+        }
+        Err(_) => {
+            refuse(conn, close_code::REFUSED, "no hello in time");
+            None
+        }
+    }
+}
+
+/// The receiving side of a link: the hello, the epoch checks, the handshake answer, then
+/// numbered messages, delivered once and in order (acknowledged by [`run_acker`]).
+async fn read_stream(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut stream: quinn::RecvStream,
+) {
+    let mut buf = Vec::new();
+    let Some((from, epoch, peer_epoch)) = read_hello(&inner, &conn, &mut stream, &mut buf).await
+    else {
+        return;
     };
-    let (from, epoch) = from;
-    debug!(peer = %from, epoch, "peer authenticated");
-    {
-        // A new epoch means the peer restarted: tell the driver before any of its messages.
-        let mut epochs = inner.epochs.lock();
-        match epochs.insert(from, epoch) {
-            Some(old) if old != epoch => {
-                info!(peer = %from, old, epoch, "peer restarted");
+    let link = inner.links[&from].clone();
+    let my_epoch = inner.settings.epoch;
+    if peer_epoch > my_epoch {
+        return refuse(
+            &conn,
+            close_code::REFUSED,
+            &format!(
+                "{from} knows a newer incarnation ({peer_epoch}) of this node ({my_epoch}): this process is a zombie"
+            ),
+        );
+    }
+    // Sort the sender's epoch and pick the receiving session, under the state lock (the
+    // same lock every delivery takes, so a restart is reported before the new incarnation's
+    // first message, whichever stream brings it).
+    let received = {
+        let mut state = link.state.lock();
+        match check_epoch(state.known_epoch, epoch) {
+            EpochCheck::Older => {
+                let known = state.known_epoch.unwrap_or(0);
+                drop(state);
+                return refuse(
+                    &conn,
+                    close_code::REFUSED,
+                    &format!(
+                        "hello from incarnation {epoch} of {from}, but {known} is current: a zombie"
+                    ),
+                );
+            }
+            EpochCheck::Newer => {
+                info!(peer = %from, old = state.known_epoch, epoch, "peer restarted");
                 if inner
                     .inbound
                     .send(Inbound::PeerRestarted { peer: from, epoch })
@@ -424,183 +620,416 @@ async fn read_stream(inner: Arc<Inner>, conn: quinn::Connection, mut stream: qui
                 {
                     return;
                 }
+                state.restart_pending = true;
+                state.known_epoch = Some(epoch);
+                state.recv = Some(RecvSession::new(epoch));
             }
-            _ => {}
+            EpochCheck::First => {
+                state.known_epoch = Some(epoch);
+                state.recv = Some(RecvSession::new(epoch));
+            }
+            EpochCheck::Same => {
+                if state.recv.is_none() {
+                    state.recv = Some(RecvSession::new(epoch));
+                }
+            }
         }
+        state.recv.as_ref().map_or(0, RecvSession::delivered)
+    };
+    let stale = peer_epoch != 0 && peer_epoch != my_epoch;
+    let answer = Message::HelloAck {
+        epoch: my_epoch,
+        received: if stale { 0 } else { received },
+    };
+    if write_frame(&mut send, &answer, &mut Vec::new())
+        .await
+        .is_err()
+    {
+        return;
     }
-    inner
-        .accepted
-        .lock()
-        .entry(from)
-        .or_default()
-        .push(conn.clone());
-    let counters = &inner.counters[&from];
+    if stale {
+        // Its queued messages were meant for an incarnation of this node that is gone; it
+        // learns this node's epoch from the answer and starts a new session.
+        debug!(peer = %from, peer_epoch, my_epoch, "hello meant for a previous incarnation of this node");
+        let _ = send.finish();
+        return;
+    }
+    debug!(peer = %from, epoch, received, "peer authenticated; session resumed");
+    link.accepted.lock().push(conn.clone());
+    tokio::spawn(
+        run_acker(inner.clone(), link.clone(), conn.clone(), send, epoch).in_current_span(),
+    );
+    let max = inner.settings.max_frame_len;
+    let counters = &link.counters;
     loop {
-        match read_frame(&mut stream, max, &mut buf).await {
-            Ok(Some(Message::Hello { .. })) => {
-                return refuse(&conn, close_code::PROTOCOL, "second hello on a stream");
-            }
-            Ok(Some(msg)) => {
-                counters.messages_received.fetch_add(1, Ordering::Relaxed);
-                counters.bytes_received.fetch_add(
-                    (buf.len() + crl_core::wire::HEADER_LEN) as u64,
-                    Ordering::Relaxed,
-                );
-                if inner.epochs.lock().get(&from) != Some(&epoch) {
-                    // A stream of an older incarnation still draining: its messages are void.
-                    return;
-                }
-                if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
-                    return; // the node is shutting down
-                }
-            }
+        let seq = match read_seq(&mut stream).await {
+            Ok(Some(seq)) => seq,
             Ok(None) => return,
             Err(FrameError::Io(e)) => {
                 debug!(peer = %from, "stream ended: {e}");
                 return;
             }
             Err(e) => return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}")),
+        };
+        let msg = match read_frame(&mut stream, max, &mut buf).await {
+            Ok(Some(Message::Hello { .. } | Message::HelloAck { .. } | Message::Ack { .. })) => {
+                return refuse(
+                    &conn,
+                    close_code::PROTOCOL,
+                    "handshake frame inside a session",
+                );
+            }
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                return refuse(&conn, close_code::BAD_FRAME, "stream ended inside a frame");
+            }
+            Err(FrameError::Io(e)) => {
+                debug!(peer = %from, "stream ended: {e}");
+                return;
+            }
+            Err(e) => return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}")),
+        };
+        counters.bytes_received.fetch_add(
+            (buf.len() + wire::HEADER_LEN + crl_core::session::SEQ_LEN) as u64,
+            Ordering::Relaxed,
+        );
+        let mut state = link.state.lock();
+        let Some(recv) = state.recv.as_mut().filter(|r| r.peer_epoch() == epoch) else {
+            // A stream of an older incarnation still draining: its messages are void.
+            return;
+        };
+        match recv.accept(seq) {
+            Ok(Delivery::Deliver) => {
+                let delivered = recv.delivered();
+                counters.messages_received.fetch_add(1, Ordering::Relaxed);
+                if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
+                    return; // the node is shutting down
+                }
+                link.delivered.send_replace((epoch, delivered));
+            }
+            Ok(Delivery::Duplicate) => {
+                counters.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(v) => {
+                drop(state);
+                return refuse(&conn, close_code::PROTOCOL, &format!("from {from}: {v}"));
+            }
         }
     }
 }
 
-/// Connects to `peer`, opens the link's stream and sends the hello, all within the
-/// connect timeout.
+/// Acknowledges what the receiving session of incarnation `epoch` delivered, on the answer
+/// half of one stream, at most once per [`ACK_DELAY`]. Ends with the stream.
+async fn run_acker(
+    inner: Arc<Inner>,
+    link: Arc<Link>,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    epoch: u64,
+) {
+    let mut delivered = link.delivered.subscribe();
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut buf = Vec::new();
+    loop {
+        tokio::select! {
+            changed = delivered.changed() => if changed.is_err() { return },
+            _ = conn.closed() => return,
+            _ = shutdown.changed() => return,
+        }
+        tokio::time::sleep(ACK_DELAY).await;
+        let (e, received) = *delivered.borrow_and_update();
+        if e != epoch {
+            return; // the peer restarted: this stream belongs to a dead session
+        }
+        if write_frame(&mut send, &Message::Ack { received }, &mut buf)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Connects to the link's peer, opens the stream, sends the hello (with the epoch the session
+/// is meant for) and reads the answer, all within the connect timeout.
 async fn connect(
     inner: &Inner,
-    peer: NodeId,
-) -> Result<(quinn::Connection, quinn::SendStream), String> {
-    let addr = inner.peers[&peer];
+    link: &Link,
+    peer_epoch: u64,
+) -> Result<
+    (
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+        u64,
+        u64,
+    ),
+    String,
+> {
     let attempt = async {
         let conn = inner
             .endpoint
-            .connect_with(inner.client.clone(), addr, &tls::node_dns_name(peer))
+            .connect_with(
+                inner.client.clone(),
+                link.addr,
+                &tls::node_dns_name(link.peer),
+            )
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let hello = Message::Hello {
             cluster_id: inner.settings.cluster_id,
             node: inner.node,
             epoch: inner.settings.epoch,
+            peer_epoch,
         };
-        write_frame(&mut stream, &hello, &mut Vec::new())
+        write_frame(&mut send, &hello, &mut Vec::new())
             .await
             .map_err(|e| e.to_string())?;
-        Ok((conn, stream))
+        match read_frame(&mut recv, 64, &mut Vec::new()).await {
+            Ok(Some(Message::HelloAck { epoch, received })) => {
+                Ok((conn, send, recv, epoch, received))
+            }
+            Ok(Some(other)) => {
+                conn.close(close_code::PROTOCOL.into(), b"expected a hello answer");
+                Err(format!("answered a hello with a {}", other.kind_name()))
+            }
+            Ok(None) => Err("the peer closed the stream without answering".to_string()),
+            Err(e) => Err(format!("no hello answer: {e}")),
+        }
     };
     tokio::time::timeout(inner.settings.connect_timeout, attempt)
         .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|_| format!("connecting to {} timed out", link.addr))?
 }
 
-async fn run_sender(inner: Arc<Inner>, peer: NodeId, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let counters = &inner.counters[&peer];
-    let generation = &inner.generations[&peer];
+/// Whether the sender should (re)connect now: something to deliver (or an announce), and no
+/// restart of the peer waiting for the driver.
+fn should_connect(link: &Link) -> bool {
+    if link.state.lock().restart_pending {
+        return false;
+    }
+    link.connect_requested.load(Ordering::Acquire) || link.send.lock().unacked_len() > 0
+}
+
+/// The sending side of a link: connects when there is something to send, resumes the session
+/// where the peer's answer says, writes numbered messages, and starts over when the
+/// connection breaks.
+async fn run_sender(inner: Arc<Inner>, link: Arc<Link>) {
+    let peer = link.peer;
+    let counters = &link.counters;
     let mut shutdown = inner.shutdown.subscribe();
-    let mut buf = Vec::new();
     let mut backoff = Duration::from_millis(20);
-    let mut next: Option<Message> = None;
-    // Whether to connect without a message (an announce).
-    let mut connect_now = false;
     loop {
-        // Wait for something to send before (re)connecting.
-        while next.is_none() && !connect_now {
-            match tokio::select! {
-                m = rx.recv() => m,
-                _ = shutdown.changed() => None,
-            } {
-                None => return,
-                Some(Outgoing::Connect) => connect_now = true,
-                Some(Outgoing::Message { msg, generation: g }) => {
-                    if g == generation.load(Ordering::Acquire) {
-                        next = Some(msg);
-                    }
-                }
+        while !should_connect(&link) {
+            tokio::select! {
+                _ = link.wake.notified() => {}
+                _ = shutdown.changed() => return,
             }
         }
-        connect_now = false;
-        let connected_generation = generation.load(Ordering::Acquire);
-        let (conn, mut stream) = match connect(&inner, peer).await {
+        link.connect_requested.store(false, Ordering::Release);
+        let (session_epoch, generation) = {
+            let s = link.send.lock();
+            (s.peer_epoch().unwrap_or(0), s.generation())
+        };
+        let connected = tokio::select! {
+            c = connect(&inner, &link, session_epoch) => c,
+            _ = shutdown.changed() => return,
+        };
+        let (conn, mut stream, acks, epoch, received) = match connected {
             Ok(c) => c,
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 warn!(
                     "cannot reach {peer} at {}: {e}; retrying in {backoff:?}",
-                    inner.peers[&peer]
+                    link.addr
                 );
+                link.connect_requested.store(true, Ordering::Release);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
-        info!("connected to {peer}");
-        counters.connected.store(true, Ordering::Relaxed);
-        backoff = Duration::from_millis(20);
-        loop {
-            let msg = match next.take() {
-                Some(m) => m,
-                None => tokio::select! {
-                    m = rx.recv() => match m {
-                        Some(Outgoing::Message { msg, generation: g }) => {
-                            if g != generation.load(Ordering::Acquire) {
-                                continue; // meant for the peer's previous incarnation
-                            }
-                            msg
-                        }
-                        Some(Outgoing::Connect) => {
-                            if generation.load(Ordering::Acquire) != connected_generation {
-                                // The peer restarted: this connection leads nowhere.
-                                conn.close(close_code::SHUTDOWN.into(), b"peer restarted");
-                                connect_now = true;
-                                break;
-                            }
-                            continue;
-                        }
-                        None => {
-                            let _ = stream.finish();
+        // Sort the answer's epoch (the same rules as for a hello).
+        let resume = {
+            let mut state = link.state.lock();
+            match check_epoch(state.known_epoch, epoch) {
+                EpochCheck::Older => Err(format!(
+                    "{peer} answered as incarnation {epoch}, but {} is current: a zombie",
+                    state.known_epoch.unwrap_or(0)
+                )),
+                check => {
+                    if check == EpochCheck::Newer {
+                        info!(old = state.known_epoch, epoch, "peer restarted");
+                        if inner
+                            .inbound
+                            .send(Inbound::PeerRestarted { peer, epoch })
+                            .is_err()
+                        {
                             return;
                         }
-                    },
+                        state.restart_pending = true;
+                        state.recv = None;
+                    }
+                    state.known_epoch = Some(epoch);
+                    if state.restart_pending {
+                        Ok(None)
+                    } else {
+                        let mut send = link.send.lock();
+                        if send.generation() != generation {
+                            Ok(None) // reset while connecting: connect again
+                        } else {
+                            match send.on_connected(epoch, received) {
+                                Ok(Resume::Resume) => Ok(Some(())),
+                                Ok(Resume::PeerRestarted | Resume::Zombie) => {
+                                    // Cannot happen: the epoch checks above come first.
+                                    let dropped = send.reset(Some(epoch));
+                                    error!(
+                                        epoch,
+                                        dropped,
+                                        "session out of step with the peer's epoch; restarted it"
+                                    );
+                                    Ok(None)
+                                }
+                                Err(v) => Err(v.to_string()),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match resume {
+            Err(reason) => {
+                warn!("refusing {peer}'s hello answer: {reason}");
+                conn.close(close_code::REFUSED.into(), reason.as_bytes());
+                link.connect_requested.store(true, Ordering::Release);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
-                },
-            };
-            if generation.load(Ordering::Acquire) != connected_generation {
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Ok(None) => {
+                // The peer restarted: wait for the driver, then start a new session.
                 conn.close(close_code::SHUTDOWN.into(), b"peer restarted");
-                next = Some(msg);
-                break;
+                continue;
             }
-            if let Some(why) = conn.close_reason() {
-                // Closed (by the peer, or idle): nothing of `msg` was written yet, so it goes
-                // on the next connection, in order.
-                counters.connected.store(false, Ordering::Relaxed);
-                info!("link to {peer} closed ({why}); reconnecting");
-                next = Some(msg);
-                break;
+            Ok(Some(())) => {}
+        }
+        info!(epoch, received, "connected to {peer}");
+        counters.connected.store(true, Ordering::Relaxed);
+        backoff = Duration::from_millis(20);
+        tokio::spawn(
+            read_acks(inner.clone(), link.clone(), conn.clone(), acks, generation)
+                .in_current_span(),
+        );
+        let why = write_session(&link, &conn, &mut stream, generation, &mut shutdown).await;
+        counters.connected.store(false, Ordering::Relaxed);
+        link.send.lock().on_disconnected();
+        match why {
+            None => return, // shutting down
+            Some(why) => {
+                info!("link to {peer} ended ({why}); the session resumes on the next connection");
+                conn.close(close_code::SHUTDOWN.into(), b"reconnecting");
             }
-            match write_frame(&mut stream, &msg, &mut buf).await {
-                Ok(n) => {
-                    counters.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    counters.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes the session's messages on one connection until it breaks (`Some(reason)`), the
+/// session is reset, or the node shuts down (`None`).
+async fn write_session(
+    link: &Link,
+    conn: &quinn::Connection,
+    stream: &mut quinn::SendStream,
+    generation: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    loop {
+        let next = {
+            let mut s = link.send.lock();
+            if s.generation() != generation {
+                return Some("the peer restarted".to_string());
+            }
+            s.next_to_write()
+        };
+        match next {
+            Some((seq, frame)) => {
+                let wrote = async {
+                    stream.write_all(&seq.to_le_bytes()).await?;
+                    stream.write_all(&frame).await
+                };
+                if let Err(e) = wrote.await {
+                    return Some(format!("write failed: {e}"));
                 }
-                Err(e) => {
-                    // The frame was not (entirely) written, so the peer never decoded it:
-                    // sending it again on a new connection cannot duplicate it. Frames
-                    // written before the break that the peer did not receive are lost.
-                    counters.messages_lost.fetch_add(1, Ordering::Relaxed);
-                    counters.connected.store(false, Ordering::Relaxed);
-                    warn!(
-                        "link to {peer} broke ({e}) while writing a {}; reconnecting to send it again",
-                        msg.kind_name()
-                    );
-                    conn.close(close_code::SHUTDOWN.into(), b"reconnecting");
-                    next = Some(msg);
-                    break;
+            }
+            None => {
+                tokio::select! {
+                    _ = link.wake.notified() => {}
+                    e = conn.closed() => return Some(e.to_string()),
+                    _ = shutdown.changed() => return None,
                 }
             }
+        }
+        if *shutdown.borrow() {
+            return None;
+        }
+    }
+}
+
+/// Applies the acknowledgements the peer sends on the answer half of one stream.
+async fn read_acks(
+    inner: Arc<Inner>,
+    link: Arc<Link>,
+    conn: quinn::Connection,
+    mut acks: quinn::RecvStream,
+    generation: u64,
+) {
+    let mut buf = Vec::new();
+    loop {
+        match read_frame(&mut acks, 64, &mut buf).await {
+            Ok(Some(Message::Ack { received })) => {
+                let applied = {
+                    let mut s = link.send.lock();
+                    if s.generation() != generation {
+                        return; // a dead session's acknowledgement
+                    }
+                    s.on_ack(received)
+                };
+                match applied {
+                    Ok(()) => link.room.notify_waiters(),
+                    Err(v) => {
+                        return refuse(&conn, close_code::PROTOCOL, &format!("{}: {v}", link.peer));
+                    }
+                }
+            }
+            Ok(Some(other)) => {
+                return refuse(
+                    &conn,
+                    close_code::PROTOCOL,
+                    &format!(
+                        "{} sent a {} where acknowledgements go",
+                        link.peer,
+                        other.kind_name()
+                    ),
+                );
+            }
+            Ok(None) | Err(FrameError::Io(_)) => return,
+            Err(e) => {
+                return refuse(
+                    &conn,
+                    close_code::BAD_FRAME,
+                    &format!("from {}: {e}", link.peer),
+                );
+            }
+        }
+        if *inner.shutdown.borrow() {
+            return;
         }
     }
 }

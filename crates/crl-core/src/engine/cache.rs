@@ -555,6 +555,11 @@ impl Engine {
                         expected: entry.cell.type_name(),
                         actual,
                     },
+                    Refusal::TooLarge { len, max } => OpError::TooLarge {
+                        region: id,
+                        len,
+                        max,
+                    },
                 };
                 if entry.map_pending {
                     // Every mapping of the entry was waiting for this answer (or cancelled).
@@ -658,6 +663,8 @@ impl Engine {
             | Message::Flush { .. }
             | Message::Delete { .. }
             | Message::Hello { .. }
+            | Message::HelloAck { .. }
+            | Message::Ack { .. }
             | Message::Recall { .. }
             | Message::Contend { .. }
             | Message::TxCommit { .. }

@@ -296,6 +296,10 @@ impl Engine {
                         return;
                     }
                 };
+                if let Some(reason) = too_large(&image, self.config.max_image_len) {
+                    self.refuse_too_large(r, id, reason);
+                    return;
+                }
                 match &mut entry.dir {
                     DirState::Shared(s) => {
                         s.insert(r);
@@ -329,6 +333,15 @@ impl Engine {
                         }
                     }
                 };
+                if let Some(reason) = image
+                    .as_ref()
+                    .and_then(|i| too_large(i, self.config.max_image_len))
+                {
+                    // The recalls are done: the home holds the only copy.
+                    entry.dir = DirState::Unowned;
+                    self.refuse_too_large(r, id, reason);
+                    return;
+                }
                 entry.dir = DirState::Exclusive(r);
                 self.send(
                     r,
@@ -632,6 +645,8 @@ impl Engine {
             | Message::DeleteAck { .. }
             | Message::Refused { .. }
             | Message::Hello { .. }
+            | Message::HelloAck { .. }
+            | Message::Ack { .. }
             | Message::TxCommit { .. }
             | Message::TxPrepare { .. }
             | Message::TxReply { .. }
@@ -646,6 +661,23 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// The refusal for an image over `max` bytes, if it is.
+fn too_large(image: &RegionImage, max: usize) -> Option<Refusal> {
+    (image.bytes.len() > max).then_some(Refusal::TooLarge {
+        len: image.bytes.len() as u64,
+        max: max as u64,
+    })
+}
+
+impl Engine {
+    /// Refuses a request for a region too large to ship (logged: the program must keep the
+    /// region under the frame limit).
+    fn refuse_too_large(&mut self, to: NodeId, id: RegionId, reason: Refusal) {
+        tracing::error!(node = %self.node, region = %id, requester = %to, ?reason, "region too large to ship; request refused");
+        self.send(to, Message::Refused { region: id, reason });
     }
 }
 

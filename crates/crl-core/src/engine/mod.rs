@@ -215,6 +215,18 @@ pub enum OpError {
     /// [`Engine::install_master`]).
     #[error("region {0} is in use at its home")]
     InUse(RegionId),
+    /// The region's image is larger than a message may carry, so its home cannot ship it.
+    #[error(
+        "region {region} is {len} bytes encoded, over the limit of {max} bytes for one message"
+    )]
+    TooLarge {
+        /// The region.
+        region: RegionId,
+        /// Its encoded length.
+        len: u64,
+        /// The largest image a message may carry ([`EngineConfig::max_image_len`]).
+        max: u64,
+    },
 }
 
 /// Why [`Engine::restore_raw`] refused a region.
@@ -264,16 +276,29 @@ pub struct EngineConfig {
     /// Called (from any thread) when an access ends that the engine was waiting for: the
     /// driver should then call [`Engine::process_drained`].
     pub on_drain: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The largest region image the home ships in one message; a request for a larger
+    /// region is refused with [`OpError::TooLarge`] instead of producing a message the
+    /// transport cannot send (default [`DEFAULT_MAX_IMAGE_LEN`]).
+    pub max_image_len: usize,
     /// A planted bug (tests of the checker only).
     #[cfg(feature = "sim")]
     pub fault: Option<PlantedFault>,
 }
+
+/// Room a message needs beyond its region image (the frame header, the message's fields and
+/// the archive's layout), with a wide margin.
+pub const MESSAGE_OVERHEAD: usize = 1024;
+
+/// Default [`EngineConfig::max_image_len`]: what fits in one frame of
+/// [`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN).
+pub const DEFAULT_MAX_IMAGE_LEN: usize = crate::wire::MAX_FRAME_LEN - MESSAGE_OVERHEAD;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             unmapped_capacity: 1024,
             on_drain: None,
+            max_image_len: DEFAULT_MAX_IMAGE_LEN,
             #[cfg(feature = "sim")]
             fault: None,
         }
@@ -284,6 +309,13 @@ impl EngineConfig {
     /// Sets [`unmapped_capacity`](Self::unmapped_capacity).
     pub fn with_unmapped_capacity(mut self, capacity: usize) -> Self {
         self.unmapped_capacity = capacity;
+        self
+    }
+
+    /// Sets [`max_image_len`](Self::max_image_len) from the largest frame payload the
+    /// transport sends: images must leave room for the rest of the message.
+    pub fn with_max_frame_len(mut self, max_frame_len: usize) -> Self {
+        self.max_image_len = max_frame_len.saturating_sub(MESSAGE_OVERHEAD);
         self
     }
 
