@@ -3,7 +3,10 @@
 //! check of `crl::core::sim` after every step. Prints progress and the step rate; on a
 //! failure prints the seed, the reason and the trace, and exits 1.
 //!
-//! Run: `cargo run --release --example sim_soak -- --steps 10000000`
+//! Every link runs the session layer; `--break-percent N` breaks connections on N% of the
+//! choices (frames in flight lost or delayed, re-sends, duplicates).
+//!
+//! Run: `cargo run --release --example sim_soak -- --steps 100000000 --break-percent 5`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,12 +29,15 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     threads: u64,
-    /// Skip the wire-format round trip of each message (faster).
+    /// Skip the wire-format round trip of each message and the session layer (faster).
     #[arg(long)]
     no_wire: bool,
+    /// Percentage of choices that break a connection (0–100).
+    #[arg(long, default_value_t = 5)]
+    break_percent: u32,
 }
 
-fn shape(seed: u64, wire: bool) -> SimConfig {
+fn shape(seed: u64, wire: bool, break_percent: u32) -> SimConfig {
     SimConfig {
         nodes: 2 + (seed % 7) as usize,
         regions: 1 + (seed * 7 % 16) as usize,
@@ -39,6 +45,8 @@ fn shape(seed: u64, wire: bool) -> SimConfig {
         unmapped_capacity: (seed % 5) as usize,
         max_ops_per_node: 2 + (seed % 4) as usize,
         wire,
+        sessions: wire,
+        break_percent,
         ..SimConfig::default()
     }
 }
@@ -51,12 +59,13 @@ fn main() {
     let failed = AtomicBool::new(false);
     let started = Instant::now();
     println!(
-        "soak: {} runs of {} steps, seeds from {}, {} threads, wire round trip {}",
+        "soak: {} runs of {} steps, seeds from {}, {} threads, wire round trip and sessions {}, connection breaks on {}% of choices",
         runs,
         args.steps_per_run,
         args.seed,
         args.threads,
-        if args.no_wire { "off" } else { "on" }
+        if args.no_wire { "off" } else { "on" },
+        if args.no_wire { 0 } else { args.break_percent }
     );
     std::thread::scope(|s| {
         for _ in 0..args.threads {
@@ -67,7 +76,11 @@ fn main() {
                         return;
                     }
                     let seed = args.seed + i;
-                    match Sim::run_random(shape(seed, !args.no_wire), seed, args.steps_per_run) {
+                    match Sim::run_random(
+                        shape(seed, !args.no_wire, args.break_percent),
+                        seed,
+                        args.steps_per_run,
+                    ) {
                         Ok(report) => {
                             steps.fetch_add(report.steps, Ordering::Relaxed);
                         }
@@ -76,7 +89,7 @@ fn main() {
                             eprintln!("{failure}");
                             eprintln!(
                                 "replay: Sim::run_random({:?}, {seed}, {})",
-                                shape(seed, !args.no_wire),
+                                shape(seed, !args.no_wire, args.break_percent),
                                 args.steps_per_run
                             );
                         }

@@ -25,6 +25,15 @@
 //! - [`Event::Wanted`] is only emitted at a node that has an access in progress on the region,
 //!   with a transaction priority; no event ever follows the cancel of an operation.
 //!
+//! **Sessions and broken connections.** With [`SimConfig::sessions`] (the default), every
+//! link runs crl's real session layer ([`crate::session`]): messages are encoded, numbered and
+//! kept in the sender's retransmit buffer; a delivery step (re)connects, writes and delivers
+//! frames; and [`Choice::Break`] breaks the link's connection at any point: the frames written
+//! on it that were not delivered yet are partly lost and partly still draining (delivered
+//! later, interleaved with the next connection's re-sends, so the receiver must drop
+//! duplicates). The engines above must still see exactly-once FIFO delivery, which every
+//! check above relies on. [`SessionFault`] plants the bugs this must catch.
+//!
 //! Every failure reports the seed (when there is one), the step, and the last events.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -39,6 +48,7 @@ use crate::engine::{
     OpId, PRIORITY_NONE, PlantedFault, Progress, RegionCell, Start,
 };
 use crate::region::{CodecError, NodeId, Region, RegionId};
+use crate::session::{Delivery, RecvSession, Resume, SendSession, SessionLimits};
 use crate::wire::{self, Message};
 
 pub use value::SimValue;
@@ -117,6 +127,27 @@ pub enum Choice {
         /// Which access.
         index: u16,
     },
+    /// Break the connection of the `link`-th link (modulo their number, every ordered pair of
+    /// nodes; only with [`SimConfig::sessions`]). Of the frames written on it and not yet
+    /// delivered, the first `keep` (modulo their number + 1) still arrive later; the rest are
+    /// lost.
+    Break {
+        /// Which link.
+        link: u16,
+        /// How many in-flight frames survive.
+        keep: u8,
+    },
+}
+
+/// A planted session-layer bug, to prove the simulator catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionFault {
+    /// The receiver delivers a re-sent message it already delivered.
+    DeliverDuplicates,
+    /// The old transport's bug: after a break the sender resumes after the last frame it
+    /// *wrote* (not the last one the receiver *delivered*), and the receiver accepts the
+    /// gap: frames lost in flight are never sent again.
+    ResumeAfterWritten,
 }
 
 /// The shape of a simulated cluster.
@@ -141,6 +172,13 @@ pub struct SimConfig {
     pub priorities: bool,
     /// Events kept for the failure trace.
     pub trace_len: usize,
+    /// Run every link through the session layer (numbering, retransmit buffer, duplicate
+    /// detection), so [`Choice::Break`] can break connections. Implies the wire round trip.
+    pub sessions: bool,
+    /// In random runs, the percentage of choices that break a connection.
+    pub break_percent: u32,
+    /// A planted session-layer bug.
+    pub session_fault: Option<SessionFault>,
 }
 
 impl Default for SimConfig {
@@ -155,6 +193,9 @@ impl Default for SimConfig {
             fault: None,
             priorities: true,
             trace_len: 48,
+            sessions: true,
+            break_percent: 0,
+            session_fault: None,
         }
     }
 }
@@ -182,6 +223,12 @@ pub struct SimReport {
     pub cancelled: u64,
     /// `Contend` messages delivered.
     pub contends: u64,
+    /// Connections broken ([`Choice::Break`]).
+    pub breaks: u64,
+    /// Frames lost in flight by those breaks (sent again by the session).
+    pub frames_lost: u64,
+    /// Duplicate frames the receivers dropped.
+    pub duplicates_dropped: u64,
 }
 
 impl SimReport {
@@ -197,6 +244,9 @@ impl SimReport {
         self.wanted += o.wanted;
         self.cancelled += o.cancelled;
         self.contends += o.contends;
+        self.breaks += o.breaks;
+        self.frames_lost += o.frames_lost;
+        self.duplicates_dropped += o.duplicates_dropped;
     }
 }
 
@@ -275,12 +325,47 @@ struct RegionModel {
     deleted: bool,
 }
 
+/// One ordered link's session: the sender's and the receiver's halves and the connection
+/// between them.
+struct SimSession {
+    send: SendSession,
+    recv: RecvSession,
+    /// Whether a connection is up.
+    connected: bool,
+    /// Frames written on the current connection, not delivered yet.
+    wire: VecDeque<(u64, Arc<Vec<u8>>)>,
+    /// Frames of broken connections still draining.
+    old: VecDeque<(u64, Arc<Vec<u8>>)>,
+    /// The highest number written on any connection (for [`SessionFault::ResumeAfterWritten`]).
+    written: u64,
+}
+
+impl SimSession {
+    fn new() -> Self {
+        SimSession {
+            send: SendSession::new(SessionLimits::new(wire::MAX_FRAME_LEN, usize::MAX / 4)),
+            recv: RecvSession::new(1),
+            connected: false,
+            wire: VecDeque::new(),
+            old: VecDeque::new(),
+            written: 0,
+        }
+    }
+
+    /// Whether a delivery step on this link can do anything.
+    fn has_work(&self) -> bool {
+        !self.wire.is_empty() || !self.old.is_empty() || self.send.unacked_len() > 0
+    }
+}
+
 /// A simulated cluster. See the [module docs](self).
 pub struct Sim {
     cfg: SimConfig,
     engines: Vec<Engine>,
-    /// `links[from * n + to]`: messages in flight, FIFO.
+    /// `links[from * n + to]`: messages in flight, FIFO (without sessions).
     links: Vec<VecDeque<Message>>,
+    /// `sessions[from * n + to]` (with sessions).
+    sessions: Vec<SimSession>,
     regions: Vec<RegionId>,
     model: Vec<RegionModel>,
     maps: Vec<Vec<MapState>>,
@@ -330,6 +415,7 @@ impl Sim {
         }
         Sim {
             links: (0..n * n).map(|_| VecDeque::new()).collect(),
+            sessions: (0..n * n).map(|_| SimSession::new()).collect(),
             model: (0..cfg.regions).map(|_| RegionModel::default()).collect(),
             engines,
             regions,
@@ -371,6 +457,12 @@ impl Sim {
 
     /// A random choice, weighted toward realistic mixes (reads > writes > the rest).
     pub fn random_choice(&self, rng: &mut SmallRng) -> Choice {
+        if self.cfg.sessions && rng.random_range(0..100u32) < self.cfg.break_percent {
+            return Choice::Break {
+                link: rng.random(),
+                keep: rng.random(),
+            };
+        }
         let x = rng.random_range(0..100u32);
         if x < 45 {
             Choice::Deliver { link: rng.random() }
@@ -458,10 +550,150 @@ impl Sim {
                 }
                 self.end(index as usize % self.held.len())
             }
+            Choice::Break { link, keep } => {
+                if !self.cfg.sessions {
+                    return Ok(());
+                }
+                self.break_link(link as usize % self.sessions.len(), keep as usize);
+                Ok(())
+            }
         }
     }
 
+    /// Whether any link has something to deliver (or a session something to re-send).
+    fn network_busy(&self) -> bool {
+        if self.cfg.sessions {
+            self.sessions.iter().any(SimSession::has_work)
+        } else {
+            self.links.iter().any(|l| !l.is_empty())
+        }
+    }
+
+    fn break_link(&mut self, link: usize, keep: usize) {
+        let s = &mut self.sessions[link];
+        if !s.connected {
+            return;
+        }
+        let keep = keep % (s.wire.len() + 1);
+        let lost = s.wire.len() - keep;
+        let kept: Vec<_> = s.wire.drain(..).take(keep).collect();
+        s.old.extend(kept);
+        s.connected = false;
+        s.send.on_disconnected();
+        self.report.breaks += 1;
+        self.report.frames_lost += lost as u64;
+        let (from, to) = (link / self.cfg.nodes, link % self.cfg.nodes);
+        self.note(format!(
+            "n{from} -> n{to}: connection broken, {lost} frames lost, {keep} still draining"
+        ));
+    }
+
+    /// One step of a session link: (re)connect, or write and deliver a frame (from a broken
+    /// connection still draining, or the current one), or acknowledge.
+    fn deliver_session(&mut self, pick: usize) -> Check {
+        let live: Vec<usize> = (0..self.sessions.len())
+            .filter(|&l| self.sessions[l].has_work())
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let link = live[pick % live.len()];
+        let entropy = pick / live.len();
+        let (from, to) = (link / self.cfg.nodes, link % self.cfg.nodes);
+        let fault = self.cfg.session_fault;
+        let s = &mut self.sessions[link];
+        // Frames of a broken connection may arrive before or after the new connection's.
+        let from_old = !s.old.is_empty()
+            && (entropy & 1 == 1 || !s.send.wants_write() && s.connected && s.wire.is_empty());
+        let frame = if from_old {
+            s.old.pop_front()
+        } else if !s.connected {
+            let resume_at = match fault {
+                Some(SessionFault::ResumeAfterWritten) => s.written.min(s.send.last_seq()),
+                _ => s.recv.delivered(),
+            };
+            match s.send.on_connected(1, resume_at) {
+                Ok(Resume::Resume) => {}
+                other => {
+                    return Err(
+                        self.fail(format!("n{from} -> n{to}: reconnect answered {other:?}"))
+                    );
+                }
+            }
+            s.connected = true;
+            let line = format!("n{from} -> n{to}: connected, resuming after {resume_at}");
+            self.note(line);
+            return Ok(());
+        } else {
+            // Write everything pending: a later break can lose any suffix of it. Some steps
+            // only write, so that several frames are in flight at once.
+            let wrote = s.send.wants_write();
+            while let Some(w) = s.send.next_to_write() {
+                s.written = s.written.max(w.0);
+                s.wire.push_back(w);
+            }
+            if wrote && entropy & 4 == 4 {
+                return Ok(());
+            }
+            s.wire.pop_front()
+        };
+        let Some((seq, frame)) = frame else {
+            // Everything written was delivered: the acknowledgement arrives.
+            let delivered = s.recv.delivered();
+            if let Err(v) = s.send.on_ack(delivered) {
+                return Err(self.fail(format!("n{from} -> n{to}: {v}")));
+            }
+            return Ok(());
+        };
+        let accepted = match (fault, s.recv.accept(seq)) {
+            (Some(SessionFault::DeliverDuplicates), Ok(Delivery::Duplicate)) => {
+                Ok(Delivery::Deliver)
+            }
+            (Some(SessionFault::ResumeAfterWritten), Err(_)) if seq > s.recv.delivered() => {
+                // The old transport had no numbers: whatever arrives is delivered.
+                s.recv = RecvSession::new(1);
+                for _ in 0..seq - 1 {
+                    let _ = s.recv.accept(s.recv.delivered() + 1);
+                }
+                s.recv.accept(seq)
+            }
+            (_, r) => r,
+        };
+        if entropy & 2 == 2 && s.connected {
+            let delivered = s.recv.delivered();
+            if let Err(v) = s.send.on_ack(delivered) {
+                return Err(self.fail(format!("n{from} -> n{to}: {v}")));
+            }
+        }
+        match accepted {
+            Ok(Delivery::Deliver) => {}
+            Ok(Delivery::Duplicate) => {
+                self.report.duplicates_dropped += 1;
+                self.note(format!("n{from} -> n{to}: duplicate #{seq} dropped"));
+                return Ok(());
+            }
+            Err(v) => return Err(self.fail(format!("n{from} -> n{to}: session: {v}"))),
+        }
+        let msg = wire::decode_frame(&frame)
+            .map_err(|e| self.fail(format!("n{from} -> n{to}: decode #{seq}: {e}")))?;
+        self.report.messages += 1;
+        if matches!(msg, Message::Contend { .. }) {
+            self.report.contends += 1;
+        }
+        self.note(format!(
+            "n{from} -> n{to} #{seq}: {}",
+            describe_message(&msg)
+        ));
+        if let Err(v) = self.engines[to].handle_message(NodeId(from as u32), msg) {
+            return Err(self.fail(format!("n{to} reports {v}")));
+        }
+        self.collect(to)
+    }
+
     fn deliver(&mut self, pick: usize) -> Check {
+        if self.cfg.sessions {
+            return self.deliver_session(pick);
+        }
         let live: Vec<usize> = (0..self.links.len())
             .filter(|&l| !self.links[l].is_empty())
             .collect();
@@ -849,7 +1081,15 @@ impl Sim {
             if to >= n || to == node {
                 return Err(self.fail(format!("n{node} sent {:?} to {}", t.msg, t.to)));
             }
-            self.links[node * n + to].push_back(t.msg);
+            if self.cfg.sessions {
+                let frame = wire::encode(&t.msg)
+                    .map_err(|e| self.fail(format!("encode {:?}: {e}", t.msg)))?;
+                if let Err(e) = self.sessions[node * n + to].send.push(frame) {
+                    return Err(self.fail(format!("n{node} -> n{to}: {e}")));
+                }
+            } else {
+                self.links[node * n + to].push_back(t.msg);
+            }
         }
         while let Some(event) = self.engines[node].poll_event() {
             let (op, outcome) = match event {
@@ -942,7 +1182,7 @@ impl Sim {
                 self.end(i)?;
                 continue;
             }
-            if self.links.iter().any(|l| !l.is_empty()) {
+            if self.network_busy() {
                 self.report.steps += 1;
                 self.deliver(rng.random::<u32>() as usize)?;
                 continue;
