@@ -44,9 +44,11 @@ use std::fmt::{self, Debug, Write as _};
 use std::hash::Hash;
 
 /// How many model steps the search may take in one partition before it answers
-/// [`Outcome::Unknown`]. About a second of work on one core in a release build; a
-/// linearizable history of a few thousand operations takes a few thousand steps.
-pub const DEFAULT_STEP_BUDGET: u64 = 20_000_000;
+/// [`Outcome::Unknown`]. A linearizable history of a few thousand operations with a handful of
+/// clients takes a few thousand steps; exhausting the budget on a pathological history (dozens
+/// of mutually concurrent writes) takes about a second and a few tens of MB of cache in a
+/// release build.
+pub const DEFAULT_STEP_BUDGET: u64 = 1_000_000;
 
 /// A sequential specification: the object whose concurrent history is checked.
 pub trait Model {

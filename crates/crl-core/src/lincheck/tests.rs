@@ -216,6 +216,26 @@ fn lincheck_budget_gives_unknown() {
             .unwrap()
             .is_linearizable()
     );
+    // Thirty mutually concurrent writes and an impossible read: refuting it means visiting
+    // every subset of the writes. The search stops at the budget instead.
+    let mut hard: Vec<Op> = (0..30).map(|i| w(i, i as u8 + 1, 0, 100)).collect();
+    hard.push(r(99, 200, 200, 201));
+    assert_eq!(
+        check_with_budget(&reg(), &hard, 20_000).unwrap(),
+        Outcome::Unknown {
+            partition: 0,
+            steps: 20_000
+        }
+    );
+    // A violation in another partition still wins over an unknown one.
+    let model = RegisterMap::<u8, u8>::new(Register::new(0));
+    let mut both: Vec<KeyedOp> = hard.iter().cloned().map(|o| keyed(0, o)).collect();
+    both.push(keyed(1, r(0, 5, 0, 1)));
+    assert!(
+        check_with_budget(&model, &both, 20_000)
+            .unwrap()
+            .is_violation()
+    );
 }
 
 #[test]
