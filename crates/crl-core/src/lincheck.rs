@@ -163,6 +163,14 @@ pub enum HistoryError {
         /// Its return time.
         ret: u64,
     },
+    /// The model's partitions name an operation the history does not have.
+    #[error("a partition names operation {index}, but the history has {len}")]
+    UnknownOperation {
+        /// The index named.
+        index: usize,
+        /// The history's length.
+        len: usize,
+    },
     /// The model's partitions do not cover every operation exactly once.
     #[error("operation {index} is in {count} partitions, expected exactly one")]
     BadPartition {
@@ -267,8 +275,14 @@ pub fn check_with_budget<M: Model>(
     let partitions = model.partition(history);
     let mut seen = vec![0usize; history.len()];
     for &i in partitions.iter().flatten() {
-        if let Some(c) = seen.get_mut(i) {
-            *c += 1;
+        match seen.get_mut(i) {
+            Some(c) => *c += 1,
+            None => {
+                return Err(HistoryError::UnknownOperation {
+                    index: i,
+                    len: history.len(),
+                });
+            }
         }
     }
     if let Some((index, &count)) = seen.iter().enumerate().find(|&(_, &c)| c != 1) {

@@ -192,12 +192,16 @@ fn lincheck_reports_bad_histories() {
             reg().step(s, i, o)
         }
         fn partition(&self, _: &[Operation<Self::Input, Self::Output>]) -> Vec<Vec<usize>> {
-            vec![vec![0], vec![0]]
+            vec![vec![0], vec![0, 2]]
         }
     }
     assert_eq!(
-        check(&Lossy, &[r(0, 0, 0, 1), r(0, 0, 2, 3)]),
+        check(&Lossy, &[r(0, 0, 0, 1), r(0, 0, 2, 3), r(0, 0, 4, 5)]),
         Err(HistoryError::BadPartition { index: 0, count: 2 })
+    );
+    assert_eq!(
+        check(&Lossy, &[r(0, 0, 0, 1)]),
+        Err(HistoryError::UnknownOperation { index: 2, len: 1 })
     );
 }
 
