@@ -10,9 +10,13 @@
 //! - [`durable`]: a home node's write-ahead log, group commit, checkpoints and recovery.
 //! - `sim` (feature `sim`): a deterministic, seeded simulator driving many engines in one
 //!   thread against a reference model.
+//! - `lincheck` (feature `sim`): a linearizability checker (Wing–Gong/Lowe search) for
+//!   histories recorded by tests on real clusters.
 
 pub mod durable;
 pub mod engine;
+#[cfg(feature = "sim")]
+pub mod lincheck;
 pub mod region;
 pub mod session;
 #[cfg(feature = "sim")]

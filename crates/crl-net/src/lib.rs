@@ -2,6 +2,7 @@
 //!
 //! - `tls`: the cluster CA, per-node certificates and the rustls/quinn configurations.
 //! - `config`: a node's configuration, from a TOML file or built in code.
+//! - `fault`: a UDP socket for quinn that drops datagrams on command (the test nemesis).
 //! - `frame`: length-bounded frames on QUIC streams.
 //! - `transport`: connections between nodes, the authenticated hello, one stream per
 //!   direction per peer pair (the per-link FIFO the engine assumes).
@@ -11,6 +12,7 @@
 
 pub mod blocking;
 pub mod config;
+pub mod fault;
 pub mod frame;
 pub mod node;
 pub mod tls;
