@@ -44,6 +44,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::fault::FaultSwitch;
 use crate::tls::{ClusterCa, TlsError};
 use crate::transport::{Inbound, PeerStats, Transport, TransportError, TransportSettings};
 use crate::txn::commit::{Durability, IN_DOUBT_RESEND};
@@ -343,6 +344,20 @@ impl Node {
         config: NodeConfig,
         socket: std::net::UdpSocket,
     ) -> Result<Node, Error> {
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| TransportError::Endpoint(std::io::Error::other("no async runtime")))?;
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(TransportError::Endpoint)?;
+        Node::start_with_abstract_socket(config, socket).await
+    }
+
+    /// Starts a node on any [`quinn::AsyncUdpSocket`], for example a
+    /// [`FaultySocket`](crate::fault::FaultySocket) that cuts the node off on command.
+    pub async fn start_with_abstract_socket(
+        config: NodeConfig,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Node, Error> {
         let id = config.node;
         // Recover first: the epoch goes into every hello.
         let (durability, recovered) = match &config.data_dir {
@@ -385,8 +400,12 @@ impl Node {
             max_unacked_bytes: config.send_buffer_bytes,
             epoch,
         };
-        let (transport, inbound) =
-            Transport::start(&config.identity, socket, config.peers.clone(), settings)?;
+        let (transport, inbound) = Transport::start_with_abstract_socket(
+            &config.identity,
+            socket,
+            config.peers.clone(),
+            settings,
+        )?;
         let drained = Arc::new(Notify::new());
         let wake = drained.clone();
         let engine_config = EngineConfig::default()
@@ -1182,6 +1201,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     configs: Vec<NodeConfig>,
     ca: ClusterCa,
+    /// Each node's fault switch (every local node's socket has one; healed, it passes all).
+    switches: Vec<FaultSwitch>,
 }
 
 impl Cluster {
@@ -1210,6 +1231,7 @@ impl Cluster {
         }
         let mut nodes = Vec::new();
         let mut configs = Vec::new();
+        let mut switches = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
             let id = NodeId(i as u32);
             let mut config = NodeConfig::new(cluster_id, ca.issue(id)?, addrs[&id]);
@@ -1220,9 +1242,28 @@ impl Cluster {
                 .collect();
             tweak(&mut config);
             configs.push(config.clone());
-            nodes.push(Node::start_with_socket(config, socket).await?);
+            let switch = FaultSwitch::new();
+            let socket = crate::fault::wrap_udp_socket(socket, switch.clone())
+                .map_err(TransportError::Endpoint)?;
+            switches.push(switch);
+            nodes.push(Node::start_with_abstract_socket(config, socket).await?);
         }
-        Ok(Cluster { nodes, configs, ca })
+        Ok(Cluster {
+            nodes,
+            configs,
+            ca,
+            switches,
+        })
+    }
+
+    /// Node `i`'s fault switch: [`FaultSwitch::cut`] cuts it off from every peer (both
+    /// directions, every datagram dropped) until [`FaultSwitch::heal`]. The switch survives
+    /// [`restart`](Self::restart).
+    ///
+    /// # Panics
+    /// If there is no node `i`.
+    pub fn faults(&self, i: usize) -> &FaultSwitch {
+        &self.switches[i]
     }
 
     /// Stops node `i` and starts it again with the same configuration and address: with a
@@ -1252,7 +1293,9 @@ impl Cluster {
                 Err(e) => return Err(TransportError::Endpoint(e).into()),
             }
         };
-        self.nodes[i] = Node::start_with_socket(config, socket).await?;
+        let socket = crate::fault::wrap_udp_socket(socket, self.switches[i].clone())
+            .map_err(TransportError::Endpoint)?;
+        self.nodes[i] = Node::start_with_abstract_socket(config, socket).await?;
         Ok(())
     }
 
