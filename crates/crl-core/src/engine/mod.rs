@@ -17,9 +17,13 @@
 //!
 //! # Transport assumption
 //! The engine requires **reliable, per-link FIFO** delivery: messages from one node to another
-//! arrive once, in the order sent (one QUIC stream per direction per peer pair gives exactly
-//! this). Messages on different links may be reordered arbitrarily. The simulator delivers in
-//! every order this allows. Under it:
+//! arrive once, in the order sent, for as long as both incarnations live. A QUIC stream alone
+//! does not give this (frames in flight die with their connection); the session layer
+//! ([`crate::session`], driven by crl-net's transport) does, across any number of broken
+//! connections, and a peer's restart is reported to the engine
+//! ([`peer_restarted`](Engine::peer_restarted)) before any message of its new incarnation.
+//! Messages on different links may be reordered arbitrarily. The simulator delivers in every
+//! order this allows, through the real session layer with connections that break. Under it:
 //! - a `Recall` that crosses a `Flush` is answered with an empty `RecallAck` (the home applied
 //!   the flush first, since it was sent first on the same link);
 //! - a `GetExclusive` from a node the home no longer lists as a sharer (its copy was recalled
