@@ -54,7 +54,8 @@ use std::time::Duration;
 
 use crl_core::NodeId;
 use crl_core::session::{
-    Delivery, EpochCheck, RecvSession, Resume, SendError, SendSession, SessionLimits, check_epoch,
+    Delivery, EpochCheck, RecvSession, Resume, SEQ_LEN, SendError, SendSession, SessionLimits,
+    check_epoch,
 };
 use crl_core::wire::{self, Message};
 use parking_lot::Mutex;
@@ -249,9 +250,9 @@ impl Transport {
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
-        // A frame on a link is the wire header plus the payload.
+        // A frame on a link is its number, the wire header and the payload.
         let limits = SessionLimits::new(
-            settings.max_frame_len + wire::HEADER_LEN,
+            settings.max_frame_len + wire::HEADER_LEN + SEQ_LEN,
             settings.max_unacked_bytes,
         );
         let links = peers
@@ -317,8 +318,11 @@ impl Transport {
             warn!(node = %self.inner.node, peer = %to, "dropping a message to a node outside the cluster");
             return Ok(());
         };
-        let frame = match wire::encode(&msg) {
-            Ok(f) => f,
+        // The frame as written on the stream: its number, then the wire frame. The number is
+        // filled in under the session lock; one buffer means one write per message.
+        let mut frame = vec![0u8; SEQ_LEN];
+        match wire::encode_frame(&msg, &mut frame) {
+            Ok(()) => {}
             Err(e) => {
                 link.counters
                     .messages_refused
@@ -335,7 +339,12 @@ impl Transport {
             }
         };
         let len = frame.len();
-        let pushed = link.send.lock().push(frame);
+        let pushed = {
+            let mut session = link.send.lock();
+            let seq = session.last_seq() + 1;
+            frame[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
+            session.push(frame)
+        };
         match pushed {
             Ok(_) => {
                 link.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -690,7 +699,7 @@ async fn read_stream(
             Err(e) => return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}")),
         };
         counters.bytes_received.fetch_add(
-            (buf.len() + wire::HEADER_LEN + crl_core::session::SEQ_LEN) as u64,
+            (buf.len() + wire::HEADER_LEN + SEQ_LEN) as u64,
             Ordering::Relaxed,
         );
         let mut state = link.state.lock();
@@ -960,11 +969,8 @@ async fn write_session(
         };
         match next {
             Some((seq, frame)) => {
-                let wrote = async {
-                    stream.write_all(&seq.to_le_bytes()).await?;
-                    stream.write_all(&frame).await
-                };
-                if let Err(e) = wrote.await {
+                debug_assert_eq!(frame[..SEQ_LEN], seq.to_le_bytes());
+                if let Err(e) = stream.write_all(&frame).await {
                     return Some(format!("write failed: {e}"));
                 }
             }

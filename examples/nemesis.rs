@@ -1,0 +1,423 @@
+//! A nemesis run on real processes (as Jepsen does): N node processes on 127.0.0.1 share
+//! registers (each process homes a few and reads and writes everyone's), every operation is
+//! recorded with its wall-clock call and return times, and the orchestrator pauses processes
+//! with SIGSTOP for longer than QUIC's idle timeout, then resumes them with SIGCONT. At the
+//! end the histories of every process are merged and judged by the linearizability checker
+//! (`crl_core::lincheck`, one register per region), and the run checks that nothing stayed
+//! blocked: in the last seconds, after every pause healed, every operation completed.
+//!
+//! ```sh
+//! cargo run --release --example nemesis -- --pause-secs 40 --rounds 3   # long run
+//! cargo run --release --example nemesis -- --pause-secs 35 --rounds 1   # what CI runs
+//! ```
+//!
+//! Exits 1 on any anomaly. (The `node` subcommand is the process the orchestrator starts.)
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use crl::net::tls::ClusterCa;
+use crl::{Node, NodeConfig, NodeId, Region, RegionId};
+use crl_core::lincheck::{
+    self, Operation, Outcome, Register, RegisterInput, RegisterMap, RegisterOutput,
+};
+
+#[derive(Region, Clone, Debug, PartialEq)]
+struct Cell {
+    value: u64,
+}
+
+#[derive(Parser)]
+#[command(about = "Pause real crl node processes and check the recorded histories")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Node processes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Registers homed at each node.
+    #[arg(long, default_value_t = 2)]
+    registers: u32,
+    /// Client tasks per node.
+    #[arg(long, default_value_t = 2)]
+    clients: u32,
+    /// Pause rounds (a different process each round).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// How long each pause lasts.
+    #[arg(long, default_value_t = 35)]
+    pause_secs: u64,
+    /// Quiet time before the first pause and after each one.
+    #[arg(long, default_value_t = 8)]
+    settle_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One node process (started by the orchestrator).
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        nodes: u32,
+        #[arg(long)]
+        registers: u32,
+        #[arg(long)]
+        clients: u32,
+        /// Stop issuing operations at this wall-clock time (ms since the Unix epoch).
+        #[arg(long)]
+        until_ms: u64,
+        /// Where to append the history.
+        #[arg(long)]
+        history: PathBuf,
+    },
+}
+
+/// Wall-clock nanoseconds: every process is on this machine, so the clocks agree.
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+const OP_TIMEOUT_MS: u64 = 2000;
+
+fn main() {
+    let args = Args::parse();
+    match args.cmd {
+        Some(Cmd::Node {
+            ref config,
+            id,
+            nodes,
+            registers,
+            clients,
+            until_ms,
+            ref history,
+        }) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(node_main(
+                config, id, nodes, registers, clients, until_ms, history,
+            ));
+        }
+        None => std::process::exit(orchestrate(&args)),
+    }
+}
+
+async fn node_main(
+    config: &Path,
+    id: u32,
+    nodes: u32,
+    registers: u32,
+    clients: u32,
+    until_ms: u64,
+    history: &Path,
+) {
+    let node = Node::start(NodeConfig::from_file(config, NodeId(id)).unwrap())
+        .await
+        .unwrap();
+    for r in 0..registers {
+        let h = node.create(Cell { value: 0 }).await.unwrap();
+        node.bind(&format!("reg/{id}/{r}"), h.id()).await.unwrap();
+        std::mem::forget(h); // keep it mapped at the home
+    }
+    // Find everyone's registers (the others may still be starting).
+    let mut ids: Vec<RegionId> = Vec::new();
+    for n in 0..nodes {
+        for r in 0..registers {
+            let name = format!("reg/{n}/{r}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match node.lookup(&name).await {
+                    Ok(id) => {
+                        ids.push(id);
+                        break;
+                    }
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => panic!("n{id}: lookup {name}: {e}"),
+                }
+            }
+        }
+    }
+    println!("ready");
+    let file = Arc::new(parking_lot::Mutex::new(
+        std::fs::File::create(history).unwrap(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (node, ids, file, stop) = (node.clone(), ids.clone(), file.clone(), stop.clone());
+        let client = u64::from(id * 100 + c);
+        tasks.push(tokio::spawn(async move {
+            let mut handles = Vec::new();
+            for &rid in &ids {
+                handles.push(node.map::<Cell>(rid).await.unwrap());
+            }
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (client + 1);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let key = (rng % handles.len() as u64) as usize;
+                let write = rng >> 32 & 1 == 1;
+                let value = (client + 1) * 1_000_000_000 + seq;
+                let call = wall_ns();
+                let outcome = if write {
+                    match handles[key].start_write().await {
+                        Ok(mut g) => {
+                            g.value = value;
+                            g.end();
+                            Some(value)
+                        }
+                        Err(_) => None,
+                    }
+                } else {
+                    match handles[key].start_read().await {
+                        Ok(g) => Some(g.value),
+                        Err(_) => None,
+                    }
+                };
+                let ret = wall_ns();
+                let line = match outcome {
+                    Some(v) => format!(
+                        "{client} {key} {} {v} {call} {ret}\n",
+                        if write { "w" } else { "r" }
+                    ),
+                    None if write => format!("{client} {key} w {value} {call} -\n"),
+                    None => format!("{client} {key} r 0 {call} -\n"),
+                };
+                file.lock().write_all(line.as_bytes()).unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }));
+    }
+    let until = UNIX_EPOCH + Duration::from_millis(until_ms);
+    while SystemTime::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    file.lock().flush().unwrap();
+    println!("done");
+    // Stay up while the others finish their last operations.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    node.shutdown().await;
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} failed");
+}
+
+type Op = Operation<(usize, RegisterInput<u64>), RegisterOutput<u64>>;
+
+fn orchestrate(args: &Args) -> i32 {
+    let dir = std::env::temp_dir().join(format!("crl-nemesis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = ClusterCa::generate("nemesis").unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let mut toml = format!(
+        "cluster_id = 4242\nop_timeout_ms = {OP_TIMEOUT_MS}\nconnect_timeout_ms = 1000\nca = \"ca.pem\"\n"
+    );
+    for id in 0..args.nodes {
+        ca.issue(NodeId(id)).unwrap().write_pem_files(&dir).unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        toml += &format!("[[node]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\n");
+    }
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, toml).unwrap();
+    let total = args.settle_secs + u64::from(args.rounds) * (args.pause_secs + args.settle_secs);
+    let start_ms = wall_ns() / 1_000_000;
+    let until_ms = start_ms + 20_000 + total * 1000;
+    let exe = std::env::current_exe().unwrap();
+    let mut procs = Vec::new();
+    let mut ready = Vec::new();
+    for id in 0..args.nodes {
+        let mut child = Command::new(&exe)
+            .args([
+                "node",
+                "--config",
+                config.to_str().unwrap(),
+                "--id",
+                &id.to_string(),
+                "--nodes",
+                &args.nodes.to_string(),
+                "--registers",
+                &args.registers.to_string(),
+                "--clients",
+                &args.clients.to_string(),
+                "--until-ms",
+                &until_ms.to_string(),
+                "--history",
+                dir.join(format!("history-{id}")).to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        procs.push(Proc(child));
+        ready.push(rx);
+    }
+    for (id, rx) in ready.iter().enumerate() {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l == "ready" => {}
+            other => {
+                eprintln!("node {id} did not start: {other:?}");
+                return 1;
+            }
+        }
+    }
+    println!(
+        "nemesis: {} processes, {} registers each, {} clients each; {} pauses of {} s",
+        args.nodes, args.registers, args.clients, args.rounds, args.pause_secs
+    );
+    std::thread::sleep(Duration::from_secs(args.settle_secs));
+    let mut last_resume_ns = 0;
+    for round in 0..args.rounds {
+        let victim_id = round % args.nodes;
+        let victim = &procs[victim_id as usize];
+        println!(
+            "  round {round}: SIGSTOP node {victim_id} for {} s",
+            args.pause_secs
+        );
+        signal(victim, "-STOP");
+        std::thread::sleep(Duration::from_secs(args.pause_secs));
+        signal(victim, "-CONT");
+        last_resume_ns = wall_ns();
+        println!("  round {round}: SIGCONT node {victim_id}");
+        std::thread::sleep(Duration::from_secs(args.settle_secs));
+    }
+    for (id, rx) in ready.iter().enumerate() {
+        match rx.recv_timeout(Duration::from_secs(total + 60)) {
+            Ok(l) if l == "done" => {}
+            other => {
+                eprintln!("node {id} did not finish: {other:?}");
+                return 1;
+            }
+        }
+    }
+    drop(procs);
+
+    // Merge and judge the histories.
+    let mut history: Vec<Op> = Vec::new();
+    for id in 0..args.nodes {
+        let text = std::fs::read_to_string(dir.join(format!("history-{id}"))).unwrap();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (client, key, kind, value, call) = (
+                f[0].parse::<u64>().unwrap(),
+                f[1].parse::<usize>().unwrap(),
+                f[2],
+                f[3].parse::<u64>().unwrap(),
+                f[4].parse::<u64>().unwrap(),
+            );
+            let input = if kind == "w" {
+                RegisterInput::Write(value)
+            } else {
+                RegisterInput::Read
+            };
+            history.push(match f[5] {
+                "-" => Operation::pending(client, (key, input), call),
+                ret => {
+                    let output = if kind == "w" {
+                        RegisterOutput::Written
+                    } else {
+                        RegisterOutput::Value(value)
+                    };
+                    Operation::completed(client, (key, input), call, output, ret.parse().unwrap())
+                }
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let completed = history.iter().filter(|o| o.ret.is_some()).count();
+    let failed = history.len() - completed;
+    // Nothing blocked after the pauses healed: every operation that started more than
+    // `op_timeout` + 5 s after the last resume completed.
+    let heal_bound_ns = (OP_TIMEOUT_MS + 5_000) * 1_000_000;
+    let late_failures = history
+        .iter()
+        .filter(|o| o.ret.is_none() && o.call > last_resume_ns + heal_bound_ns)
+        .count();
+    let late_ok = history
+        .iter()
+        .filter(|o| o.ret.is_some() && o.call > last_resume_ns + heal_bound_ns)
+        .count();
+    let model = RegisterMap::new(Register::new(0u64));
+    let started = Instant::now();
+    let verdict = lincheck::check(&model, &history).unwrap();
+    println!(
+        "histories: {} operations ({completed} completed, {failed} failed or timed out), checked in {:?}",
+        history.len(),
+        started.elapsed()
+    );
+    println!(
+        "after the last heal (+{} s): {late_ok} completed, {late_failures} failed",
+        heal_bound_ns / 1_000_000_000
+    );
+    let mut anomalies = 0;
+    match verdict {
+        Outcome::Linearizable => println!("linearizable: yes"),
+        Outcome::Violation(v) => {
+            anomalies += 1;
+            println!("NOT LINEARIZABLE:\n{}", v.explain(&history));
+        }
+        other => {
+            anomalies += 1;
+            println!("checker gave up: {other:?}");
+        }
+    }
+    if args.rounds > 0 && failed == 0 {
+        println!("no operation failed during the pauses: the nemesis did nothing");
+        anomalies += 1;
+    }
+    if late_failures > 0 || late_ok == 0 {
+        println!("operations still failing after the heal: a region stayed blocked");
+        anomalies += 1;
+    }
+    println!("anomalies: {anomalies}");
+    i32::from(anomalies > 0)
+}
