@@ -193,7 +193,7 @@ fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        if e.file_name() != "lock" {
+        if e.file_name() != "lock" && e.file_type().unwrap().is_file() {
             fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
@@ -298,15 +298,18 @@ fn replay_accumulates_over_many_reopens() {
     model.check(&rec);
 }
 
-/// Writes `n` records with waits and returns (dir contents ready, start offset of the last
-/// record, end offset).
-fn write_three(dir: &Path, last: &LogRecord) -> (Vec<LogRecord>, u64, u64) {
+/// Writes three records with waits into a store at `dir` and copies the directory to
+/// `image` while the store is still open (the state a crash right after the last
+/// acknowledgement leaves: the log is not sealed past the open); returns the first two
+/// records, the start and the end offset of the last one.
+fn write_three(dir: &Path, image: &Path, last: &LogRecord) -> (Vec<LogRecord>, u64, u64) {
     let first = vec![create(2, b"first"), create(3, b"second")];
     let (store, _) = open(dir);
     append_all(&store, &first);
     let start = store.stats().log_bytes;
     append_wait(&store, last.clone()).unwrap();
     let end = store.stats().log_bytes;
+    copy_dir(dir, image);
     store.close();
     (first, start, end)
 }
@@ -321,13 +324,14 @@ fn torn_tail_of_every_length_is_cut() {
         deletes: vec![rid(3)],
         participants: vec![NodeId(4)],
     };
-    let (first, start, end) = write_three(&src, &last);
-    assert_eq!(logs(&src).len(), 1);
+    let image = tmp.path().join("image");
+    let (first, start, end) = write_three(&src, &image, &last);
+    assert_eq!(logs(&image).len(), 1);
     let mut model = Model::default();
     model.apply_all(&first);
     for keep in 1..(end - start) {
         let dir = tmp.path().join(format!("cut{keep}"));
-        copy_dir(&src, &dir);
+        copy_dir(&image, &dir);
         let log = &logs(&dir)[0];
         fs::OpenOptions::new()
             .write(true)
@@ -339,6 +343,7 @@ fn torn_tail_of_every_length_is_cut() {
         model.check(&rec);
         assert_eq!(rec.report.log_records, 2, "keep {keep}");
         assert_eq!(rec.report.cut_bytes, keep, "keep {keep}");
+        assert_eq!(rec.report.cut_at, Some((1, start)), "keep {keep}");
         assert_eq!(fs::metadata(log).unwrap().len(), start, "truncated");
         // The store goes on after the cut, and the next recovery finds no cut.
         append_wait(&store, LogRecord::Delete { region: rid(2) }).unwrap();
@@ -349,30 +354,84 @@ fn torn_tail_of_every_length_is_cut() {
         assert!(rec.regions.iter().all(|r| r.region != rid(2)));
         fs::remove_dir_all(&dir).unwrap();
     }
+    // A clean close sealed the same log: the same cut is corruption there.
+    let dir = tmp.path().join("sealed");
+    copy_dir(&src, &dir);
+    let log = &logs(&dir)[0];
+    fs::OpenOptions::new()
+        .write(true)
+        .open(log)
+        .unwrap()
+        .set_len(start + 3)
+        .unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    let StoreError::Corrupt {
+        file,
+        offset,
+        valid_after,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!((file, *offset, *valid_after), (log, start, 0), "{err}");
 }
 
+/// The report: a durable store commits 300 increments, closes cleanly, one byte in
+/// the middle of the log is flipped. Recovery must refuse, naming the file and the offset,
+/// not silently lose half of the commits.
 #[test]
-fn flipped_byte_in_the_middle_record_cuts_there() {
+fn flipped_byte_in_the_middle_of_a_log_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (store, _) = open(dir);
-    append_wait(&store, create(2, b"first")).unwrap();
-    let middle = store.stats().log_bytes;
-    append_wait(&store, create(3, b"middle record")).unwrap();
-    append_wait(&store, create(4, b"last")).unwrap();
+    append_wait(&store, create(2, &0u64.to_le_bytes())).unwrap();
+    let mut starts = Vec::new();
+    for i in 1..=300u64 {
+        starts.push(store.stats().log_bytes);
+        append_wait(
+            &store,
+            LogRecord::Commit {
+                txid: i,
+                writes: vec![(rid(2), i.to_le_bytes().to_vec())],
+                deletes: vec![],
+                participants: vec![],
+            },
+        )
+        .unwrap();
+    }
     let end = store.stats().log_bytes;
     store.close();
     let log = &logs(dir)[0];
     let mut bytes = fs::read(log).unwrap();
-    bytes[middle as usize + 20] ^= 0x01;
+    assert_eq!(bytes.len() as u64, end);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
     fs::write(log, &bytes).unwrap();
-    let (_store, rec) = open(dir);
-    assert_eq!(rec.report.log_records, 1);
-    assert_eq!(rec.report.cut_bytes, end - middle);
-    assert_eq!(rec.regions.len(), 1);
-    assert_eq!(rec.regions[0].region, rid(2));
-    // Records after the cut are gone for good, but seq 3 and 4 were never durable either.
-    assert_eq!(rec.next_seq, 3);
+    let record = starts.iter().rposition(|&s| s as usize <= middle).unwrap();
+    let err = DurableStore::open(StoreConfig::new(dir)).unwrap_err();
+    let msg = err.to_string();
+    let StoreError::Corrupt {
+        file,
+        offset,
+        valid_after,
+        ..
+    } = err
+    else {
+        panic!("{msg}")
+    };
+    assert_eq!(&file, log, "{msg}");
+    assert_eq!(offset, starts[record], "{msg}");
+    assert_eq!(valid_after, (299 - record) as u64, "{msg}");
+    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+    assert!(msg.contains("valid records follow"), "{msg}");
+    // Nothing was changed: the log is as it was.
+    assert_eq!(fs::read(log).unwrap(), bytes);
+    let report = crl_core::durable::verify(dir).unwrap();
+    assert!(matches!(
+        report.corruption,
+        Some(StoreError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -788,36 +847,75 @@ fn crash_states_of_the_checkpoint_sequence_recover() {
 }
 
 #[test]
-fn corrupt_earlier_log_drops_the_later_ones() {
+fn a_log_of_another_data_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let (store, _) = open(dir);
-    append_all(&store, &[create(2, b"a"), create(3, b"b")]);
+    let dir = tmp.path().join("a");
+    let other = tmp.path().join("b");
+    for d in [&dir, &other] {
+        let (store, _) = open(d);
+        append_all(&store, &[create(2, b"a"), create(3, b"b")]);
+        store.close();
+    }
+    let name = format!("log.{:020}", 1);
+    // Same generation, another store: its header names another store id.
+    fs::copy(other.join(&name), dir.join(&name)).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { offset: 8, found, .. } if found.contains("another data dir")),
+        "{err}"
+    );
+    // As a later generation, the same.
+    let dir = tmp.path().join("c");
+    let (store, _) = open(&dir);
+    append_wait(&store, create(2, b"a")).unwrap();
     store.close();
-    // Simulate a later log after a cut earlier log (recovery must not apply it).
-    let log2 = dir.join(format!("log.{:020}", 2));
-    let (scratch, _) = open(&tmp.path().join("scratch"));
-    append_wait(&scratch, create(9, b"later")).unwrap();
-    scratch.close();
-    fs::copy(
-        tmp.path().join("scratch").join(format!("log.{:020}", 1)),
-        &log2,
-    )
-    .unwrap();
-    let log1 = dir.join(format!("log.{:020}", 1));
-    let len1 = fs::metadata(&log1).unwrap().len();
-    let len2 = fs::metadata(&log2).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&log1)
-        .unwrap()
-        .set_len(len1 - 1)
-        .unwrap();
-    let (_store, rec) = open(dir);
-    assert_eq!(rec.regions.len(), 1);
-    assert_eq!(rec.report.log_records, 1);
-    assert!(rec.report.cut_bytes > len2);
-    assert!(!log2.exists());
+    fs::copy(other.join(&name), dir.join(format!("log.{:020}", 2))).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { offset: 8, .. }),
+        "{err}"
+    );
+}
+
+/// A well-formed record of this very store, left behind a cut (or replayed from an old copy)
+/// is out of the chain: never replayed.
+#[test]
+fn a_stale_well_formed_record_is_never_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let (store, _) = open(&dir);
+    append_all(&store, &[create(2, b"a"), create(3, b"b")]);
+    let start = store.stats().log_bytes;
+    append_wait(&store, create(4, b"stale")).unwrap();
+    let end = store.stats().log_bytes;
+    store.close();
+    let log = logs(&dir)[0].clone();
+    let stale = fs::read(&log).unwrap()[start as usize..end as usize].to_vec();
+    // The operator cuts the last record off, the store goes on with another one.
+    let report = crl_core::durable::repair_cut(&dir, 1, start).unwrap();
+    assert_eq!(report.cut_bytes, end - start);
+    let (store, rec) = open(&dir);
+    assert_eq!(rec.regions.len(), 2);
+    append_wait(&store, create(5, b"new")).unwrap();
+    store.close();
+    // The stale record comes back after it: same store, valid checksums, wrong place.
+    let mut bytes = fs::read(&log).unwrap();
+    bytes.extend_from_slice(&stale);
+    fs::write(&log, &bytes).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&dir)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { found, .. } if found.contains("out of the chain")),
+        "{err}"
+    );
+    // In place of the new record, the same.
+    let mut bytes = fs::read(&log).unwrap();
+    bytes.truncate(start as usize);
+    bytes.extend_from_slice(&stale);
+    let copy = tmp.path().join("t");
+    copy_dir(&dir, &copy);
+    fs::write(copy.join(log.file_name().unwrap()), &bytes).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&copy)).unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { .. }), "{err}");
 }
 
 #[test]

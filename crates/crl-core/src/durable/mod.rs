@@ -107,7 +107,7 @@ mod recovery;
 mod table;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -123,7 +123,12 @@ pub use probe::fsync_probe;
 /// The default [`StoreConfig::checkpoint_bytes`]: 64 MiB.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
 
-/// Where a [`DurableStore`] keeps its files and when it checkpoints.
+/// The default [`StoreConfig::io_timeout`]: 10 s. A healthy disk syncs in milliseconds; a
+/// write or fsync still running after this long is a sick disk.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a [`DurableStore`] keeps its files, when it checkpoints, and how long it waits for
+/// the disk.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// The store's directory (created if needed). One store per directory at a time.
@@ -131,16 +136,73 @@ pub struct StoreConfig {
     /// Checkpoint when the current log exceeds this many bytes (default
     /// [`DEFAULT_CHECKPOINT_BYTES`]).
     pub checkpoint_bytes: u64,
+    /// The longest a log write, a log fsync or a checkpoint may take (default
+    /// [`DEFAULT_IO_TIMEOUT`]). One that takes longer makes the store fail exactly as an fsync
+    /// error does: the batch in flight and everything queued fail with
+    /// [`StoreError::Failed`], and so does every later append.
+    pub io_timeout: Duration,
+    /// A hook called before each file operation of the log writer (`None` in production):
+    /// tests inject stalls, failed writes and a full disk with it.
+    pub faults: Option<Arc<dyn DiskFaults>>,
 }
 
 impl StoreConfig {
-    /// A configuration for the store in `dir`, with the default checkpoint threshold.
+    /// A configuration for the store in `dir`, with the default checkpoint threshold and I/O
+    /// timeout.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StoreConfig {
             dir: dir.into(),
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            faults: None,
         }
     }
+}
+
+/// A file operation of the log writer thread, as shown to a [`DiskFaults`] hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Appending one batch of `len` bytes at `offset` of log `generation`.
+    Write {
+        /// The log.
+        generation: u64,
+        /// Where the batch starts.
+        offset: u64,
+        /// The batch's size.
+        len: usize,
+    },
+    /// The `fdatasync` of log `generation` after a batch.
+    Sync {
+        /// The log.
+        generation: u64,
+    },
+    /// Writing the checkpoint file, after log `generation` (the one that follows the
+    /// checkpoint) was created.
+    Checkpoint {
+        /// The log that follows the checkpoint.
+        generation: u64,
+    },
+}
+
+/// What a [`DiskFaults`] hook makes of an operation.
+#[derive(Debug)]
+pub enum DiskFault {
+    /// Do the operation.
+    Proceed,
+    /// Fail with this error without doing anything.
+    Fail(std::io::Error),
+    /// For a [`DiskOp::Write`]: write only the first `n` bytes (at most the batch), then fail
+    /// with this error, as a disk filling up does. Like [`DiskFault::Fail`] otherwise.
+    Partial(usize, std::io::Error),
+}
+
+/// The seam between the log writer and its disk: a hook called on the writer thread before
+/// each of its file operations. Tests make a sick disk by sleeping in it (a stall), returning
+/// [`DiskFault::Fail`] (a failed write or fsync) or [`DiskFault::Partial`] with `ENOSPC` (a
+/// full disk).
+pub trait DiskFaults: std::fmt::Debug + Send + Sync + 'static {
+    /// Called before `op`; may block (a stall) and decides what the operation does.
+    fn before(&self, op: DiskOp) -> DiskFault;
 }
 
 /// One change to a home's durable state, appended to its write-ahead log.
@@ -247,8 +309,11 @@ pub struct RecoveryReport {
     pub log_records: u64,
     /// Bytes of log replayed (valid records only).
     pub log_bytes: u64,
-    /// Bytes dropped from the end of the log: a torn or corrupt tail, and any log after it.
+    /// Bytes cut from the end of the last log: a torn tail (never anything before the seal,
+    /// nor anything followed by a valid record).
     pub cut_bytes: u64,
+    /// Where the torn tail was cut: (log generation, offset), if it was.
+    pub cut_at: Option<(u64, u64)>,
     /// Writes replayed for a region that did not exist (skipped, see [`StoreStats`]).
     pub skipped_writes: u64,
     /// How long recovery took (reading, replaying, truncating; not the epoch write).
@@ -312,13 +377,30 @@ pub enum StoreError {
         /// The error that made it fail.
         reason: String,
     },
-    /// A checkpoint, epoch or log file is unusable: the store refuses to start.
-    #[error("corrupt {}: {reason}", file.display())]
+    /// A checkpoint, epoch or log file is corrupt (not a torn tail): the store refuses to
+    /// start rather than lose or invent committed data. See the module docs for what to do.
+    #[error(
+        "corrupt {} at offset {offset}: expected {expected}, found {found}; {valid_after} valid records follow",
+        file.display()
+    )]
     Corrupt {
         /// The file.
         file: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// Where in it.
+        offset: u64,
+        /// What should be there.
+        expected: String,
+        /// What is there.
+        found: String,
+        /// How many records that check out follow the bad bytes, in that log and the later
+        /// ones (0 for the epoch file and the checkpoint).
+        valid_after: u64,
+    },
+    /// `repair_cut` refused: the cut point is not a record boundary, or no such log.
+    #[error("log repair refused: {why}")]
+    Repair {
+        /// Why.
+        why: String,
     },
     /// The store was closed.
     #[error("durable store is closed")]
@@ -360,7 +442,11 @@ pub struct DurableStore {
 
 struct Inner {
     shared: Arc<writer::Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer and watchdog threads.
+    thread: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// Disconnected when the writer thread exits.
+    exited: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    io_timeout: Duration,
     epoch: u64,
 }
 
@@ -374,18 +460,41 @@ impl DurableStore {
         let lock = files::lock_dir(&dir)?;
         let mut rec = recovery::recover(&dir)?;
         rec.report.elapsed = start.elapsed();
-        let epoch = rec
-            .epoch
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Corrupt {
-                file: dir.join(files::EPOCH_FILE),
-                reason: "epoch overflow".into(),
-            })?;
-        files::write_epoch(&dir, epoch)?;
-        let (log, created) = files::open_log(&dir, rec.active_gen)?;
-        if created {
+        let epoch = rec.epoch.checked_add(1).ok_or_else(|| {
+            files::corrupt(
+                dir.join(files::EPOCH_FILE),
+                8,
+                "an epoch below the maximum",
+                "u64::MAX",
+            )
+        })?;
+        let mut active_len = rec.active_len;
+        let log = if active_len == 0 {
+            let header = codec::LogHeader {
+                store_id: rec.store_id,
+                generation: rec.active_gen,
+                first_seq: rec.next_record,
+                prev: rec.chain,
+            };
+            let log = files::create_log(&dir, &header)?;
             files::sync_dir(&dir)?;
-        }
+            active_len = codec::LOG_HEADER as u64;
+            log
+        } else {
+            files::open_log(&dir, rec.active_gen)?
+        };
+        // Everything recovered is durable: seal it, so that no later recovery takes damage
+        // to it for a torn tail.
+        files::write_epoch(
+            &dir,
+            &files::EpochFile {
+                epoch,
+                store_id: rec.store_id,
+                sealed_gen: rec.active_gen,
+                sealed_len: active_len,
+                sealed_chain: rec.chain,
+            },
+        )?;
         let recovered = Recovered {
             epoch,
             regions: rec.table.regions_sorted(),
@@ -402,37 +511,64 @@ impl DurableStore {
                 .collect(),
             report: rec.report.clone(),
         };
+        let r = &rec.report;
         info!(
             dir = %dir.display(),
             epoch,
             regions = recovered.regions.len(),
             in_doubt = recovered.in_doubt.len(),
             coordinating = recovered.coordinating.len(),
-            log_records = rec.report.log_records,
-            cut_bytes = rec.report.cut_bytes,
-            elapsed = ?rec.report.elapsed,
-            "durable store recovered"
+            "durable store recovered: {} records, {} bytes, {} bytes cut, {:.3} s",
+            r.log_records,
+            r.log_bytes,
+            r.cut_bytes,
+            r.elapsed.as_secs_f64(),
         );
-        let shared = Arc::new(writer::Shared::new(rec.active_len));
+        let shared = Arc::new(writer::Shared::new(active_len, config.io_timeout));
+        let (exit_tx, exit_rx) = std::sync::mpsc::channel();
         let w = writer::Writer {
             shared: shared.clone(),
             dir,
             checkpoint_bytes: config.checkpoint_bytes,
+            faults: config.faults.clone(),
             epoch,
+            store_id: rec.store_id,
             generation: rec.active_gen,
+            next_record: rec.next_record,
+            chain: rec.chain,
             log,
-            log_bytes: rec.active_len,
+            log_bytes: active_len,
             table: rec.table,
             _lock: lock,
+            _exit: exit_tx,
         };
-        let handle = std::thread::Builder::new()
+        let watchdog = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("crl-durable-watchdog".into())
+                .spawn(move || shared.watchdog())
+                .map_err(StoreError::io("spawning the log watchdog thread"))?
+        };
+        let handle = match std::thread::Builder::new()
             .name("crl-durable-writer".into())
             .spawn(move || w.run())
-            .map_err(StoreError::io("spawning the log writer thread"))?;
+        {
+            Ok(h) => h,
+            Err(e) => {
+                shared.stop_watchdog();
+                let _ = watchdog.join();
+                return Err(StoreError::Io {
+                    what: "spawning the log writer thread",
+                    source: e,
+                });
+            }
+        };
         let store = DurableStore {
             inner: Arc::new(Inner {
                 shared,
-                thread: Mutex::new(Some(handle)),
+                thread: Mutex::new(Some((handle, watchdog))),
+                exited: Mutex::new(Some(exit_rx)),
+                io_timeout: config.io_timeout,
                 epoch,
             }),
         };
@@ -487,18 +623,135 @@ impl DurableStore {
     }
 }
 
+/// What [`verify`] found in a store directory.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// The store's random id (0 if the epoch file is unreadable).
+    pub store_id: u64,
+    /// The stored epoch.
+    pub epoch: u64,
+    /// The seal: (log generation, length) up to which the log is known durable.
+    pub sealed: Option<(u64, u64)>,
+    /// The checkpoint, if there is one.
+    pub checkpoint: Option<CheckpointSummary>,
+    /// Logs older than the checkpoint (recovery deletes them).
+    pub stale_logs: Vec<u64>,
+    /// The logs from the checkpoint on, as far as they were read.
+    pub logs: Vec<LogSummary>,
+    /// Valid records in those logs.
+    pub records: u64,
+    /// A torn tail that recovery would cut.
+    pub torn_tail: Option<TornTail>,
+    /// The corruption that makes recovery refuse ([`StoreError::Corrupt`]), if any.
+    pub corruption: Option<StoreError>,
+}
+
+/// A checkpoint, as [`verify`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    /// The first log generation after it.
+    pub log_gen: u64,
+    /// The sequence number of the first record after it.
+    pub first_record: u64,
+    /// Regions in it.
+    pub regions: usize,
+    /// In-doubt transactions in it.
+    pub in_doubt: usize,
+    /// Coordinated transactions in it.
+    pub coordinating: usize,
+}
+
+/// One log file, as [`verify`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSummary {
+    /// Its generation.
+    pub generation: u64,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Valid, chained records read from it.
+    pub records: u64,
+    /// The sequence number of its first record.
+    pub first_record: u64,
+}
+
+/// A torn tail: bytes at the end of the last log that are not a valid record, with no valid
+/// record after them, past the seal. Recovery cuts them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The log.
+    pub generation: u64,
+    /// Where the tail starts.
+    pub offset: u64,
+    /// Its length.
+    pub bytes: u64,
+    /// What is wrong with the first bad record.
+    pub why: String,
+}
+
+/// What [`repair_cut`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The log cut.
+    pub generation: u64,
+    /// Where.
+    pub offset: u64,
+    /// Bytes cut: the rest of that log and every later log.
+    pub cut_bytes: u64,
+    /// The later logs removed.
+    pub removed_logs: Vec<u64>,
+    /// The directory (inside the store directory) holding a copy of everything cut.
+    pub backup: PathBuf,
+}
+
+/// Reads the store in `dir` and reports its checkpoint, logs, records, any torn tail and any
+/// corruption, as recovery would see them, changing nothing (it takes the directory's lock,
+/// so the store must not be open). `Err` only for I/O errors and a store that is open.
+pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
+    recovery::verify(dir)
+}
+
+/// The operator's repair: cuts log `generation` at `offset` (which must be a record boundary
+/// with only valid records before it) and removes every later log, after copying everything
+/// cut into a `cut-<generation>-<offset>-<unix time>` directory inside `dir`. Records after
+/// the cut are lost for good: run it only when [`verify`] reports corruption and the lost
+/// records are recovered elsewhere, or accepted as lost.
+pub fn repair_cut(dir: &Path, generation: u64, offset: u64) -> Result<RepairReport, StoreError> {
+    recovery::repair_cut(dir, generation, offset)
+}
+
 impl Inner {
     fn close(&self) {
         self.shared.close();
-        let handle = self.thread.lock().take();
-        if let Some(handle) = handle {
-            if handle.thread().id() == std::thread::current().id() {
-                // Called from a completion: the writer stops after this batch.
-                return;
-            }
-            if handle.join().is_err() {
-                tracing::error!("the durable log writer thread panicked");
-            }
+        let threads = self.thread.lock().take();
+        let Some((writer, watchdog)) = threads else {
+            return;
+        };
+        if writer.thread().id() == std::thread::current().id() {
+            // Called from a completion: the writer stops after this batch (and then stops
+            // the watchdog).
+            return;
+        }
+        // A writer stuck in the kernel on a sick disk is not waited for forever: after twice
+        // the I/O timeout it is left behind (it holds the directory until it returns).
+        let exited = self.exited.lock().take();
+        if let Some(rx) = exited
+            && let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(self.io_timeout.saturating_mul(2))
+        {
+            tracing::error!(
+                "the durable log writer is stuck in a disk operation; close does not wait for it"
+            );
+            self.shared.stop_watchdog();
+            return;
+        }
+        if writer.join().is_err() {
+            tracing::error!("the durable log writer thread panicked");
+        }
+        self.shared.stop_watchdog();
+        if watchdog.join().is_err() {
+            tracing::error!("the durable log watchdog thread panicked");
         }
     }
 }
