@@ -1630,3 +1630,242 @@ proptest! {
         }
     }
 }
+
+/// A sick disk: an fsync that stalls past the I/O timeout fails the store exactly as an
+/// fsync error does (the commits waiting get `Failed` within the bound, not when the disk
+/// returns; later appends fail at once), and a restart recovers what was acknowledged.
+#[test]
+fn a_stalled_fsync_fails_the_store_within_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(TestDisk::default());
+    let bound = Duration::from_millis(200);
+    let stall = Duration::from_secs(2);
+    let (store, _) = open_faulty(tmp.path(), u64::MAX, bound, &disk);
+    append_wait(&store, create(2, b"durable")).unwrap();
+    *disk.stall_sync.lock() = Some(stall);
+    let start = Instant::now();
+    // One commit in the stalled batch, and one queued behind it.
+    let (tx, rx) = mpsc::channel();
+    for seq in [3, 4] {
+        let tx = tx.clone();
+        store.append(
+            create(seq, b"stalled"),
+            Box::new(move |r| {
+                let _ = tx.send((seq, r, Instant::now()));
+            }),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        let (seq, r, at) = rx.recv().unwrap();
+        let err = r.unwrap_err();
+        assert!(matches!(err, StoreError::Failed { .. }), "{seq}: {err}");
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        assert!(
+            at - start < stall,
+            "{seq} failed only after the stall: {:?}",
+            at - start
+        );
+    }
+    assert!(store.failure().is_some());
+    // Sticky: nothing is acknowledged after it.
+    let err = append_wait(&store, create(5, b"after")).unwrap_err();
+    assert!(matches!(err, StoreError::Failed { .. }), "{err}");
+    // The writer comes back from the stall, sees the failure and acknowledges nothing.
+    std::thread::sleep(stall);
+    assert_eq!(store.stats().appends, 1);
+    store.close();
+    let (_s, rec) = open(tmp.path());
+    assert!(rec.regions.iter().any(|r| r.region == rid(2)));
+}
+
+/// A failed write in the middle of a group commit fails every commit of that batch; the
+/// partial batch is cut off the log at once, and a restart recovers exactly what was
+/// acknowledged.
+#[test]
+fn a_failed_write_in_a_group_commit_fails_the_batch_and_leaves_no_partial_record() {
+    for kind in [io::ErrorKind::StorageFull, io::ErrorKind::Other] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Arc::new(TestDisk::default());
+        let (store, _) = open_faulty(tmp.path(), u64::MAX, DEFAULT_TIMEOUT, &disk);
+        let acked: Vec<LogRecord> = (2..6).map(big).collect();
+        append_all(&store, &acked);
+        let before = store.stats().log_bytes;
+        // The next batch: half of it reaches the disk, then the write fails.
+        *disk.partial_write.lock() = Some((1500, kind));
+        let (tx, rx) = mpsc::channel();
+        for seq in 6..12 {
+            let tx = tx.clone();
+            store.append(
+                big(seq),
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+        }
+        drop(tx);
+        let results: Vec<_> = rx.iter().collect();
+        assert_eq!(results.len(), 6);
+        assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+        let failure = store.failure().unwrap().to_string();
+        if kind == io::ErrorKind::StorageFull {
+            assert!(failure.contains("disk is full"), "{failure}");
+        }
+        store.close();
+        let log = &logs(tmp.path())[0];
+        assert_eq!(
+            fs::metadata(log).unwrap().len(),
+            before,
+            "partial batch cut off"
+        );
+        let (_s, rec) = open(tmp.path());
+        let mut model = Model::default();
+        model.apply_all(&acked);
+        model.check(&rec);
+        assert_eq!(rec.report.cut_bytes, 0);
+    }
+}
+
+/// A full disk while checkpointing: the store fails (later commits get a clear error), and
+/// after a restart everything acknowledged is there.
+#[test]
+fn a_full_disk_while_checkpointing_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(TestDisk::default());
+    *disk.fail_checkpoint.lock() = Some(io::ErrorKind::StorageFull);
+    let (store, _) = open_faulty(tmp.path(), 2000, DEFAULT_TIMEOUT, &disk);
+    let mut acked = Vec::new();
+    let mut seq = 2;
+    let err = loop {
+        match append_wait(&store, big(seq)) {
+            Ok(()) => acked.push(big(seq)),
+            Err(e) => break e,
+        }
+        seq += 1;
+        assert!(seq < 100, "the checkpoint never ran");
+    };
+    assert!(err.to_string().contains("disk is full"), "{err}");
+    store.close();
+    let (store, rec) = open(tmp.path());
+    let mut model = Model::default();
+    model.apply_all(&acked);
+    model.check(&rec);
+    // The next checkpoint succeeds and the store goes on.
+    drop(store);
+    let (store, _) = open_with(tmp.path(), 0);
+    append_wait(&store, big(seq + 1)).unwrap();
+    store.close();
+    assert_eq!(store.stats().checkpoints, 1);
+    model.apply(&big(seq + 1));
+    let (_s, rec) = open(tmp.path());
+    model.check(&rec);
+}
+
+/// The real full disk: a 1 MiB tmpfs in a private mount namespace (`unshare -m`, as root).
+/// Commits until the disk is full, frees space, restarts: every acknowledged commit is
+/// there. Skipped, with a note, where it cannot run (not root, no `unshare`).
+#[test]
+fn a_real_full_disk_in_a_small_tmpfs() {
+    if let Ok(dir) = std::env::var("CRL_TMPFS_DIR") {
+        // Inside the namespace (see below).
+        return full_disk_inside(Path::new(&dir));
+    }
+    let euid = std::process::Command::new("id").arg("-u").output();
+    let root = euid.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        eprintln!(
+            "note: a_real_full_disk_in_a_small_tmpfs skipped: needs root for unshare -m and mount"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=1m crl-full-disk '{m}' && CRL_TMPFS_DIR='{m}' '{exe}' --exact a_real_full_disk_in_a_small_tmpfs --nocapture --test-threads 1",
+        m = mnt.display(),
+        exe = exe.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("1 passed"), "{text}");
+            for line in text
+                .lines()
+                .filter(|l| l.contains("disk full") || l.contains("full disk"))
+            {
+                eprintln!("tmpfs: {line}");
+            }
+        }
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("unshare failed")
+                || err.contains("Operation not permitted")
+                || err.contains("mount:") && err.contains("permission denied")
+            {
+                eprintln!("note: a_real_full_disk_in_a_small_tmpfs skipped: {err}");
+                return;
+            }
+            panic!(
+                "the full-disk test failed:\n{}\n{err}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Err(e) => eprintln!("note: a_real_full_disk_in_a_small_tmpfs skipped: no unshare ({e})"),
+    }
+}
+
+fn full_disk_inside(mnt: &Path) {
+    // Without checkpoints the disk fills while appending; with them, possibly while
+    // checkpointing.
+    for (name, checkpoint_bytes) in [("append", u64::MAX), ("checkpoint", 256 << 10)] {
+        full_disk_round(mnt, name, checkpoint_bytes);
+    }
+}
+
+fn full_disk_round(mnt: &Path, name: &str, checkpoint_bytes: u64) {
+    let dir = mnt.join(name);
+    // Ballast, removed later to free space.
+    let ballast = mnt.join("ballast");
+    fs::write(&ballast, vec![0u8; 200 << 10]).unwrap();
+    let (store, _) = open_with(&dir, checkpoint_bytes);
+    let mut acked = Vec::new();
+    let mut seq = 2;
+    let err = loop {
+        let r = create(seq, &vec![seq as u8; 5000]);
+        match append_wait(&store, r.clone()) {
+            Ok(()) => acked.push(r),
+            Err(e) => break e,
+        }
+        seq += 1;
+        assert!(seq < 10_000, "the 1 MiB disk never filled");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("disk is full"), "{msg}");
+    println!(
+        "{name}: disk full after {} acknowledged commits: {msg}",
+        acked.len()
+    );
+    store.close();
+    // Still full: a restart fails cleanly or recovers; either way nothing is misread...
+    match DurableStore::open(StoreConfig::new(&dir)) {
+        Err(e) => println!("{name}: restart on a full disk fails: {e}"),
+        Ok((_s, rec)) => {
+            let mut model = Model::default();
+            model.apply_all(&acked);
+            model.check(&rec);
+        }
+    }
+    // ...and after space is freed, every acknowledged commit is there.
+    fs::remove_file(&ballast).unwrap();
+    let (_s, rec) = open(&dir);
+    let mut model = Model::default();
+    model.apply_all(&acked);
+    model.check(&rec);
+    drop(_s);
+    fs::remove_dir_all(&dir).unwrap();
+}
