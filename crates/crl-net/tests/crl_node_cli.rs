@@ -251,3 +251,149 @@ fn run_with_valid_config_until_sigterm() {
         let _ = child.wait();
     }
 }
+
+/// A data dir with `n` records (each creating one region), closed cleanly; returns the
+/// offsets where records start in `log.<1>`.
+fn make_store(dir: &Path, n: u64) -> Vec<u64> {
+    use crl_core::durable::{DurableStore, LogRecord, StoreConfig};
+    let (store, _) = DurableStore::open(StoreConfig::new(dir)).unwrap();
+    let mut starts = Vec::new();
+    for seq in 2..2 + n {
+        starts.push(store.stats().log_bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.append(
+            LogRecord::Create {
+                region: crl_core::RegionId::new(crl_core::NodeId(1), seq),
+                fingerprint: 1,
+                type_name: "T".into(),
+                bytes: vec![seq as u8; 100],
+            },
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap();
+    }
+    store.close();
+    starts
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn log_verify_reports_a_healthy_log_and_changes_nothing() {
+    let tmp = TempDir::new("log-ok");
+    let dir = tmp.path().join("data");
+    make_store(&dir, 5);
+    let log = dir.join(format!("log.{:020}", 1));
+    let before = std::fs::read(&log).unwrap();
+    let out = crl_node(&["log", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("records: 5 valid in 1 log generations"),
+        "{text}"
+    );
+    assert!(text.contains("checkpoint: none"), "{text}");
+    assert!(text.contains("ok: the node can start"), "{text}");
+    assert_eq!(std::fs::read(&log).unwrap(), before);
+}
+
+#[test]
+fn log_verify_finds_a_flipped_byte_and_repair_cuts_there_keeping_a_copy() {
+    let tmp = TempDir::new("log-bad");
+    let dir = tmp.path().join("data");
+    let starts = make_store(&dir, 9);
+    let log = dir.join(format!("log.{:020}", 1));
+    let mut bytes = std::fs::read(&log).unwrap();
+    let bad = starts[4];
+    bytes[bad as usize + 40] ^= 1;
+    std::fs::write(&log, &bytes).unwrap();
+
+    let out = crl_node(&["log", "verify", "--data-dir", s(&dir)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("at offset {bad}")) && text.contains("4 valid records follow"),
+        "{text}"
+    );
+    assert!(text.contains(s(&log)), "{text}");
+    assert!(stderr(&out).contains("log repair"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "verify changed the log"
+    );
+
+    // Not a record boundary: refused.
+    let out = crl_node(&[
+        "log",
+        "repair",
+        "--data-dir",
+        s(&dir),
+        "--cut-at",
+        &format!("1:{}", bad + 3),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("refused"), "{}", stderr(&out));
+    // Past the bad record: refused.
+    let out = crl_node(&[
+        "log",
+        "repair",
+        "--data-dir",
+        s(&dir),
+        "--cut-at",
+        &format!("1:{}", starts[6]),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is bad"), "{}", stderr(&out));
+    // A malformed cut point is a usage error.
+    let out = crl_node(&["log", "repair", "--data-dir", s(&dir), "--cut-at", "12"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = crl_node(&[
+        "log",
+        "repair",
+        "--data-dir",
+        s(&dir),
+        "--cut-at",
+        &format!("1:{bad}"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("at offset {bad}")), "{text}");
+    let backups: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("cut-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let copy = std::fs::read_dir(&backups[0])
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::read(copy).unwrap(), bytes[bad as usize..]);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), bad);
+
+    let out = crl_node(&["log", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("records: 4 valid"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn log_verify_of_a_missing_dir_fails_clearly() {
+    let tmp = TempDir::new("log-missing");
+    let out = crl_node(&["log", "verify", "--data-dir", s(&tmp.path().join("nope"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no such directory"),
+        "{}",
+        stderr(&out)
+    );
+}
