@@ -468,6 +468,19 @@ impl DurableStore {
                 "u64::MAX",
             )
         })?;
+        // The epoch first (with the seal: everything recovered is durable, so no later
+        // recovery may take damage to it for a torn tail), then a log to append to if there
+        // is none yet; a new log is not sealed until a clean close.
+        files::write_epoch(
+            &dir,
+            &files::EpochFile {
+                epoch,
+                store_id: rec.store_id,
+                sealed_gen: rec.active_gen,
+                sealed_len: rec.active_len,
+                sealed_chain: rec.chain,
+            },
+        )?;
         let mut active_len = rec.active_len;
         let log = if active_len == 0 {
             let header = codec::LogHeader {
@@ -483,18 +496,6 @@ impl DurableStore {
         } else {
             files::open_log(&dir, rec.active_gen)?
         };
-        // Everything recovered is durable: seal it, so that no later recovery takes damage
-        // to it for a torn tail.
-        files::write_epoch(
-            &dir,
-            &files::EpochFile {
-                epoch,
-                store_id: rec.store_id,
-                sealed_gen: rec.active_gen,
-                sealed_len: active_len,
-                sealed_chain: rec.chain,
-            },
-        )?;
         let recovered = Recovered {
             epoch,
             regions: rec.table.regions_sorted(),

@@ -415,21 +415,16 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovery, StoreError> {
             why = %t.why,
             "cutting a torn tail: nothing valid follows it, and it is past the sealed end"
         );
-        if t.offset == 0 {
-            // A torn header: the log is recreated by open.
-            remove_if_present(&path)?;
-            active_len = 0;
-        } else {
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| {
-                    f.set_len(t.offset)?;
-                    f.sync_all()
-                })
-                .map_err(io_err("truncating a log"))?;
-            active_len = t.offset;
-        }
+        // A torn header (offset 0) leaves an empty file, which open rewrites.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| {
+                f.set_len(t.offset)?;
+                f.sync_all()
+            })
+            .map_err(io_err("truncating a log"))?;
+        active_len = t.offset;
         report.cut_bytes = t.bytes;
         report.cut_at = Some((t.generation, t.offset));
     } else if active_len > 0 {
