@@ -17,25 +17,49 @@
 //!
 //! ```text
 //! lock                      held (flock) while a store has the directory open
-//! epoch                     the epoch of the last open (20 bytes, checksummed)
+//! epoch                     the epoch of the last open, the store id, the seal (checksummed)
 //! checkpoint                the durable state as of the start of log.<log_gen> (checksummed)
 //! log.<gen>                 write-ahead logs, <gen> zero-padded to 20 digits
 //! epoch.tmp, checkpoint.tmp being written; removed by recovery
+//! cut-<gen>-<offset>-<time>/ what `repair_cut` cut (kept for the operator; never read)
 //! ```
 //!
-//! Every integer is little endian. CRCs are CRC-32 (IEEE, as computed by `crc32fast`).
+//! Every integer is little endian. CRCs are CRC-32 (IEEE, as computed by `crc32fast`). This
+//! is format version 2; a store of version 1 (no log headers, unchained records) is refused
+//! as corrupt (its epoch file has the wrong length).
 //!
-//! ## Log records
+//! ## Log files and records: a chain
 //!
-//! A log file is a sequence of frames, with no file header:
+//! A log file starts with a 40-byte header, then a sequence of frames:
 //!
 //! ```text
-//! offset  size  field
-//!      0     4  magic        = b"CRLW"
+//! log header:
+//!      0     4  magic        = b"CRLL"
+//!      4     4  version      = 2
+//!      8     8  store_id     random id of the data directory, chosen when it was created
+//!     16     8  generation   the <gen> of its name
+//!     24     8  first_seq    sequence number of its first record
+//!     32     4  prev         checksum of the record before its first one (0 before record 1)
+//!     36     4  crc          CRC-32 of bytes 0..36
+//!
+//! frame:
+//!      0     4  magic        = b"CRLR"
 //!      4     4  payload_len  <= MAX_RECORD_BYTES (64 MiB)
-//!      8     4  crc          CRC-32 of the payload
-//!     12     n  payload      tag u8, then the record's fields
+//!      8     8  seq          the record's sequence number: 1, 2, 3, ... across all generations
+//!     16     4  prev         the previous record's `crc` (the chain)
+//!     20     4  body_crc     CRC-32 of the payload
+//!     24     4  crc          CRC-32 of store_id (8 bytes) ‖ bytes 0..24 of the frame
+//!     28     n  payload      tag u8, then the record's fields
 //! ```
+//!
+//! `crc` covers the store id, the length, the sequence number, the chain and (through
+//! `body_crc`) the payload, so each record's `crc` vouches for it and, through `prev`, for
+//! every record before it, as in TigerBeetle's hash chain. A record is replayed only if its
+//! checksums match under this store's id and it continues the chain exactly (`seq` one more
+//! than the last record's, `prev` equal to its `crc`); each log header must continue the
+//! chain where the checkpoint or the previous log left it. So a well-formed record left
+//! behind a cut or copied from elsewhere, a log file of another data directory, and a log
+//! out of order are never replayed.
 //!
 //! Payload fields: a [`RegionId`] is `home u32, seq u64`; a byte string or string is
 //! `len u32, bytes` (strings are UTF-8); a list is `count u32, items`; a bool is one byte,
@@ -47,58 +71,113 @@
 //! ## Checkpoint and epoch files
 //!
 //! ```text
-//! checkpoint: magic b"CRLK", version u32 = 1, payload_len u64, crc u32, payload
-//!   payload:  epoch u64, log_gen u64, next_seq u64,
+//! checkpoint: magic b"CRLK", version u32 = 2, payload_len u64, crc u32, payload
+//!   payload:  epoch u64, log_gen u64, next_seq u64, store_id u64,
+//!             first_seq u64 (of log_gen's first record), prev u32 (the chain before it),
 //!             regions u64 count × (region, fingerprint u64, type_name, bytes),
 //!             in-doubt u64 count × (txid u64, coordinator u32, writes, deletes),
 //!             coordinating u64 count × (txid u64, participants [node u32])
-//! epoch:      magic b"CRLE", version u32 = 1, epoch u64, crc u32 (of the 16 bytes before it)
+//! epoch:      magic b"CRLE", version u32 = 2, epoch u64, store_id u64,
+//!             sealed_gen u64, sealed_len u64, sealed_chain u32, crc u32 (of the 44 bytes before it)
 //! ```
 //!
 //! Both are written to a `.tmp` file, fsynced, renamed over the real name, and the directory
 //! is fsynced: a reader sees the old file or the new one, never a mix.
 //!
-//! # Recovery rules
+//! **The seal** (`sealed_gen`, `sealed_len`, `sealed_chain`) says that log `sealed_gen` is
+//! durable up to `sealed_len` and that the record ending there has checksum `sealed_chain`.
+//! [`DurableStore::open`] seals what it recovered (after syncing it), and a clean
+//! [`close`](DurableStore::close) seals everything written. Only the records written since
+//! the last open or clean close are unsealed.
+//!
+//! # Recovery rules: a torn tail is cut, corruption is refused
 //!
 //! Bytes read from disk are untrusted: every length is bounded by the bytes that remain and
-//! by [`MAX_RECORD_BYTES`], and nothing is trusted before its checksum matches.
+//! by [`MAX_RECORD_BYTES`], and nothing is trusted before its checksums match.
 //!
 //! 1. Leftover `epoch.tmp` and `checkpoint.tmp` are removed (they were never renamed, so
 //!    never in effect).
-//! 2. The epoch file and the checkpoint, if present, must be entirely valid: a bad magic,
-//!    version, length or checksum, or a payload that does not decode exactly, is
-//!    [`StoreError::Corrupt`] and the store refuses to start. A missing epoch file while a
-//!    checkpoint or a log exists is also `Corrupt`: recovery never guesses.
+//! 2. The epoch file and the checkpoint, if present, must be entirely valid, and the
+//!    checkpoint's store id must be the epoch file's: anything else is
+//!    [`StoreError::Corrupt`]. A missing epoch file while a checkpoint or a log exists is
+//!    also `Corrupt`: recovery never guesses.
 //! 3. The checkpoint names `log_gen`, the first log that follows it (1 without a
 //!    checkpoint). Logs older than `log_gen` are stale (a checkpoint finished but their
 //!    removal did not) and are deleted. The logs from `log_gen` on must be consecutive,
 //!    starting at `log_gen`; a gap is `Corrupt`.
-//! 4. The logs are replayed in order. The first frame that is torn (short), has a bad magic,
-//!    a length over the maximum, a checksum mismatch or a payload that does not decode ends
-//!    the log: the file is truncated there (and synced), later logs are deleted, and the bytes
-//!    dropped are reported as [`RecoveryReport::cut_bytes`] and logged with `warn!`. Nothing
-//!    after the cut is applied: a record was acknowledged only after every byte before it was
-//!    synced, so everything before the cut is all that is known to be durable.
-//! 5. The new epoch, one more than the stored one, is persisted before [`DurableStore::open`]
-//!    returns; new records are appended to the last log.
+//! 4. The logs are replayed in order, each header and record checked as above. When bytes
+//!    that are not a valid record are found at some offset (short, bad magic, a checksum
+//!    mismatch, a length over the maximum), recovery scans forward, in that log and the later
+//!    ones, for any record whose header and checksums are valid. The bad bytes are a **torn
+//!    tail**, and are cut (the file truncated and synced, reported as
+//!    [`RecoveryReport::cut_bytes`] and [`RecoveryReport::cut_at`], logged with `warn!`),
+//!    only if all of these hold:
+//!    - no valid record follows them,
+//!    - they are in the last log,
+//!    - they start at or after the seal.
+//!
+//!    Anything else is **corruption**: [`StoreError::Corrupt`] names the file, the offset,
+//!    what was expected there, what was found, and how many valid records follow; the store
+//!    refuses to start and changes nothing. So is a record whose checksums match but whose
+//!    payload does not decode, a well-formed record out of the chain, a log header of another
+//!    store, generation or chain position, a log shorter than its seal, and a record that
+//!    does not end exactly at the seal with the sealed checksum.
+//! 5. The new epoch, one more than the stored one, is persisted (with the seal) before
+//!    [`DurableStore::open`] returns; new records are appended to the last log. One line
+//!    (`info!`) reports the records, bytes, bytes cut and seconds.
+//!
+//! Why this is safe: a record is acknowledged only after it and everything before it were
+//! written and synced. A crash can tear only the batch being written, at the end of the last
+//! log, after the seal; nothing valid was written after that batch. Damage anywhere else is
+//! not a crash, and cutting there would silently drop acknowledged commits.
+//!
+//! The limit: damage (a bit rot, a lost write) to the very last records written since the
+//! last open or clean close, with nothing valid after them, looks exactly like a torn write
+//! after a crash and is cut: those records, acknowledged, are lost, and the cut is reported.
+//! Only a second copy (a replica) could tell. After a clean close nothing is in that window.
 //!
 //! # Checkpoint sequence
 //!
-//! With the current log `log.<g>`, the writer thread: creates an empty `log.<g+1>` and
-//! fsyncs the directory; writes `checkpoint.tmp` (state as of the end of `log.<g>`,
-//! `log_gen = g + 1`) and fsyncs it; renames it over `checkpoint` and fsyncs the directory;
-//! switches to `log.<g+1>`; removes the older logs. A crash before the rename leaves the old
-//! checkpoint in effect, with `log.<g>` complete and `log.<g+1>` empty, both replayed; a crash
-//! after it leaves the new checkpoint, and `log.<g>` is stale. Records go to `log.<g+1>` only
-//! after the new checkpoint is durable.
+//! With the current log `log.<g>`, the writer thread: creates `log.<g+1>` with its header
+//! (continuing the chain), fsyncs it and the directory; writes `checkpoint.tmp` (state as of
+//! the end of `log.<g>`, `log_gen = g + 1`, the chain position) and fsyncs it; renames it
+//! over `checkpoint` and fsyncs the directory; switches to `log.<g+1>`; removes the older
+//! logs. A crash before the rename leaves the old checkpoint in effect, with `log.<g>`
+//! complete and `log.<g+1>` empty (or with a torn header, which is a torn tail), both
+//! replayed; a crash after it leaves the new checkpoint, and `log.<g>` is stale. Records go
+//! to `log.<g+1>` only after the new checkpoint is durable.
 //!
 //! # Failures
 //!
 //! An error from writing or syncing the log (or writing a checkpoint) is fatal: the store
 //! records it ([`DurableStore::failure`]), fails the batch in flight and every later append
 //! with [`StoreError::Failed`], and never retries (after a failed fsync the kernel may have
-//! dropped the dirty pages; retrying could report as durable what is not). A record whose
-//! append failed may or may not be found by the next recovery: its outcome is unknown.
+//! dropped the dirty pages; retrying could report as durable what is not). A failed write
+//! cuts the partial batch off the log at once (so a full disk leaves no partial record; if
+//! even that fails, recovery cuts it as a torn tail). A write, fsync or checkpoint that runs
+//! longer than [`StoreConfig::io_timeout`] (default 10 s) is treated the same way: a watchdog
+//! thread fails the store, the batch in flight and everything queued, so callers are not
+//! held by a hung disk (the writer thread stays stuck until the kernel returns; nothing it
+//! does after that is acknowledged). A record whose append failed may or may not be found by
+//! the next recovery: its outcome is unknown.
+//!
+//! # What to do after a disk fault
+//!
+//! - **A crash or power loss**: nothing. Restart; a torn tail is cut and reported.
+//! - **A full disk** (`Failed`, "the disk is full"): free space, restart the node. Every
+//!   acknowledged commit is recovered; the failed batch was never acknowledged.
+//! - **A failed or timed-out write or fsync** (`Failed`): the disk is suspect. Check it
+//!   (kernel log, SMART); restart the node, on another disk if needed: recovery reads back
+//!   and checks everything. A commit that failed this way has an unknown outcome.
+//! - **Corruption** (`Corrupt`: the node refuses to start): do not delete anything. Run
+//!   `crl-node log verify --data-dir D` to see the file, the offset and how many valid
+//!   records follow. Restore the data directory from a backup or a replica if there is one.
+//!   Otherwise, accepting the loss of every record from the bad one on, cut there with
+//!   `crl-node log repair --data-dir D --cut-at GEN:OFFSET` ([`repair_cut`]), which keeps a
+//!   copy of what it cuts in the data directory, and restart. A corrupt checkpoint or epoch
+//!   file cannot be repaired by cutting: restore it.
+//! - **A log of another data directory** (`Corrupt`, "another data dir"): a file was copied
+//!   into the wrong directory; put the right one back.
 
 mod codec;
 mod files;
