@@ -1073,6 +1073,8 @@ const PAGE: u64 = 4096;
 struct TestDisk {
     /// Sleep this long before the next log fsync.
     stall_sync: parking_lot::Mutex<Option<Duration>>,
+    /// Sleep this long before the next log write.
+    stall_write: parking_lot::Mutex<Option<Duration>>,
     /// Write only this many bytes of the next batch, then fail with this error.
     partial_write: parking_lot::Mutex<Option<(usize, io::ErrorKind)>>,
     /// Fail the next checkpoint with this error.
@@ -1091,6 +1093,9 @@ impl DiskFaults for TestDisk {
                 }
             }
             DiskOp::Write { .. } => {
+                if let Some(d) = self.stall_write.lock().take() {
+                    std::thread::sleep(d);
+                }
                 if let Some((n, kind)) = self.partial_write.lock().take() {
                     return DiskFault::Partial(n, io::Error::from(kind));
                 }
@@ -1635,14 +1640,24 @@ proptest! {
 /// fsync error does (the commits waiting get `Failed` within the bound, not when the disk
 /// returns; later appends fail at once), and a restart recovers what was acknowledged.
 #[test]
-fn a_stalled_fsync_fails_the_store_within_the_bound() {
+fn a_stalled_fsync_or_write_fails_the_store_within_the_bound() {
+    for stall_write in [false, true] {
+        stalled_disk_fails_the_store(stall_write);
+    }
+}
+
+fn stalled_disk_fails_the_store(stall_write: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let disk = Arc::new(TestDisk::default());
     let bound = Duration::from_millis(200);
     let stall = Duration::from_secs(2);
     let (store, _) = open_faulty(tmp.path(), u64::MAX, bound, &disk);
     append_wait(&store, create(2, b"durable")).unwrap();
-    *disk.stall_sync.lock() = Some(stall);
+    if stall_write {
+        *disk.stall_write.lock() = Some(stall);
+    } else {
+        *disk.stall_sync.lock() = Some(stall);
+    }
     let start = Instant::now();
     // One commit in the stalled batch, and one queued behind it.
     let (tx, rx) = mpsc::channel();

@@ -209,8 +209,11 @@ impl Shared {
                     for done in dones {
                         run_done(done, Err(clone_failed(&err)));
                     }
-                    let mut queued = std::mem::take(&mut self.queue.lock().items);
-                    self.queue.lock().waiting = 0;
+                    let mut queued = {
+                        let mut q = self.queue.lock();
+                        q.waiting = 0;
+                        std::mem::take(&mut q.items)
+                    };
                     fail_all(&mut queued, &err);
                     w = self.watch.lock();
                 }
