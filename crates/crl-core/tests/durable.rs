@@ -1917,3 +1917,32 @@ fn a_torn_log_header_after_a_crashed_checkpoint_is_rewritten() {
         model = after;
     }
 }
+
+/// A checkpoint of another data dir, or a store of format version 1, is refused by name.
+#[test]
+fn a_foreign_checkpoint_or_an_old_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    for d in [&a, &b] {
+        let (store, _) = open_with(d, 0);
+        append_wait(&store, create(2, b"x")).unwrap();
+        store.close();
+    }
+    fs::copy(b.join("checkpoint"), a.join("checkpoint")).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&a)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { file, found, .. }
+            if file.ends_with("checkpoint") && found.contains("another data dir")),
+        "{err}"
+    );
+    // A version 1 epoch file (20 bytes: magic, version 1, epoch, crc).
+    let mut v1 = b"CRLE".to_vec();
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    v1.extend_from_slice(&3u64.to_le_bytes());
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    fs::write(b.join("epoch"), &v1).unwrap();
+    let err = DurableStore::open(StoreConfig::new(&b)).unwrap_err();
+    assert!(err.to_string().contains("version 1"), "{err}");
+}

@@ -154,6 +154,18 @@ pub(crate) fn read_epoch(dir: &Path) -> Result<Option<EpochFile>, StoreError> {
             });
         }
     };
+    if bytes.len() >= 8 && bytes[0..4] == EPOCH_MAGIC {
+        // A store of another format version is named as such, whatever its length.
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(corrupt(
+                path,
+                4,
+                format!("format version {FORMAT_VERSION}"),
+                format!("version {version} (this release reads only version {FORMAT_VERSION})"),
+            ));
+        }
+    }
     if bytes.len() != EPOCH_LEN {
         return Err(corrupt(
             path,
