@@ -429,3 +429,56 @@ fn run_refuses_a_corrupt_log_naming_the_file_and_offset() {
     assert!(err.contains("4 valid records follow"), "{err}");
     assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log was changed");
 }
+
+/// Runs node 0 of `config` until it announces itself, then stops it with SIGTERM; returns
+/// its stderr.
+#[cfg(unix)]
+fn start_and_stop(config: &Path) -> String {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", s(config), "--id", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(line.contains("listening on"), "{line}{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stderr(&out)
+}
+
+/// A durable node says at start what recovering its log did.
+#[cfg(unix)]
+#[test]
+fn run_reports_the_log_recovery_in_one_line() {
+    let tmp = TempDir::new("run-report");
+    make_certs(&tmp.path().join("certs"), &["0", "1"]);
+    let path = tmp.path().join("cluster.toml");
+    std::fs::write(
+        &path,
+        "cluster_id = 7\nca = \"certs/ca.pem\"\n\n\
+         [[node]]\nid = 0\naddr = \"127.0.0.1:0\"\ndata_dir = \"data0\"\n\n\
+         [[node]]\nid = 1\naddr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let first = start_and_stop(&path);
+    assert!(first.contains("log recovered: 0 records"), "{first}");
+    let second = start_and_stop(&path);
+    let line = second
+        .lines()
+        .find(|l| l.contains("log recovered:"))
+        .unwrap_or_else(|| panic!("{second}"));
+    assert!(
+        line.contains(" bytes cut") && !line.contains(": 0 records"),
+        "{line}"
+    );
+    let out = crl_node(&["log", "verify", "--data-dir", s(&tmp.path().join("data0"))]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}

@@ -364,6 +364,20 @@ async fn serve(config: NodeConfig) -> Result<(), Failure> {
         node.local_addr()
     );
     let _ = std::io::stdout().flush();
+    if let Some(r) = node.recovery_report() {
+        // The one-line recovery report (also logged with `tracing`, which this binary does
+        // not print).
+        eprintln!(
+            "crl-node {id}: log recovered: {} records, {} bytes, {} bytes cut{}, {:.3} s",
+            r.log_records,
+            r.log_bytes,
+            r.cut_bytes,
+            r.cut_at
+                .map(|(g, o)| format!(" (a torn tail at log generation {g}, offset {o})"))
+                .unwrap_or_default(),
+            r.elapsed.as_secs_f64()
+        );
+    }
 
     let signal = signals.next().await;
     eprintln!("crl-node {id}: {signal}, shutting down");
