@@ -307,6 +307,8 @@ struct NodeInner {
     /// held back until then.
     recovering: AtomicBool,
     recovered: Notify,
+    /// What recovering the durable store did (with a data dir).
+    recovery_report: Option<crl_core::durable::RecoveryReport>,
 }
 
 /// Counters of [`TxStats`].
@@ -416,6 +418,7 @@ impl Node {
         let mut has_name_table = false;
         let mut in_doubt = Vec::new();
         let mut coordinating = Vec::new();
+        let recovery_report = recovered.as_ref().map(|r| r.report.clone());
         if let Some(rec) = recovered {
             // A fresh store reports the smallest safe next id (2); this node's first region,
             // its name table, takes 1.
@@ -464,6 +467,7 @@ impl Node {
             durability,
             recovering: AtomicBool::new(recovering),
             recovered: Notify::new(),
+            recovery_report,
         });
         let node = Node { inner };
         let span = info_span!("node", node = %id);
@@ -528,6 +532,12 @@ impl Node {
     /// The address this node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.transport.local_addr().expect("endpoint address")
+    }
+
+    /// What recovering this node's durable store did when it started (records replayed,
+    /// bytes, a torn tail cut, time); `None` without a data dir.
+    pub fn recovery_report(&self) -> Option<crl_core::durable::RecoveryReport> {
+        self.inner.recovery_report.clone()
     }
 
     /// Creates a region homed at this node, holding `value`.

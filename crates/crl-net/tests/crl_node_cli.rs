@@ -251,3 +251,234 @@ fn run_with_valid_config_until_sigterm() {
         let _ = child.wait();
     }
 }
+
+/// A data dir with `n` records (each creating one region), closed cleanly; returns the
+/// offsets where records start in `log.<1>`.
+fn make_store(dir: &Path, n: u64) -> Vec<u64> {
+    use crl_core::durable::{DurableStore, LogRecord, StoreConfig};
+    let (store, _) = DurableStore::open(StoreConfig::new(dir)).unwrap();
+    let mut starts = Vec::new();
+    for seq in 2..2 + n {
+        starts.push(store.stats().log_bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.append(
+            LogRecord::Create {
+                region: crl_core::RegionId::new(crl_core::NodeId(1), seq),
+                fingerprint: 1,
+                type_name: "T".into(),
+                bytes: vec![seq as u8; 100],
+            },
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap();
+    }
+    store.close();
+    starts
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn log_verify_reports_a_healthy_log_and_changes_nothing() {
+    let tmp = TempDir::new("log-ok");
+    let dir = tmp.path().join("data");
+    make_store(&dir, 5);
+    let log = dir.join(format!("log.{:020}", 1));
+    let before = std::fs::read(&log).unwrap();
+    let out = crl_node(&["log", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("records: 5 valid in 1 log generations"),
+        "{text}"
+    );
+    assert!(text.contains("checkpoint: none"), "{text}");
+    assert!(text.contains("ok: the node can start"), "{text}");
+    assert_eq!(std::fs::read(&log).unwrap(), before);
+}
+
+#[test]
+fn log_verify_finds_a_flipped_byte_and_repair_cuts_there_keeping_a_copy() {
+    let tmp = TempDir::new("log-bad");
+    let dir = tmp.path().join("data");
+    let starts = make_store(&dir, 9);
+    let log = dir.join(format!("log.{:020}", 1));
+    let mut bytes = std::fs::read(&log).unwrap();
+    let bad = starts[4];
+    bytes[bad as usize + 40] ^= 1;
+    std::fs::write(&log, &bytes).unwrap();
+
+    let out = crl_node(&["log", "verify", "--data-dir", s(&dir)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("at offset {bad}")) && text.contains("4 valid records follow"),
+        "{text}"
+    );
+    assert!(text.contains(s(&log)), "{text}");
+    assert!(stderr(&out).contains("log repair"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "verify changed the log"
+    );
+
+    // Not a record boundary: refused.
+    let out = crl_node(&[
+        "log",
+        "repair",
+        "--data-dir",
+        s(&dir),
+        "--cut-at",
+        &format!("1:{}", bad + 3),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("refused"), "{}", stderr(&out));
+    // Past the bad record: refused.
+    let out = crl_node(&[
+        "log",
+        "repair",
+        "--data-dir",
+        s(&dir),
+        "--cut-at",
+        &format!("1:{}", starts[6]),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is bad"), "{}", stderr(&out));
+    // A malformed cut point is a usage error.
+    let out = crl_node(&["log", "repair", "--data-dir", s(&dir), "--cut-at", "12"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = crl_node(&[
+        "log",
+        "repair",
+        "--data-dir",
+        s(&dir),
+        "--cut-at",
+        &format!("1:{bad}"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("at offset {bad}")), "{text}");
+    let backups: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("cut-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let copy = std::fs::read_dir(&backups[0])
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::read(copy).unwrap(), bytes[bad as usize..]);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), bad);
+
+    let out = crl_node(&["log", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("records: 4 valid"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn log_verify_of_a_missing_dir_fails_clearly() {
+    let tmp = TempDir::new("log-missing");
+    let out = crl_node(&["log", "verify", "--data-dir", s(&tmp.path().join("nope"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no such directory"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The issue's report, end to end: a byte flipped in the middle of a durable node's log makes
+/// `crl-node run` refuse to start, naming the file and the offset; after an explicit repair
+/// it starts.
+#[test]
+fn run_refuses_a_corrupt_log_naming_the_file_and_offset() {
+    let tmp = TempDir::new("run-corrupt");
+    make_certs(&tmp.path().join("certs"), &["0", "1"]);
+    let data = tmp.path().join("data0");
+    let starts = make_store(&data, 9);
+    let log = data.join(format!("log.{:020}", 1));
+    let mut bytes = std::fs::read(&log).unwrap();
+    let bad = starts[4];
+    bytes[bad as usize + 50] ^= 0x80;
+    std::fs::write(&log, &bytes).unwrap();
+    let path = tmp.path().join("cluster.toml");
+    std::fs::write(
+        &path,
+        "cluster_id = 7\nca = \"certs/ca.pem\"\n\n\
+         [[node]]\nid = 0\naddr = \"127.0.0.1:0\"\ndata_dir = \"data0\"\n\n\
+         [[node]]\nid = 1\naddr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = crl_node(&["run", "--config", s(&path), "--id", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot start"), "{err}");
+    assert!(err.contains(&format!("log.{:020}", 1)), "{err}");
+    assert!(err.contains(&format!("at offset {bad}")), "{err}");
+    assert!(err.contains("4 valid records follow"), "{err}");
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log was changed");
+}
+
+/// Runs node 0 of `config` until it announces itself, then stops it with SIGTERM; returns
+/// its stderr.
+#[cfg(unix)]
+fn start_and_stop(config: &Path) -> String {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", s(config), "--id", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(line.contains("listening on"), "{line}{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stderr(&out)
+}
+
+/// A durable node says at start what recovering its log did.
+#[cfg(unix)]
+#[test]
+fn run_reports_the_log_recovery_in_one_line() {
+    let tmp = TempDir::new("run-report");
+    make_certs(&tmp.path().join("certs"), &["0", "1"]);
+    let path = tmp.path().join("cluster.toml");
+    std::fs::write(
+        &path,
+        "cluster_id = 7\nca = \"certs/ca.pem\"\n\n\
+         [[node]]\nid = 0\naddr = \"127.0.0.1:0\"\ndata_dir = \"data0\"\n\n\
+         [[node]]\nid = 1\naddr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let first = start_and_stop(&path);
+    assert!(first.contains("log recovered: 0 records"), "{first}");
+    let second = start_and_stop(&path);
+    let line = second
+        .lines()
+        .find(|l| l.contains("log recovered:"))
+        .unwrap_or_else(|| panic!("{second}"));
+    assert!(
+        line.contains(" bytes cut") && !line.contains(": 0 records"),
+        "{line}"
+    );
+    let out = crl_node(&["log", "verify", "--data-dir", s(&tmp.path().join("data0"))]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}

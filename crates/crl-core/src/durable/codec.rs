@@ -8,10 +8,18 @@ use crate::region::{NodeId, RegionId};
 /// The largest payload of one log record: 64 MiB.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
-/// Magic of a log frame: `b"CRLW"`.
-pub(crate) const RECORD_MAGIC: [u8; 4] = *b"CRLW";
-/// Size of a log frame's header: magic, payload length, CRC.
-pub(crate) const FRAME_HEADER: usize = 12;
+/// Magic of a log frame: `b"CRLR"` (format version 2; version 1 used `b"CRLW"`).
+pub(crate) const RECORD_MAGIC: [u8; 4] = *b"CRLR";
+/// Size of a log frame's header: magic, payload length, sequence number, previous record's
+/// checksum, payload checksum, header checksum.
+pub(crate) const FRAME_HEADER: usize = 28;
+
+/// Magic of a log file's header: `b"CRLL"`.
+pub(crate) const LOG_MAGIC: [u8; 4] = *b"CRLL";
+/// Size of a log file's header.
+pub(crate) const LOG_HEADER: usize = 40;
+/// The on-disk format version of log, checkpoint and epoch files.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 const TAG_CREATE: u8 = 1;
 const TAG_DELETE: u8 = 2;
@@ -164,7 +172,9 @@ fn encode_payload(record: &LogRecord, e: &mut Enc<'_>) {
     }
 }
 
-/// Encodes `record` as one log frame (header and payload), appended to `out`.
+/// Encodes `record` as one log frame appended to `out`: the payload and its checksum, with
+/// the rest of the header left for [`seal_frame`] (which the writer thread calls, in log
+/// order, once it knows the record's sequence number and the previous record's checksum).
 pub(crate) fn encode_frame(record: &LogRecord, out: &mut Vec<u8>) -> Result<(), StoreError> {
     let len = payload_len(record);
     if len > MAX_RECORD_BYTES {
@@ -179,12 +189,87 @@ pub(crate) fn encode_frame(record: &LogRecord, out: &mut Vec<u8>) -> Result<(), 
     encode_payload(record, &mut Enc(out));
     let payload = &out[start + FRAME_HEADER..];
     debug_assert_eq!(payload.len(), len);
-    let crc = crc32fast::hash(payload);
+    let body_crc = crc32fast::hash(payload);
     let header = &mut out[start..start + FRAME_HEADER];
     header[0..4].copy_from_slice(&RECORD_MAGIC);
     header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    header[8..12].copy_from_slice(&crc.to_le_bytes());
+    header[20..24].copy_from_slice(&body_crc.to_le_bytes());
     Ok(())
+}
+
+/// The header checksum of a frame: CRC-32 of the store id and the header's first 24 bytes.
+fn header_crc(store_id: u64, header: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&store_id.to_le_bytes());
+    h.update(&header[..FRAME_HEADER - 4]);
+    h.finalize()
+}
+
+/// Completes the header of a frame made by [`encode_frame`]: its sequence number, the
+/// previous record's checksum (the chain) and the header checksum, which it returns (the next
+/// record's `prev`).
+pub(crate) fn seal_frame(frame: &mut [u8], store_id: u64, seq: u64, prev: u32) -> u32 {
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
+    frame[16..20].copy_from_slice(&prev.to_le_bytes());
+    let crc = header_crc(store_id, frame);
+    frame[24..28].copy_from_slice(&crc.to_le_bytes());
+    crc
+}
+
+/// A log file's header: which store and generation it belongs to, and where its chain starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogHeader {
+    /// The random id of the store (data directory) that wrote it.
+    pub(crate) store_id: u64,
+    /// Its generation.
+    pub(crate) generation: u64,
+    /// The sequence number of its first record.
+    pub(crate) first_seq: u64,
+    /// The checksum of the record before its first one (0 before the very first record).
+    pub(crate) prev: u32,
+}
+
+impl LogHeader {
+    /// The header's bytes.
+    pub(crate) fn encode(&self) -> [u8; LOG_HEADER] {
+        let mut b = [0; LOG_HEADER];
+        b[0..4].copy_from_slice(&LOG_MAGIC);
+        b[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..16].copy_from_slice(&self.store_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.generation.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[32..36].copy_from_slice(&self.prev.to_le_bytes());
+        let crc = crc32fast::hash(&b[..36]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes a header; the error says what is wrong.
+    pub(crate) fn decode(b: &[u8]) -> Result<LogHeader, String> {
+        if b.len() < LOG_HEADER {
+            return Err(format!(
+                "a log header of {LOG_HEADER} bytes, found {} bytes",
+                b.len()
+            ));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if crc32fast::hash(&b[..36]) != u32_at(36) {
+            return Err("a log header checksum mismatch".into());
+        }
+        if b[0..4] != LOG_MAGIC {
+            return Err("a bad log header magic".into());
+        }
+        if u32_at(4) != FORMAT_VERSION {
+            return Err(format!("log format version {}", u32_at(4)));
+        }
+        Ok(LogHeader {
+            store_id: u64_at(8),
+            generation: u64_at(16),
+            first_seq: u64_at(24),
+            prev: u32_at(32),
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,43 +418,68 @@ pub(crate) fn decode_payload(payload: &[u8]) -> DResult<LogRecord> {
     Ok(record)
 }
 
-/// Why a log frame ends the log.
+/// Why the bytes at an offset of a log are not a valid frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FrameError {
     /// Fewer bytes than the header or the payload needs.
     Torn,
     /// The magic does not match.
     BadMagic,
+    /// The header checksum does not match (this covers the store id, the length, the
+    /// sequence number, the chain and the payload checksum).
+    HeaderChecksum,
     /// The payload length exceeds [`MAX_RECORD_BYTES`].
     TooLarge(u32),
     /// The payload's checksum does not match.
     Checksum,
-    /// The payload does not decode.
+    /// The checksums match but the payload does not decode.
     Decode(DecodeError),
 }
 
 impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FrameError::Torn => f.write_str("torn record"),
-            FrameError::BadMagic => f.write_str("bad record magic"),
-            FrameError::TooLarge(n) => write!(f, "record length {n} over the maximum"),
-            FrameError::Checksum => f.write_str("record checksum mismatch"),
-            FrameError::Decode(DecodeError(why)) => write!(f, "record does not decode: {why}"),
+            FrameError::Torn => f.write_str("a record that runs past the end of the file"),
+            FrameError::BadMagic => f.write_str("a bad record magic"),
+            FrameError::HeaderChecksum => f.write_str("a record header checksum mismatch"),
+            FrameError::TooLarge(n) => write!(f, "a record length {n} over the maximum"),
+            FrameError::Checksum => f.write_str("a record payload checksum mismatch"),
+            FrameError::Decode(DecodeError(why)) => {
+                write!(f, "a checksummed payload that does not decode ({why})")
+            }
         }
     }
 }
 
-/// Decodes the frame at the start of `buf`: the record and the frame's length.
-pub(crate) fn decode_frame(buf: &[u8]) -> Result<(LogRecord, usize), FrameError> {
+/// A frame that checked out: its record, length and chain fields.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) record: LogRecord,
+    /// The frame's length (header and payload).
+    pub(crate) len: usize,
+    pub(crate) seq: u64,
+    /// The previous record's checksum, as this frame claims it.
+    pub(crate) prev: u32,
+    /// This frame's header checksum (the next frame's `prev`).
+    pub(crate) crc: u32,
+}
+
+/// Checks the frame at the start of `buf` written by store `store_id` (magic, length, both
+/// checksums) without decoding its payload; returns its length, sequence number, `prev` and
+/// checksum.
+pub(crate) fn check_frame(buf: &[u8], store_id: u64) -> Result<(usize, u64, u32, u32), FrameError> {
     if buf.len() < FRAME_HEADER {
         return Err(FrameError::Torn);
     }
     if buf[0..4] != RECORD_MAGIC {
         return Err(FrameError::BadMagic);
     }
-    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let crc = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+    let crc = u32_at(24);
+    if header_crc(store_id, buf) != crc {
+        return Err(FrameError::HeaderChecksum);
+    }
+    let len = u32_at(4);
     if len as usize > MAX_RECORD_BYTES {
         return Err(FrameError::TooLarge(len));
     }
@@ -377,12 +487,53 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<(LogRecord, usize), FrameError>
     if buf.len() < end {
         return Err(FrameError::Torn);
     }
-    let payload = &buf[FRAME_HEADER..end];
-    if crc32fast::hash(payload) != crc {
+    if crc32fast::hash(&buf[FRAME_HEADER..end]) != u32_at(20) {
         return Err(FrameError::Checksum);
     }
-    let record = decode_payload(payload).map_err(FrameError::Decode)?;
-    Ok((record, end))
+    let seq = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+    Ok((end, seq, u32_at(16), crc))
+}
+
+/// Decodes the frame at the start of `buf` written by store `store_id`.
+pub(crate) fn decode_frame(buf: &[u8], store_id: u64) -> Result<Frame, FrameError> {
+    let (len, seq, prev, crc) = check_frame(buf, store_id)?;
+    let record = decode_payload(&buf[FRAME_HEADER..len]).map_err(FrameError::Decode)?;
+    Ok(Frame {
+        record,
+        len,
+        seq,
+        prev,
+        crc,
+    })
+}
+
+/// The offset of the first frame of store `store_id` that checks out (both checksums) at
+/// `from` or later in `buf`, if any: how recovery tells a torn tail (nothing valid after the
+/// bad bytes) from corruption (a valid record after them).
+pub(crate) fn find_valid_frame(buf: &[u8], from: usize, store_id: u64) -> Option<usize> {
+    let mut at = from;
+    while at + FRAME_HEADER <= buf.len() {
+        let rel = buf[at..].windows(4).position(|w| w == RECORD_MAGIC)?;
+        at += rel;
+        if check_frame(&buf[at..], store_id).is_ok() {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// How many frames of store `store_id` check out at `from` or later in `buf` (each found by
+/// [`find_valid_frame`], skipping bad bytes in between).
+pub(crate) fn count_valid_frames(buf: &[u8], from: usize, store_id: u64) -> u64 {
+    let mut n = 0;
+    let mut at = from;
+    while let Some(found) = find_valid_frame(buf, at, store_id) {
+        n += 1;
+        let (len, ..) = check_frame(&buf[found..], store_id).expect("just checked");
+        at = found + len;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -422,32 +573,80 @@ mod tests {
         ]
     }
 
+    const STORE: u64 = 0x1234_5678_9abc_def0;
+
+    fn sealed(r: &LogRecord, seq: u64, prev: u32) -> (Vec<u8>, u32) {
+        let mut buf = Vec::new();
+        encode_frame(r, &mut buf).unwrap();
+        let crc = seal_frame(&mut buf, STORE, seq, prev);
+        (buf, crc)
+    }
+
     #[test]
     fn roundtrip_and_exact_length() {
-        for r in samples() {
-            let mut buf = Vec::new();
-            encode_frame(&r, &mut buf).unwrap();
+        for (i, r) in samples().into_iter().enumerate() {
+            let (buf, crc) = sealed(&r, i as u64 + 1, 77);
             assert_eq!(buf.len(), FRAME_HEADER + payload_len(&r));
-            let (back, n) = decode_frame(&buf).unwrap();
-            assert_eq!(back, r);
-            assert_eq!(n, buf.len());
+            let f = decode_frame(&buf, STORE).unwrap();
+            assert_eq!(f.record, r);
+            assert_eq!(f.len, buf.len());
+            assert_eq!((f.seq, f.prev, f.crc), (i as u64 + 1, 77, crc));
+            // Another store's id does not check out.
+            assert_eq!(
+                decode_frame(&buf, STORE + 1).unwrap_err(),
+                FrameError::HeaderChecksum
+            );
         }
     }
 
     #[test]
-    fn every_truncation_and_flip_is_rejected_or_harmless() {
+    fn every_truncation_and_flip_is_rejected() {
         for r in samples() {
-            let mut buf = Vec::new();
-            encode_frame(&r, &mut buf).unwrap();
+            let (buf, _) = sealed(&r, 5, 9);
             for cut in 0..buf.len() {
-                assert_eq!(decode_frame(&buf[..cut]).unwrap_err(), FrameError::Torn);
+                assert!(decode_frame(&buf[..cut], STORE).is_err());
             }
             for i in 0..buf.len() {
                 let mut bad = buf.clone();
                 bad[i] ^= 0x40;
-                assert!(decode_frame(&bad).is_err(), "flip at {i} of {r:?} accepted");
+                assert!(
+                    decode_frame(&bad, STORE).is_err(),
+                    "flip at {i} of {r:?} accepted"
+                );
             }
         }
+    }
+
+    #[test]
+    fn valid_frames_are_found_after_garbage() {
+        let (a, crc) = sealed(&samples()[0], 1, 0);
+        let (b, _) = sealed(&samples()[1], 2, crc);
+        let mut buf = a.clone();
+        buf[3] ^= 1;
+        buf.extend_from_slice(&[0x43; 7]);
+        buf.extend_from_slice(&b);
+        assert_eq!(find_valid_frame(&buf, 1, STORE), Some(a.len() + 7));
+        assert_eq!(count_valid_frames(&buf, 1, STORE), 1);
+        assert_eq!(count_valid_frames(&buf, 1, STORE + 1), 0);
+        assert_eq!(find_valid_frame(&buf, a.len() + 8, STORE), None);
+    }
+
+    #[test]
+    fn log_header_roundtrip_and_flips() {
+        let h = LogHeader {
+            store_id: STORE,
+            generation: 3,
+            first_seq: 40,
+            prev: 0xabcd,
+        };
+        let b = h.encode();
+        assert_eq!(LogHeader::decode(&b).unwrap(), h);
+        for i in 0..LOG_HEADER {
+            let mut bad = b;
+            bad[i] ^= 1;
+            assert!(LogHeader::decode(&bad).is_err(), "flip at {i}");
+        }
+        assert!(LogHeader::decode(&b[..LOG_HEADER - 1]).is_err());
     }
 
     #[test]
@@ -474,30 +673,52 @@ mod tests {
         assert!(decode_payload(&[TAG_DECIDE, 0, 0, 0, 0, 0, 0, 0, 0, 2]).is_err());
     }
 
-    /// Pins the log format: these bytes must decode the same in every release.
+    /// Pins the log format (version 2): these bytes must decode the same in every release.
     #[test]
     fn golden_frames() {
-        let mut buf = Vec::new();
-        encode_frame(&LogRecord::Delete { region: rid(2) }, &mut buf).unwrap();
+        let (buf, crc) = sealed(&LogRecord::Delete { region: rid(2) }, 7, 0x0102_0304);
         let payload = [2, 3, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
-        let mut expected = b"CRLW".to_vec();
+        let mut expected = b"CRLR".to_vec();
         expected.extend_from_slice(&13u32.to_le_bytes());
+        expected.extend_from_slice(&7u64.to_le_bytes());
+        expected.extend_from_slice(&0x0102_0304u32.to_le_bytes());
         expected.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&STORE.to_le_bytes());
+        h.update(&expected);
+        let header_crc = h.finalize();
+        assert_eq!(crc, header_crc);
+        expected.extend_from_slice(&header_crc.to_le_bytes());
         expected.extend_from_slice(&payload);
         assert_eq!(buf, expected);
         // CRC-32 (IEEE) of that payload, as zlib.crc32 computes it: a change is a format change.
-        assert_eq!(&buf[8..12], &0x5a93_2644u32.to_le_bytes());
+        assert_eq!(&buf[20..24], &0x5a93_2644u32.to_le_bytes());
+        assert_eq!(&buf[24..28], &0x3bd6_ba6du32.to_le_bytes());
 
-        buf.clear();
-        encode_frame(
+        let (buf, _) = sealed(
             &LogRecord::Decide {
                 txid: 0x0102,
                 commit: true,
             },
-            &mut buf,
-        )
-        .unwrap();
-        assert_eq!(&buf[12..], &[5, 2, 1, 0, 0, 0, 0, 0, 0, 1]);
+            1,
+            0,
+        );
+        assert_eq!(&buf[FRAME_HEADER..], &[5, 2, 1, 0, 0, 0, 0, 0, 0, 1]);
+
+        let header = LogHeader {
+            store_id: 1,
+            generation: 2,
+            first_seq: 3,
+            prev: 4,
+        }
+        .encode();
+        assert_eq!(&header[0..8], b"CRLL\x02\0\0\0");
+        assert_eq!(
+            &header[8..36],
+            &[
+                1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::codec::{Dec, DecodeError, Enc};
+use super::codec::{Dec, DecodeError, Enc, FORMAT_VERSION, LogHeader};
 use super::table::{MIN_NEXT_SEQ, Table};
 use super::{InDoubt, StoreError, StoredRegion};
 use crate::region::NodeId;
@@ -18,10 +18,9 @@ pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const LOG_PREFIX: &str = "log.";
 
 const EPOCH_MAGIC: [u8; 4] = *b"CRLE";
-const EPOCH_LEN: usize = 20;
+const EPOCH_LEN: usize = 48;
 const CHECKPOINT_MAGIC: [u8; 4] = *b"CRLK";
 const CHECKPOINT_HEADER: usize = 20;
-const FORMAT_VERSION: u32 = 1;
 
 /// The file name of log generation `generation`.
 pub(crate) fn log_name(generation: u64) -> String {
@@ -76,26 +75,27 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::io("syncing the store directory"))
 }
 
-/// Opens (creating if needed) log `generation` for appending; also says if it was created.
-pub(crate) fn open_log(dir: &Path, generation: u64) -> Result<(File, bool), StoreError> {
-    let path = dir.join(log_name(generation));
-    let existed = path.exists();
-    let file = OpenOptions::new()
-        .create(true)
+/// Opens log `generation` for appending.
+pub(crate) fn open_log(dir: &Path, generation: u64) -> Result<File, StoreError> {
+    OpenOptions::new()
         .append(true)
-        .open(&path)
-        .map_err(StoreError::io("opening the log"))?;
-    Ok((file, !existed))
+        .open(dir.join(log_name(generation)))
+        .map_err(StoreError::io("opening the log"))
 }
 
-/// Creates log `generation` empty (truncating any file of that name) for writing.
-pub(crate) fn create_log(dir: &Path, generation: u64) -> Result<File, StoreError> {
-    OpenOptions::new()
+/// Creates log `generation` (truncating any file of that name) with its header, fsynced,
+/// open for appending. The caller fsyncs the directory.
+pub(crate) fn create_log(dir: &Path, header: &LogHeader) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(dir.join(log_name(generation)))
-        .map_err(StoreError::io("creating a log"))
+        .open(dir.join(log_name(header.generation)))
+        .map_err(StoreError::io("creating a log"))?;
+    file.write_all(&header.encode())
+        .and_then(|()| file.sync_all())
+        .map_err(StoreError::io("writing a log header"))?;
+    Ok(file)
 }
 
 /// Writes `bytes` to `tmp`, fsyncs it, renames it to `name`, fsyncs the directory.
@@ -110,16 +110,41 @@ fn replace_file(dir: &Path, tmp: &str, name: &str, bytes: &[u8]) -> Result<(), S
     sync_dir(dir)
 }
 
-fn corrupt(dir: &Path, name: &str, reason: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(
+    file: PathBuf,
+    offset: u64,
+    expected: impl Into<String>,
+    found: impl Into<String>,
+) -> StoreError {
     StoreError::Corrupt {
-        file: dir.join(name),
-        reason: reason.into(),
+        file,
+        offset,
+        expected: expected.into(),
+        found: found.into(),
+        valid_after: 0,
     }
 }
 
+/// The epoch file: the node's epoch, the store's random id, and the seal: a log position up
+/// to which every byte is known to be durable (written and synced, and verified by a
+/// recovery or written before a clean close), so a bad record before it is corruption, never
+/// a torn tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EpochFile {
+    pub(crate) epoch: u64,
+    pub(crate) store_id: u64,
+    /// The sealed log generation.
+    pub(crate) sealed_gen: u64,
+    /// The sealed length of that log.
+    pub(crate) sealed_len: u64,
+    /// The checksum of the record that ends there (the chain value at the seal).
+    pub(crate) sealed_chain: u32,
+}
+
 /// Reads the epoch file: `None` if there is none.
-pub(crate) fn read_epoch(dir: &Path) -> Result<Option<u64>, StoreError> {
-    let bytes = match fs::read(dir.join(EPOCH_FILE)) {
+pub(crate) fn read_epoch(dir: &Path) -> Result<Option<EpochFile>, StoreError> {
+    let path = dir.join(EPOCH_FILE);
+    let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -129,42 +154,78 @@ pub(crate) fn read_epoch(dir: &Path) -> Result<Option<u64>, StoreError> {
             });
         }
     };
+    if bytes.len() >= 8 && bytes[0..4] == EPOCH_MAGIC {
+        // A store of another format version is named as such, whatever its length.
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(corrupt(
+                path,
+                4,
+                format!("format version {FORMAT_VERSION}"),
+                format!("version {version} (this release reads only version {FORMAT_VERSION})"),
+            ));
+        }
+    }
     if bytes.len() != EPOCH_LEN {
         return Err(corrupt(
-            dir,
-            EPOCH_FILE,
-            format!("{} bytes, expected {EPOCH_LEN}", bytes.len()),
+            path,
+            0,
+            format!("{EPOCH_LEN} bytes"),
+            format!("{} bytes", bytes.len()),
         ));
     }
-    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[..16]) != crc {
-        return Err(corrupt(dir, EPOCH_FILE, "checksum mismatch"));
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[..44]) != u32_at(44) {
+        return Err(corrupt(path, 44, "the epoch file's checksum", "a mismatch"));
     }
     if bytes[0..4] != EPOCH_MAGIC {
-        return Err(corrupt(dir, EPOCH_FILE, "bad magic"));
+        return Err(corrupt(path, 0, "magic CRLE", "another magic"));
     }
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
         return Err(corrupt(
-            dir,
-            EPOCH_FILE,
-            format!("unsupported version {version}"),
+            path,
+            4,
+            format!("format version {FORMAT_VERSION}"),
+            format!("version {version}"),
         ));
     }
-    Ok(Some(u64::from_le_bytes(
-        bytes[8..16].try_into().expect("8 bytes"),
-    )))
+    Ok(Some(EpochFile {
+        epoch: u64_at(8),
+        store_id: u64_at(16),
+        sealed_gen: u64_at(24),
+        sealed_len: u64_at(32),
+        sealed_chain: u32_at(40),
+    }))
 }
 
-/// Persists `epoch` (temporary file, fsync, rename, directory fsync).
-pub(crate) fn write_epoch(dir: &Path, epoch: u64) -> Result<(), StoreError> {
+/// Persists the epoch file (temporary file, fsync, rename, directory fsync).
+pub(crate) fn write_epoch(dir: &Path, e: &EpochFile) -> Result<(), StoreError> {
     let mut bytes = Vec::with_capacity(EPOCH_LEN);
     bytes.extend_from_slice(&EPOCH_MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&epoch.to_le_bytes());
+    for v in [e.epoch, e.store_id, e.sealed_gen, e.sealed_len] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&e.sealed_chain.to_le_bytes());
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     replace_file(dir, EPOCH_TMP, EPOCH_FILE, &bytes)
+}
+
+/// A fresh random store id (never 0): hashes the time, the process id and a per-process
+/// random seed.
+pub(crate) fn new_store_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 /// A loaded checkpoint.
@@ -172,6 +233,12 @@ pub(crate) struct Checkpoint {
     pub(crate) epoch: u64,
     /// The first log generation after the checkpoint.
     pub(crate) log_gen: u64,
+    /// The store that wrote it.
+    pub(crate) store_id: u64,
+    /// The sequence number of the first record of `log_gen`.
+    pub(crate) first_seq: u64,
+    /// The checksum of the last record before `log_gen` (the chain).
+    pub(crate) prev: u32,
     pub(crate) table: Table,
 }
 
@@ -195,7 +262,7 @@ pub(crate) fn write_checkpoint(
     dir: &Path,
     table: &Table,
     epoch: u64,
-    log_gen: u64,
+    next: &LogHeader,
 ) -> Result<(), StoreError> {
     let tmp_path = dir.join(CHECKPOINT_TMP);
     let file = File::create(&tmp_path).map_err(StoreError::io("creating the checkpoint file"))?;
@@ -209,8 +276,11 @@ pub(crate) fn write_checkpoint(
         let mut scratch = Vec::with_capacity(1 << 16);
         let mut e = Enc(&mut scratch);
         e.u64(epoch);
-        e.u64(log_gen);
+        e.u64(next.generation);
         e.u64(table.next_seq);
+        e.u64(next.store_id);
+        e.u64(next.first_seq);
+        e.u32(next.prev);
         e.u64(table.regions.len() as u64);
         w.put(&scratch)?;
         for r in table.regions.values() {
@@ -263,7 +333,8 @@ pub(crate) fn write_checkpoint(
 
 /// Reads the checkpoint: `None` if there is none; `Corrupt` unless it is entirely valid.
 pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, StoreError> {
-    let bytes = match fs::read(dir.join(CHECKPOINT_FILE)) {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -273,41 +344,62 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, StoreErr
             });
         }
     };
-    let bad = |reason: String| corrupt(dir, CHECKPOINT_FILE, reason);
+    let bad = |offset: u64, expected: String, found: String| {
+        corrupt(path.clone(), offset, expected, found)
+    };
     if bytes.len() < CHECKPOINT_HEADER {
-        return Err(bad(format!(
-            "{} bytes, shorter than its header",
-            bytes.len()
-        )));
+        return Err(bad(
+            0,
+            format!("a header of {CHECKPOINT_HEADER} bytes"),
+            format!("{} bytes", bytes.len()),
+        ));
     }
     if bytes[0..4] != CHECKPOINT_MAGIC {
-        return Err(bad("bad magic".into()));
+        return Err(bad(0, "magic CRLK".into(), "another magic".into()));
     }
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(bad(format!("unsupported version {version}")));
+        return Err(bad(
+            4,
+            format!("format version {FORMAT_VERSION}"),
+            format!("version {version}"),
+        ));
     }
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
     let payload = &bytes[CHECKPOINT_HEADER..];
     if len != payload.len() as u64 {
-        return Err(bad(format!(
-            "payload of {} bytes, header says {len}",
-            payload.len()
-        )));
+        return Err(bad(
+            8,
+            format!("a payload of {len} bytes (the header's length)"),
+            format!("{} bytes", payload.len()),
+        ));
     }
     if crc32fast::hash(payload) != crc {
-        return Err(bad("checksum mismatch".into()));
+        return Err(bad(
+            16,
+            "the payload's checksum".into(),
+            "a mismatch".into(),
+        ));
     }
-    decode_checkpoint(payload).map_err(bad)
+    decode_checkpoint(payload).map(Some).map_err(|why| {
+        bad(
+            CHECKPOINT_HEADER as u64,
+            "a valid checkpoint payload".into(),
+            why,
+        )
+    })
 }
 
-fn decode_checkpoint(payload: &[u8]) -> Result<Option<Checkpoint>, String> {
+fn decode_checkpoint(payload: &[u8]) -> Result<Checkpoint, String> {
     let de = |DecodeError(why)| why.to_string();
     let mut d = Dec::new(payload);
     let epoch = d.u64().map_err(de)?;
     let log_gen = d.u64().map_err(de)?;
     let next_seq = d.u64().map_err(de)?;
+    let store_id = d.u64().map_err(de)?;
+    let first_seq = d.u64().map_err(de)?;
+    let prev = d.u32().map_err(de)?;
     if log_gen == 0 {
         return Err("log generation 0".into());
     }
@@ -366,11 +458,14 @@ fn decode_checkpoint(payload: &[u8]) -> Result<Option<Checkpoint>, String> {
     if d.remaining() != 0 {
         return Err(format!("{} trailing bytes", d.remaining()));
     }
-    Ok(Some(Checkpoint {
+    Ok(Checkpoint {
         epoch,
         log_gen,
+        store_id,
+        first_seq,
+        prev,
         table,
-    }))
+    })
 }
 
 #[cfg(test)]

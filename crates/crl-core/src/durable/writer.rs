@@ -5,22 +5,28 @@
 //! closes), takes the whole queue, writes it with one `write_all` and one `fdatasync`, runs
 //! the completions, and applies the records to its table. While it syncs, new records queue
 //! up for the next batch: that is what lets many commits share one fsync.
+//!
+//! The writer gives each record its place in the chain (sequence number and the previous
+//! record's checksum) as it writes the batch. A watchdog thread bounds every disk operation
+//! of the writer by [`StoreConfig::io_timeout`](super::StoreConfig::io_timeout): one that
+//! overruns fails the store as an fsync error does, and the watchdog itself fails the
+//! completions of the batch in flight and of everything queued, since the writer is stuck.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 
-use super::codec::encode_frame;
-use super::files;
+use super::codec::{LogHeader, encode_frame, seal_frame};
+use super::files::{self, EpochFile};
 use super::table::Table;
-use super::{AppendDone, LogRecord, StoreError, StoreStats};
+use super::{AppendDone, DiskFault, DiskFaults, DiskOp, LogRecord, StoreError, StoreStats};
 
 /// Queued lazy records that wake the writer even if nobody waits.
 const LAZY_FLUSH: usize = 1024;
@@ -47,10 +53,25 @@ impl Queue {
     }
 }
 
-/// State shared by the store's handles and its writer thread.
+/// The disk operation in flight, watched by the watchdog thread.
+#[derive(Default)]
+struct Watch {
+    /// When the operation started, and what it is.
+    started: Option<(Instant, &'static str)>,
+    /// The completions of the batch in flight.
+    dones: Vec<AppendDone>,
+    /// The watchdog failed the store: the completions are gone.
+    timed_out: bool,
+    stop: bool,
+}
+
+/// State shared by the store's handles and its writer and watchdog threads.
 pub(crate) struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    watch: Mutex<Watch>,
+    watch_wake: Condvar,
+    io_timeout: Duration,
     failed: OnceLock<String>,
     inject: AtomicBool,
     appends: AtomicU64,
@@ -69,10 +90,13 @@ fn run_done(done: AppendDone, result: Result<(), StoreError>) {
 }
 
 impl Shared {
-    pub(crate) fn new(log_bytes: u64) -> Self {
+    pub(crate) fn new(log_bytes: u64, io_timeout: Duration) -> Self {
         Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            watch: Mutex::new(Watch::default()),
+            watch_wake: Condvar::new(),
+            io_timeout,
             failed: OnceLock::new(),
             inject: AtomicBool::new(false),
             appends: AtomicU64::new(0),
@@ -105,6 +129,12 @@ impl Shared {
             return refuse(done, err);
         }
         let mut q = self.queue.lock();
+        // Checked again under the queue lock: the watchdog fails the store, then drains the
+        // queue, so nothing queued after a failure waits for a stuck writer.
+        if let Some(err) = self.failure() {
+            drop(q);
+            return refuse(done, err);
+        }
         if q.closed {
             drop(q);
             return refuse(done, StoreError::Closed);
@@ -128,6 +158,74 @@ impl Shared {
         self.wake.notify_all();
     }
 
+    /// Marks a disk operation as started: the watchdog fails the store if it runs past the
+    /// I/O timeout, running `dones` with the error itself.
+    fn begin_io(&self, what: &'static str, dones: Vec<AppendDone>) {
+        let mut w = self.watch.lock();
+        w.started = Some((Instant::now(), what));
+        w.dones = dones;
+        drop(w);
+        self.watch_wake.notify_one();
+    }
+
+    /// Marks the disk operation as finished: its completions, unless the watchdog already
+    /// failed them (then `None`).
+    fn end_io(&self) -> Option<Vec<AppendDone>> {
+        let mut w = self.watch.lock();
+        w.started = None;
+        if w.timed_out {
+            None
+        } else {
+            Some(std::mem::take(&mut w.dones))
+        }
+    }
+
+    /// The watchdog thread: fails the store when a disk operation overruns the I/O timeout.
+    pub(crate) fn watchdog(&self) {
+        let mut w = self.watch.lock();
+        loop {
+            if w.stop {
+                return;
+            }
+            match w.started {
+                None => self.watch_wake.wait(&mut w),
+                Some((start, what)) => {
+                    let elapsed = start.elapsed();
+                    if elapsed < self.io_timeout {
+                        let _ = self.watch_wake.wait_for(&mut w, self.io_timeout - elapsed);
+                        continue;
+                    }
+                    let reason = format!(
+                        "{what} did not finish within the i/o timeout of {:?}: the disk is sick",
+                        self.io_timeout
+                    );
+                    error!(error = %reason, "durable store failed; every later append fails");
+                    let _ = self.failed.set(reason);
+                    w.timed_out = true;
+                    w.started = None;
+                    let dones = std::mem::take(&mut w.dones);
+                    drop(w);
+                    let err = self.failure().expect("just failed");
+                    for done in dones {
+                        run_done(done, Err(clone_failed(&err)));
+                    }
+                    let mut queued = {
+                        let mut q = self.queue.lock();
+                        q.waiting = 0;
+                        std::mem::take(&mut q.items)
+                    };
+                    fail_all(&mut queued, &err);
+                    w = self.watch.lock();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stop_watchdog(&self) {
+        self.watch.lock().stop = true;
+        self.watch_wake.notify_all();
+    }
+
     pub(crate) fn inject_failure(&self) {
         self.inject.store(true, Relaxed);
     }
@@ -147,17 +245,25 @@ impl Shared {
 
 /// The writer thread's state.
 pub(crate) struct Writer {
-    pub(crate) shared: std::sync::Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) dir: PathBuf,
     pub(crate) checkpoint_bytes: u64,
+    pub(crate) faults: Option<Arc<dyn DiskFaults>>,
     pub(crate) epoch: u64,
+    pub(crate) store_id: u64,
     /// The generation of the current log.
     pub(crate) generation: u64,
+    /// The sequence number of the next record.
+    pub(crate) next_record: u64,
+    /// The checksum of the last record written.
+    pub(crate) chain: u32,
     pub(crate) log: File,
     pub(crate) log_bytes: u64,
     pub(crate) table: Table,
     /// The directory lock, released when the writer stops.
     pub(crate) _lock: File,
+    /// Dropped when the writer stops (so `close` knows).
+    pub(crate) _exit: std::sync::mpsc::Sender<()>,
 }
 
 impl Writer {
@@ -182,7 +288,59 @@ impl Writer {
                 buf = Vec::new();
             }
         }
+        if self.shared.failure().is_none() {
+            // A clean close: seal the log, so that the next recovery treats damage anywhere
+            // in it as corruption, not as a torn tail.
+            let seal = EpochFile {
+                epoch: self.epoch,
+                store_id: self.store_id,
+                sealed_gen: self.generation,
+                sealed_len: self.log_bytes,
+                sealed_chain: self.chain,
+            };
+            if let Err(e) = files::write_epoch(&self.dir, &seal) {
+                warn!(dir = %self.dir.display(), error = %e, "could not seal the log at close");
+            }
+        }
+        self.shared.stop_watchdog();
         debug!(dir = %self.dir.display(), "durable log writer stopped");
+    }
+
+    /// What the fault hook says of `op` (proceed without a hook).
+    fn fault(&self, op: DiskOp) -> DiskFault {
+        match &self.faults {
+            Some(f) => f.before(op),
+            None => DiskFault::Proceed,
+        }
+    }
+
+    /// Appends `buf` to the log (through the fault hook); on a failed write, cuts the log
+    /// back to where the batch started, so no partial record is left behind.
+    fn write_log(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        let op = DiskOp::Write {
+            generation: self.generation,
+            offset: self.log_bytes,
+            len: buf.len(),
+        };
+        let result = match self.fault(op) {
+            DiskFault::Proceed => self.log.write_all(buf),
+            DiskFault::Fail(e) => Err(e),
+            DiskFault::Partial(n, e) => self.log.write_all(&buf[..n.min(buf.len())]).and(Err(e)),
+        };
+        if let Err(e) = result {
+            let cut = self
+                .log
+                .set_len(self.log_bytes)
+                .and_then(|()| self.log.sync_data());
+            if let Err(cut) = cut {
+                warn!(error = %cut, "could not cut a failed batch off the log; recovery will cut it as a torn tail");
+            }
+            return Err(StoreError::Io {
+                what: "writing the log",
+                source: e,
+            });
+        }
+        Ok(())
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Pending>, buf: &mut Vec<u8>) {
@@ -190,19 +348,29 @@ impl Writer {
             return fail_all(batch, &err);
         }
         buf.clear();
-        for p in batch.iter() {
+        for p in batch.iter_mut() {
+            self.chain = seal_frame(&mut p.frame, self.store_id, self.next_record, self.chain);
+            self.next_record += 1;
             buf.extend_from_slice(&p.frame);
         }
-        let written = self
-            .log
-            .write_all(buf)
-            .map_err(StoreError::io("writing the log"))
-            .and_then(|()| self.sync());
+        let dones = batch.iter_mut().filter_map(|p| p.done.take()).collect();
+        self.shared.begin_io("writing and syncing the log", dones);
+        let written = self.write_log(buf).and_then(|()| self.sync());
+        let dones = self.shared.end_io();
         if let Err(err) = written {
             self.fail(err);
-            let err = self.shared.failure().expect("just failed");
-            return fail_all(batch, &err);
         }
+        let dones = match (dones, self.shared.failure()) {
+            (Some(dones), None) => dones,
+            (dones, err) => {
+                // Failed here, or timed out (the watchdog already failed those completions).
+                let err = err.unwrap_or(StoreError::Closed);
+                for done in dones.into_iter().flatten() {
+                    run_done(done, Err(clone_failed(&err)));
+                }
+                return fail_all(batch, &err);
+            }
+        };
         let n = batch.len() as u64;
         self.log_bytes += buf.len() as u64;
         let s = &self.shared;
@@ -211,20 +379,24 @@ impl Writer {
         s.bytes_written.fetch_add(buf.len() as u64, Relaxed);
         s.log_bytes.store(self.log_bytes, Relaxed);
         s.largest_batch.fetch_max(n, Relaxed);
-        for p in batch.iter_mut() {
-            if let Some(done) = p.done.take() {
-                run_done(done, Ok(()));
-            }
+        for done in dones {
+            run_done(done, Ok(()));
         }
         let mut skipped = 0;
         for p in batch.drain(..) {
             skipped += self.table.apply(p.record);
         }
         s.skipped_writes.fetch_add(skipped, Relaxed);
-        if self.log_bytes > self.checkpoint_bytes
-            && let Err(err) = self.checkpoint()
-        {
-            self.fail(err);
+        if self.log_bytes > self.checkpoint_bytes {
+            self.shared.begin_io("writing a checkpoint", Vec::new());
+            let result = self.checkpoint();
+            let timed_out = self.shared.end_io().is_none();
+            if let Err(err) = result {
+                self.fail(err);
+            } else if timed_out {
+                // The store failed; the checkpoint is durable but nothing more is written.
+                debug!("a checkpoint finished after the i/o timeout");
+            }
         }
     }
 
@@ -235,13 +407,31 @@ impl Writer {
                 source: io::Error::other("injected fdatasync failure"),
             });
         }
+        match self.fault(DiskOp::Sync {
+            generation: self.generation,
+        }) {
+            DiskFault::Proceed => {}
+            DiskFault::Fail(e) | DiskFault::Partial(_, e) => {
+                return Err(StoreError::Io {
+                    what: "syncing the log",
+                    source: e,
+                });
+            }
+        }
         self.log
             .sync_data()
             .map_err(StoreError::io("syncing the log"))
     }
 
     fn fail(&self, err: StoreError) {
-        let reason = err.to_string();
+        let mut reason = err.to_string();
+        if let StoreError::Io { source, .. } = &err
+            && source.kind() == io::ErrorKind::StorageFull
+        {
+            reason.push_str(
+                " (the disk is full: free space, then restart; every acknowledged commit is recovered)",
+            );
+        }
         error!(dir = %self.dir.display(), error = %reason, "durable store failed; every later append fails");
         // Only the writer thread sets it, once: later failures are consequences.
         let _ = self.shared.failed.set(reason);
@@ -250,16 +440,33 @@ impl Writer {
     /// Writes a checkpoint and switches to a fresh log (order: see the module docs).
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         let start = Instant::now();
-        let next = self.generation + 1;
-        let new_log = files::create_log(&self.dir, next)?;
+        let next = LogHeader {
+            store_id: self.store_id,
+            generation: self.generation + 1,
+            first_seq: self.next_record,
+            prev: self.chain,
+        };
+        let new_log = files::create_log(&self.dir, &next)?;
         files::sync_dir(&self.dir)?;
-        files::write_checkpoint(&self.dir, &self.table, self.epoch, next)?;
+        match self.fault(DiskOp::Checkpoint {
+            generation: next.generation,
+        }) {
+            DiskFault::Proceed => {}
+            DiskFault::Fail(e) | DiskFault::Partial(_, e) => {
+                return Err(StoreError::Io {
+                    what: "writing the checkpoint",
+                    source: e,
+                });
+            }
+        }
+        files::write_checkpoint(&self.dir, &self.table, self.epoch, &next)?;
+        let next = next.generation;
         // The checkpoint is durable: records go to the new log from now on.
         self.log = new_log;
         let old_bytes = self.log_bytes;
         self.generation = next;
-        self.log_bytes = 0;
-        self.shared.log_bytes.store(0, Relaxed);
+        self.log_bytes = super::codec::LOG_HEADER as u64;
+        self.shared.log_bytes.store(self.log_bytes, Relaxed);
         self.shared.checkpoints.fetch_add(1, Relaxed);
         match files::list_logs(&self.dir) {
             Ok(logs) => {
@@ -284,18 +491,21 @@ impl Writer {
     }
 }
 
+fn clone_failed(err: &StoreError) -> StoreError {
+    match err {
+        StoreError::Failed { reason } => StoreError::Failed {
+            reason: reason.clone(),
+        },
+        other => StoreError::Failed {
+            reason: other.to_string(),
+        },
+    }
+}
+
 fn fail_all(batch: &mut Vec<Pending>, err: &StoreError) {
     for p in batch.drain(..) {
         if let Some(done) = p.done {
-            let err = match err {
-                StoreError::Failed { reason } => StoreError::Failed {
-                    reason: reason.clone(),
-                },
-                other => StoreError::Failed {
-                    reason: other.to_string(),
-                },
-            };
-            run_done(done, Err(err));
+            run_done(done, Err(clone_failed(err)));
         }
     }
 }

@@ -4,11 +4,15 @@
 //! crl-node cert init  --dir certs [--cluster-name NAME] [--force]   # ca.pem, ca-key.pem
 //! crl-node cert issue --dir certs --id 0 --id 1 --id 2 [--force]   # node-<id>.pem, node-<id>-key.pem
 //! crl-node run --config cluster.toml --id 1                         # or: crl-node --config cluster.toml --id 1
+//! crl-node log verify --data-dir D                                  # checks a stopped node's log, changes nothing
+//! crl-node log repair --data-dir D --cut-at GEN:OFFSET              # cuts the log there, keeping a copy
 //! ```
 //!
-//! The cluster file's format is described in `crl_net::config`. Exit codes: 0 on success
-//! (and on a clean shutdown after SIGINT/SIGTERM), 1 on a runtime error such as a bad
-//! configuration, 2 on a command-line usage error.
+//! The cluster file's format is described in `crl_net::config`; the log's rules (torn tail
+//! versus corruption) in `crl_core::durable`. Exit codes: 0 on success (and on a clean
+//! shutdown after SIGINT/SIGTERM, and for `log verify` on a log that recovery accepts), 1 on
+//! a runtime error such as a bad configuration, or corruption found by `log verify`, 2 on a
+//! command-line usage error.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,44 @@ enum Command {
     /// Creates the cluster CA and issues node certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Checks or repairs a stopped node's write-ahead log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Reports the checkpoint, the log generations, the records, a torn tail (which the next
+    /// start cuts) and any corruption (which makes the node refuse to start), changing
+    /// nothing. Exits 1 on corruption.
+    Verify {
+        /// The node's data directory (`data_dir` in the cluster file).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Cuts the log at GEN:OFFSET (a record boundary, as `log verify` reports it) and removes
+    /// every later log, keeping a copy of everything cut in a `cut-*` directory inside the
+    /// data directory. The records after the cut are lost to the node.
+    Repair {
+        /// The node's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Where to cut: log generation and byte offset, e.g. `3:81920`.
+        #[arg(long, value_name = "GEN:OFFSET", value_parser = parse_cut_at)]
+        cut_at: (u64, u64),
+    },
+}
+
+/// Parses `GEN:OFFSET`.
+fn parse_cut_at(s: &str) -> Result<(u64, u64), String> {
+    let (g, o) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected GEN:OFFSET, got {s:?}"))?;
+    let g = g
+        .parse()
+        .map_err(|e| format!("bad generation {g:?}: {e}"))?;
+    let o = o.parse().map_err(|e| format!("bad offset {o:?}: {e}"))?;
+    Ok((g, o))
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +145,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Cert(cert)) => run_cert(cert),
+        Some(Command::Log(log)) => run_log(log),
         Some(Command::Run(args)) => run_node(&args),
         None => match (cli.config, cli.id) {
             (Some(config), Some(id)) => run_node(&RunArgs { config, id }),
@@ -180,6 +223,93 @@ fn run_cert(cert: CertCommand) -> Result<(), Failure> {
     }
 }
 
+fn run_log(cmd: LogCommand) -> Result<(), Failure> {
+    use crl_core::durable;
+    match cmd {
+        LogCommand::Verify { data_dir } => {
+            let what = "crl-node log verify";
+            let r = durable::verify(&data_dir)
+                .map_err(|e| Failure::new(format!("{what}: {}: {e}", data_dir.display())))?;
+            println!(
+                "store {}: id {:#018x}, epoch {}",
+                data_dir.display(),
+                r.store_id,
+                r.epoch
+            );
+            match r.sealed {
+                Some((g, len)) => println!("sealed: log generation {g} up to offset {len}"),
+                None => println!("sealed: nothing"),
+            }
+            match &r.checkpoint {
+                Some(c) => println!(
+                    "checkpoint: followed by log generation {}, first record {}, {} regions, {} in doubt, {} coordinating",
+                    c.log_gen, c.first_record, c.regions, c.in_doubt, c.coordinating
+                ),
+                None => println!("checkpoint: none"),
+            }
+            for g in &r.stale_logs {
+                println!(
+                    "stale log generation {g}: older than the checkpoint, removed at the next start"
+                );
+            }
+            for l in &r.logs {
+                println!(
+                    "log generation {} ({}): {} bytes, {} records from record {}",
+                    l.generation,
+                    l.path.display(),
+                    l.bytes,
+                    l.records,
+                    l.first_record
+                );
+            }
+            println!(
+                "records: {} valid in {} log generations",
+                r.records,
+                r.logs.len()
+            );
+            if let Some(t) = &r.torn_tail {
+                println!(
+                    "torn tail: log generation {} at offset {}, {} bytes ({}): the next start cuts it",
+                    t.generation, t.offset, t.bytes, t.why
+                );
+            }
+            match r.corruption {
+                None => {
+                    println!("ok: the node can start");
+                    Ok(())
+                }
+                Some(e) => {
+                    println!("corruption: {e}");
+                    Err(Failure::new(format!(
+                        "{what}: the log is corrupt and the node will refuse to start: {e}\n\
+                         restore the data directory from a backup or a replica; or, accepting the loss of \
+                         every record from the bad one on, run `crl-node log repair --data-dir {} \
+                         --cut-at GEN:OFFSET` at the offset named (a copy of what is cut is kept)",
+                        data_dir.display()
+                    )))
+                }
+            }
+        }
+        LogCommand::Repair {
+            data_dir,
+            cut_at: (generation, offset),
+        } => {
+            let what = "crl-node log repair";
+            let r = durable::repair_cut(&data_dir, generation, offset)
+                .map_err(|e| Failure::new(format!("{what}: {}: {e}", data_dir.display())))?;
+            println!(
+                "cut log generation {} at offset {}: {} bytes cut, later log generations removed: {:?}; a copy of everything cut is in {}",
+                r.generation,
+                r.offset,
+                r.cut_bytes,
+                r.removed_logs,
+                r.backup.display()
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Fails if any of `files` exists, unless `force`.
 fn refuse_overwrite<'a>(
     what: &str,
@@ -234,6 +364,20 @@ async fn serve(config: NodeConfig) -> Result<(), Failure> {
         node.local_addr()
     );
     let _ = std::io::stdout().flush();
+    if let Some(r) = node.recovery_report() {
+        // The one-line recovery report (also logged with `tracing`, which this binary does
+        // not print).
+        eprintln!(
+            "crl-node {id}: log recovered: {} records, {} bytes, {} bytes cut{}, {:.3} s",
+            r.log_records,
+            r.log_bytes,
+            r.cut_bytes,
+            r.cut_at
+                .map(|(g, o)| format!(" (a torn tail at log generation {g}, offset {o})"))
+                .unwrap_or_default(),
+            r.elapsed.as_secs_f64()
+        );
+    }
 
     let signal = signals.next().await;
     eprintln!("crl-node {id}: {signal}, shutting down");
