@@ -920,8 +920,22 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
     let mut restarting: HashMap<NodeId, Vec<Message>> = HashMap::new();
     loop {
         tokio::select! {
+            // Biased: held-back messages go first once recovery is over, before anything that
+            // arrived after them.
+            biased;
+            _ = inner.recovered.notified() => {
+                for (from, msg) in held_back.drain(..) {
+                    handle_protocol(&inner, from, msg);
+                }
+            }
             m = inbound.recv() => {
                 let Some(first) = m else { return };
+                if !held_back.is_empty() && !inner.recovering.load(Ordering::Acquire) {
+                    // Recovery ended between two polls: the older messages first.
+                    for (from, msg) in held_back.drain(..) {
+                        handle_protocol(&inner, from, msg);
+                    }
+                }
                 let mut next = Some(first);
                 // Take what has already arrived, in order.
                 let mut budget = 64;
@@ -988,11 +1002,6 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                     if budget > 0 {
                         next = inbound.try_recv().ok();
                     }
-                }
-            }
-            _ = inner.recovered.notified() => {
-                for (from, msg) in held_back.drain(..) {
-                    handle_protocol(&inner, from, msg);
                 }
             }
             _ = inner.drained.notified() => {
