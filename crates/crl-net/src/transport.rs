@@ -14,7 +14,7 @@
 //! one bidirectional stream on it. The sender writes its numbered messages on the stream; the
 //! receiver answers on the same stream's other half with the handshake answer
 //! ([`Message::HelloAck`]) and then with acknowledgements ([`Message::Ack`], coalesced, at most
-//! one per [`ACK_DELAY`]). Numbered frames are a little-endian `u64` sequence number followed
+//! one per [`ACK_INTERVAL`], or at once after [`ACK_EVERY`] messages). Numbered frames are a little-endian `u64` sequence number followed
 //! by a wire frame.
 //!
 //! **Epochs.** Every node has an epoch (its incarnation) that only grows. The hello carries the
@@ -65,9 +65,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::frame::{FrameError, read_frame, read_seq, write_frame};
 use crate::tls::{self, NodeIdentity, TlsError};
 
-/// How long a receiver waits after delivering a message before acknowledging it, so that one
-/// acknowledgement covers a burst.
-pub const ACK_DELAY: Duration = Duration::from_millis(2);
+/// How often a receiver acknowledges what it delivered since its last acknowledgement. Acks
+/// only free the sender's retransmit buffer, so they stay off the latency path: a timer, not a
+/// wake-up per message (on a 2-vCPU machine each cross-thread wake costs tens of µs).
+pub const ACK_INTERVAL: Duration = Duration::from_millis(10);
+/// Messages delivered without acknowledgement after which the receiver acknowledges at once,
+/// whatever the timer says (bounds the retransmit buffer under a burst).
+pub const ACK_EVERY: u64 = 256;
 /// Longest pause between connection attempts to an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -192,8 +196,11 @@ struct Link {
     room: Notify,
     /// Connect even with nothing to send (an announce).
     connect_requested: AtomicBool,
-    /// `(epoch, delivered)` of the receiving session: the acknowledgement to send.
+    /// `(epoch, delivered)` of the receiving session: the acknowledgement to send. Read by
+    /// the ackers on their timer (nobody waits on it, so updating it wakes nobody).
     delivered: watch::Sender<(u64, u64)>,
+    /// Wakes the ackers after a burst of [`ACK_EVERY`] deliveries.
+    ack_now: Notify,
     /// Connections accepted from the peer (to close them on a protocol violation).
     accepted: Mutex<Vec<quinn::Connection>>,
 }
@@ -268,6 +275,7 @@ impl Transport {
                     room: Notify::new(),
                     connect_requested: AtomicBool::new(false),
                     delivered: watch::channel((0, 0)).0,
+                    ack_now: Notify::new(),
                     accepted: Mutex::new(Vec::new()),
                 };
                 (peer, Arc::new(link))
@@ -715,6 +723,9 @@ async fn read_stream(
                     return; // the node is shutting down
                 }
                 link.delivered.send_replace((epoch, delivered));
+                if delivered.is_multiple_of(ACK_EVERY) {
+                    link.ack_now.notify_waiters();
+                }
             }
             Ok(Delivery::Duplicate) => {
                 counters.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
@@ -736,20 +747,27 @@ async fn run_acker(
     mut send: quinn::SendStream,
     epoch: u64,
 ) {
-    let mut delivered = link.delivered.subscribe();
+    let delivered = link.delivered.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
     let mut buf = Vec::new();
+    let mut tick = tokio::time::interval(ACK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_acked = 0;
     loop {
         tokio::select! {
-            changed = delivered.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+            _ = link.ack_now.notified() => {}
             _ = conn.closed() => return,
             _ = shutdown.changed() => return,
         }
-        tokio::time::sleep(ACK_DELAY).await;
-        let (e, received) = *delivered.borrow_and_update();
+        let (e, received) = *delivered.borrow();
         if e != epoch {
             return; // the peer restarted: this stream belongs to a dead session
         }
+        if received <= last_acked {
+            continue;
+        }
+        last_acked = received;
         if write_frame(&mut send, &Message::Ack { received }, &mut buf)
             .await
             .is_err()
