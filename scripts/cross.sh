@@ -93,12 +93,13 @@ cmd_cluster() {
   runner32=$(i686_runner "$i686")
   echo "-- cluster: n0 x86_64 (native), n1 s390x (qemu-s390x), n2 i686 (${runner32%% *})"
   local start=$SECONDS
-  "$x86" --config "$dir/cluster.toml" --id 0 &
+  # Each node gives up after 150 s; `timeout` is the backstop should a process hang.
+  timeout 240 "$x86" --config "$dir/cluster.toml" --id 0 &
   local p0=$!
-  qemu-s390x -L /usr/s390x-linux-gnu "$s390x" --config "$dir/cluster.toml" --id 1 &
+  timeout 240 qemu-s390x -L /usr/s390x-linux-gnu "$s390x" --config "$dir/cluster.toml" --id 1 &
   local p1=$!
   # shellcheck disable=SC2086 # the runner is a command with arguments
-  $runner32 "$i686" --config "$dir/cluster.toml" --id 2 &
+  timeout 240 $runner32 "$i686" --config "$dir/cluster.toml" --id 2 &
   local p2=$!
   local failed=0
   for p in $p0 $p1 $p2; do wait "$p" || failed=1; done
