@@ -47,7 +47,8 @@ rust_target() { # rustup targets, added only when missing
 
 setup_linux() {
   command -v qemu-s390x >/dev/null && command -v s390x-linux-gnu-gcc >/dev/null \
-    && command -v i686-linux-gnu-gcc >/dev/null \
+    && command -v i686-linux-gnu-gcc >/dev/null && [ -e /usr/i686-linux-gnu/lib/ld-linux.so.2 ] \
+    && [ -e /usr/s390x-linux-gnu/lib/ld64.so.1 ] \
     || apt_install qemu-user gcc-s390x-linux-gnu libc6-dev-s390x-cross gcc-i686-linux-gnu libc6-dev-i386-cross
   rust_target "$S390X" "$I686"
 }
