@@ -46,3 +46,8 @@ pub use crl_net as net;
 pub use crl_net::blocking;
 pub use crl_net::{Cluster, Error, Handle, Node, NodeConfig, NodeStats};
 pub use crl_net::{Tx, TxRead, TxStats, TxWrite};
+
+/// The README's Rust code blocks, compiled (and, unless marked `no_run`, run) as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

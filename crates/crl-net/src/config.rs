@@ -144,7 +144,8 @@ impl NodeConfig {
     /// Reads the cluster file at `path` (format in the [module docs](self)) and returns the
     /// configuration of node `node`: parses, validates and loads the certificates. Relative
     /// paths in the file are resolved against the file's directory.
-    pub fn from_file(path: &Path, node: NodeId) -> Result<Self, ConfigError> {
+    pub fn from_file(path: impl AsRef<Path>, node: NodeId) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
