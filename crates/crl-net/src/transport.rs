@@ -72,6 +72,10 @@ pub const ACK_INTERVAL: Duration = Duration::from_millis(10);
 /// Messages delivered without acknowledgement after which the receiver acknowledges at once,
 /// whatever the timer says (bounds the retransmit buffer under a burst).
 pub const ACK_EVERY: u64 = 256;
+/// Bytes read ahead from a link's stream.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes of small frames gathered into one stream write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Longest pause between connection attempts to an unreachable peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -199,8 +203,11 @@ struct Link {
     /// `(epoch, delivered)` of the receiving session: the acknowledgement to send. Read by
     /// the ackers on their timer (nobody waits on it, so updating it wakes nobody).
     delivered: watch::Sender<(u64, u64)>,
-    /// Wakes the ackers after a burst of [`ACK_EVERY`] deliveries.
+    /// Wakes the ackers: something was delivered after a quiet period, or a burst of
+    /// [`ACK_EVERY`] deliveries.
     ack_now: Notify,
+    /// Deliveries wait for an acknowledgement (set by the reader, cleared by the acker).
+    ack_pending: AtomicBool,
     /// Connections accepted from the peer (to close them on a protocol violation).
     accepted: Mutex<Vec<quinn::Connection>>,
 }
@@ -276,6 +283,7 @@ impl Transport {
                     connect_requested: AtomicBool::new(false),
                     delivered: watch::channel((0, 0)).0,
                     ack_now: Notify::new(),
+                    ack_pending: AtomicBool::new(false),
                     accepted: Mutex::new(Vec::new()),
                 };
                 (peer, Arc::new(link))
@@ -678,6 +686,9 @@ async fn read_stream(
     );
     let max = inner.settings.max_frame_len;
     let counters = &link.counters;
+    // Numbered frames are read in pieces (number, header, payload): a buffer turns those into
+    // one read of the QUIC stream (one lock of the connection) per burst, not three per frame.
+    let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
         let seq = match read_seq(&mut stream).await {
             Ok(Some(seq)) => seq,
@@ -723,7 +734,11 @@ async fn read_stream(
                     return; // the node is shutting down
                 }
                 link.delivered.send_replace((epoch, delivered));
-                if delivered.is_multiple_of(ACK_EVERY) {
+                // Wake the ackers once per quiet period (on the first delivery they have not
+                // acknowledged), and again after a burst.
+                if !link.ack_pending.swap(true, Ordering::AcqRel)
+                    || delivered.is_multiple_of(ACK_EVERY)
+                {
                     link.ack_now.notify_waiters();
                 }
             }
@@ -739,7 +754,8 @@ async fn read_stream(
 }
 
 /// Acknowledges what the receiving session of incarnation `epoch` delivered, on the answer
-/// half of one stream, at most once per [`ACK_DELAY`]. Ends with the stream.
+/// half of one stream: at most one per [`ACK_INTERVAL`] while messages arrive (or at once after
+/// [`ACK_EVERY`]), none on a quiet link. Ends with the stream.
 async fn run_acker(
     inner: Arc<Inner>,
     link: Arc<Link>,
@@ -750,16 +766,25 @@ async fn run_acker(
     let delivered = link.delivered.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
     let mut buf = Vec::new();
-    let mut tick = tokio::time::interval(ACK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_acked = 0;
     loop {
+        let woken = link.ack_now.notified();
+        if !link.ack_pending.load(Ordering::Acquire) {
+            // Idle: sleep until a delivery (no timer runs on a quiet link).
+            tokio::select! {
+                _ = woken => {}
+                _ = conn.closed() => return,
+                _ = shutdown.changed() => return,
+            }
+        }
+        // Coalesce: one acknowledgement per interval, unless a burst asks for one now.
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(ACK_INTERVAL) => {}
             _ = link.ack_now.notified() => {}
             _ = conn.closed() => return,
             _ = shutdown.changed() => return,
         }
+        link.ack_pending.store(false, Ordering::Release);
         let (e, received) = *delivered.borrow();
         if e != epoch {
             return; // the peer restarted: this stream belongs to a dead session
@@ -977,28 +1002,46 @@ async fn write_session(
     generation: u64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<String> {
+    // Small frames queued together are copied into one buffer and written at once (one lock,
+    // one write, one wake of the connection); a large frame is written on its own, uncopied.
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
     loop {
-        let next = {
+        batch.clear();
+        let mut large = None;
+        {
             let mut s = link.send.lock();
             if s.generation() != generation {
                 return Some("the peer restarted".to_string());
             }
-            s.next_to_write()
-        };
-        match next {
-            Some((seq, frame)) => {
+            while batch.len() < WRITE_BATCH_BYTES {
+                let Some((seq, frame)) = s.next_to_write() else {
+                    break;
+                };
                 debug_assert_eq!(frame[..SEQ_LEN], seq.to_le_bytes());
-                if let Err(e) = stream.write_all(&frame).await {
-                    return Some(format!("write failed: {e}"));
+                if frame.len() > WRITE_BATCH_BYTES / 4 {
+                    large = Some(frame);
+                    break;
                 }
+                batch.extend_from_slice(&frame);
             }
-            None => {
-                tokio::select! {
-                    _ = link.wake.notified() => {}
-                    e = conn.closed() => return Some(e.to_string()),
-                    _ = shutdown.changed() => return None,
-                }
+        }
+        if batch.is_empty() && large.is_none() {
+            tokio::select! {
+                _ = link.wake.notified() => {}
+                e = conn.closed() => return Some(e.to_string()),
+                _ = shutdown.changed() => return None,
             }
+            continue;
+        }
+        if !batch.is_empty()
+            && let Err(e) = stream.write_all(&batch).await
+        {
+            return Some(format!("write failed: {e}"));
+        }
+        if let Some(frame) = large
+            && let Err(e) = stream.write_all(&frame).await
+        {
+            return Some(format!("write failed: {e}"));
         }
         if *shutdown.borrow() {
             return None;
