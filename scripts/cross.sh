@@ -117,7 +117,13 @@ cmd_cluster() {
 cmd_core_tests() {
   setup_linux
   echo "-- crl-core's tests (golden vectors, hostile frames, the log and recovery) on $S390X under qemu"
-  cargo test --locked -p crl-core --target "$S390X" --lib --tests
+  # One log test is skipped under qemu-user (it passes natively in the main test run):
+  # a_real_full_disk_in_a_small_tmpfs re-executes its own binary through `unshare -m sh`,
+  # which the kernel cannot run without binfmt_misc for s390x ("Exec format error"); while
+  # that failing child lives it also holds copies of the other tests' directory-lock fds, so
+  # concurrent tests saw their store "locked".
+  cargo test --locked -p crl-core --target "$S390X" --lib --tests -- \
+    --skip a_real_full_disk_in_a_small_tmpfs
 }
 
 cmd_windows() {
