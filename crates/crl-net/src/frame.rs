@@ -31,6 +31,27 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// Fills `out` from the stream. `Ok(false)` means the stream ended cleanly before the first
+/// byte; an end after it is [`FrameError::Truncated`].
+async fn read_full_or_eof<R: AsyncRead + Unpin>(
+    r: &mut R,
+    out: &mut [u8],
+) -> Result<bool, FrameError> {
+    let mut got = 0;
+    while got < out.len() {
+        let n = r.read(&mut out[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(false)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
 /// Reads one frame. `Ok(None)` means the stream ended cleanly between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -38,17 +59,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
 ) -> Result<Option<Message>, FrameError> {
     let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = r.read(&mut header[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
-        }
-        got += n;
+    if !read_full_or_eof(r, &mut header).await? {
+        return Ok(None);
     }
     let len = wire::parse_header(&header)?;
     if len > max_len {
@@ -68,19 +80,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// cleanly between frames.
 pub async fn read_seq<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<u64>, FrameError> {
     let mut bytes = [0u8; crl_core::session::SEQ_LEN];
-    let mut got = 0;
-    while got < bytes.len() {
-        let n = r.read(&mut bytes[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
-        }
-        got += n;
-    }
-    Ok(Some(u64::from_le_bytes(bytes)))
+    Ok(read_full_or_eof(r, &mut bytes)
+        .await?
+        .then(|| u64::from_le_bytes(bytes)))
 }
 
 /// Writes one frame (`buf` is scratch space, reused between calls).
