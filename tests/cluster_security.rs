@@ -52,7 +52,11 @@ async fn still_serving(cluster: &Cluster, counter: crl::RegionId) {
 }
 
 async fn setup() -> (Cluster, crl::RegionId, SocketAddr) {
-    let cluster = Cluster::local(3).await.unwrap();
+    // No peer timeout: no pings, so node 2 stays silent towards node 0 and an impostor with
+    // its certificate can start a session of its own there.
+    let cluster = Cluster::local_with(3, |c| c.peer_timeout = None)
+        .await
+        .unwrap();
     let counter = cluster.node(0).create(Counter { value: 0 }).await.unwrap();
     let id = counter.id();
     std::mem::forget(counter); // keep it mapped at the home for the test's duration
@@ -76,7 +80,9 @@ async fn a_foreign_ca_certificate_is_refused() {
                 cluster_id: cluster.node(0).cluster_id(),
                 node: NodeId(1),
                 epoch: 0,
+                generation: 0,
                 peer_epoch: 0,
+                peer_generation: 0,
             });
             assert!(
                 send_and_expect_close(&conn, &hello).await,
@@ -105,7 +111,9 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
                 cluster_id,
                 node: NodeId(2),
                 epoch: 0,
+                generation: 0,
                 peer_epoch: 0,
+                peer_generation: 0,
             })
         )
         .await
@@ -121,7 +129,9 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
                 cluster_id,
                 node: NodeId(0),
                 epoch: 0,
+                generation: 0,
                 peer_epoch: 0,
+                peer_generation: 0,
             })
         )
         .await
@@ -137,7 +147,9 @@ async fn a_hello_must_match_the_certificate_and_the_cluster() {
                 cluster_id: cluster_id ^ 1,
                 node: NodeId(1),
                 epoch: 0,
+                generation: 0,
                 peer_epoch: 0,
+                peer_generation: 0,
             })
         )
         .await
@@ -168,7 +180,9 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
         cluster_id,
         node: NodeId(2),
         epoch: cluster.node(2).stats().epoch,
+        generation: 0,
         peer_epoch: 0,
+        peer_generation: 0,
     });
 
     // Garbage after a valid hello.
@@ -231,7 +245,9 @@ async fn garbage_and_oversized_frames_cut_the_connection_not_the_node() {
         cluster_id,
         node: NodeId(2),
         epoch: cluster.node(2).stats().epoch - 1,
+        generation: 0,
         peer_epoch: 0,
+        peer_generation: 0,
     });
     assert!(
         send_and_expect_close(&conn, &zombie).await,

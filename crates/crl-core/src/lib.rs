@@ -7,6 +7,8 @@
 //!   requests, emitting messages and completions. No I/O, no clock, no threads.
 //! - [`session`]: exactly-once, in-order delivery across connection breaks (numbered messages,
 //!   acknowledgements, retransmit buffer, epochs).
+//! - [`liveness`]: heartbeats, leases and failure detection (who may use which copies, and
+//!   when a silent peer is fenced), fed the time by the driver.
 //! - [`durable`]: a home node's write-ahead log, group commit, checkpoints and recovery.
 //! - `sim` (feature `sim`): a deterministic, seeded simulator driving many engines in one
 //!   thread against a reference model.
@@ -17,6 +19,7 @@ pub mod durable;
 pub mod engine;
 #[cfg(feature = "sim")]
 pub mod lincheck;
+pub mod liveness;
 pub mod region;
 pub mod session;
 #[cfg(feature = "sim")]

@@ -112,6 +112,41 @@ pub enum SessionViolation {
     },
 }
 
+/// Which incarnation of a node, and which of its sessions towards one peer, a message belongs
+/// to. Ordered by `epoch`, then `generation`: both only grow.
+///
+/// The `epoch` is the node's incarnation (bumped at every start). The `generation` counts,
+/// within one incarnation, how often this node fenced that peer (DESIGN.md §6, rule 3): a
+/// fence retires the pair's session for good, as a restart would, without a process restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionEpoch {
+    /// The node's incarnation.
+    pub epoch: u64,
+    /// The session generation towards one peer within the incarnation.
+    pub generation: u64,
+}
+
+impl SessionEpoch {
+    /// Incarnation `epoch`, generation `generation`.
+    pub const fn new(epoch: u64, generation: u64) -> Self {
+        SessionEpoch { epoch, generation }
+    }
+
+    /// The next generation of the same incarnation (after a fence).
+    pub const fn next_generation(self) -> Self {
+        SessionEpoch {
+            epoch: self.epoch,
+            generation: self.generation + 1,
+        }
+    }
+}
+
+impl std::fmt::Display for SessionEpoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.generation)
+    }
+}
+
 /// What a node hears about a peer's epoch, compared with the one it knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EpochCheck {
@@ -128,7 +163,7 @@ pub enum EpochCheck {
 /// Compares an epoch heard from a peer with the one known (`None`: never heard from it).
 /// Epochs only grow, so an older one can only come from a dead incarnation or a delayed
 /// handshake.
-pub fn check_epoch(known: Option<u64>, heard: u64) -> EpochCheck {
+pub fn check_epoch(known: Option<SessionEpoch>, heard: SessionEpoch) -> EpochCheck {
     match known {
         None => EpochCheck::First,
         Some(k) if heard == k => EpochCheck::Same,
@@ -166,7 +201,7 @@ pub struct SendSession {
     /// The receiver's incarnation these messages are meant for (`None` until the first
     /// handshake answer: messages queued before any contact are meant for whichever
     /// incarnation answers first).
-    peer_epoch: Option<u64>,
+    peer_epoch: Option<SessionEpoch>,
     /// The number the next pushed message gets.
     next_seq: u64,
     /// Messages not yet acknowledged, in order (written or not).
@@ -211,7 +246,7 @@ impl SendSession {
     }
 
     /// The receiver incarnation this session is bound to, if any handshake answered yet.
-    pub fn peer_epoch(&self) -> Option<u64> {
+    pub fn peer_epoch(&self) -> Option<SessionEpoch> {
         self.peer_epoch
     }
 
@@ -276,7 +311,7 @@ impl SendSession {
     /// `received + 1`. On the other outcomes nothing changes and nothing may be written.
     pub fn on_connected(
         &mut self,
-        peer_epoch: u64,
+        peer_epoch: SessionEpoch,
         received: u64,
     ) -> Result<Resume, SessionViolation> {
         match self.peer_epoch {
@@ -350,7 +385,7 @@ impl SendSession {
     /// Starts a new session with a new incarnation of the peer (`peer_epoch`), or with whatever
     /// incarnation answers next (`None`): every message queued for the old one is dropped and
     /// numbering starts again at 1. Returns how many messages were dropped.
-    pub fn reset(&mut self, peer_epoch: Option<u64>) -> usize {
+    pub fn reset(&mut self, peer_epoch: Option<SessionEpoch>) -> usize {
         let dropped = self.unacked.len();
         self.peer_epoch = peer_epoch;
         self.next_seq = 1;
@@ -376,7 +411,7 @@ pub enum Delivery {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecvSession {
     /// The sender's incarnation.
-    peer_epoch: u64,
+    peer_epoch: SessionEpoch,
     /// The highest number delivered (every lower one was delivered too).
     delivered: u64,
     /// Duplicates dropped.
@@ -385,7 +420,7 @@ pub struct RecvSession {
 
 impl RecvSession {
     /// A session with incarnation `peer_epoch` of the sender, nothing delivered yet.
-    pub fn new(peer_epoch: u64) -> Self {
+    pub fn new(peer_epoch: SessionEpoch) -> Self {
         RecvSession {
             peer_epoch,
             delivered: 0,
@@ -394,7 +429,7 @@ impl RecvSession {
     }
 
     /// The sender's incarnation.
-    pub fn peer_epoch(&self) -> u64 {
+    pub fn peer_epoch(&self) -> SessionEpoch {
         self.peer_epoch
     }
 
@@ -434,6 +469,10 @@ impl RecvSession {
 
 #[cfg(test)]
 mod tests {
+    fn ep(n: u64) -> SessionEpoch {
+        SessionEpoch::new(n, 0)
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -454,7 +493,7 @@ mod tests {
             s.next_to_write().is_none(),
             "nothing is written before a handshake"
         );
-        assert_eq!(s.on_connected(7, 0).unwrap(), Resume::Resume);
+        assert_eq!(s.on_connected(ep(7), 0).unwrap(), Resume::Resume);
         assert_eq!(s.next_to_write().unwrap().0, 1);
         assert_eq!(s.next_to_write().unwrap().0, 2);
         assert!(s.next_to_write().is_none());
@@ -471,14 +510,14 @@ mod tests {
         for i in 0..4 {
             s.push(frame(i, 5)).unwrap();
         }
-        s.on_connected(7, 0).unwrap();
+        s.on_connected(ep(7), 0).unwrap();
         for _ in 0..4 {
             s.next_to_write().unwrap();
         }
         s.on_disconnected();
         assert!(s.next_to_write().is_none());
         // The peer got 1 and 2 before the break.
-        assert_eq!(s.on_connected(7, 2).unwrap(), Resume::Resume);
+        assert_eq!(s.on_connected(ep(7), 2).unwrap(), Resume::Resume);
         let again: Vec<u64> = std::iter::from_fn(|| s.next_to_write().map(|w| w.0)).collect();
         assert_eq!(again, vec![3, 4]);
         assert_eq!(s.resends(), 4, "the cursor had passed all four");
@@ -486,23 +525,31 @@ mod tests {
 
     #[test]
     fn epochs_sort_restarts_and_zombies() {
-        assert_eq!(check_epoch(None, 3), EpochCheck::First);
-        assert_eq!(check_epoch(Some(3), 3), EpochCheck::Same);
-        assert_eq!(check_epoch(Some(3), 4), EpochCheck::Newer);
-        assert_eq!(check_epoch(Some(3), 2), EpochCheck::Older);
+        assert_eq!(check_epoch(None, ep(3)), EpochCheck::First);
+        assert_eq!(check_epoch(Some(ep(3)), ep(3)), EpochCheck::Same);
+        assert_eq!(check_epoch(Some(ep(3)), ep(4)), EpochCheck::Newer);
+        assert_eq!(check_epoch(Some(ep(3)), ep(2)), EpochCheck::Older);
+        // A fence bumps the generation within an incarnation; a restart beats any generation.
+        let fenced = ep(3).next_generation();
+        assert_eq!(check_epoch(Some(ep(3)), fenced), EpochCheck::Newer);
+        assert_eq!(check_epoch(Some(fenced), ep(3)), EpochCheck::Older);
+        assert_eq!(
+            check_epoch(Some(SessionEpoch::new(3, 9)), ep(4)),
+            EpochCheck::Newer
+        );
         let mut s = SendSession::new(limits());
         s.push(frame(1, 5)).unwrap();
-        s.on_connected(10, 0).unwrap();
+        s.on_connected(ep(10), 0).unwrap();
         s.on_disconnected();
-        assert_eq!(s.on_connected(11, 0).unwrap(), Resume::PeerRestarted);
+        assert_eq!(s.on_connected(ep(11), 0).unwrap(), Resume::PeerRestarted);
         assert!(
             s.next_to_write().is_none(),
             "nothing goes to the new incarnation"
         );
-        assert_eq!(s.on_connected(9, 0).unwrap(), Resume::Zombie);
-        assert_eq!(s.reset(Some(11)), 1);
+        assert_eq!(s.on_connected(ep(9), 0).unwrap(), Resume::Zombie);
+        assert_eq!(s.reset(Some(ep(11))), 1);
         assert_eq!(s.push(frame(2, 5)).unwrap(), 1, "numbering starts again");
-        assert_eq!(s.on_connected(11, 0).unwrap(), Resume::Resume);
+        assert_eq!(s.on_connected(ep(11), 0).unwrap(), Resume::Resume);
         assert_eq!(*s.next_to_write().unwrap().1, frame(2, 5));
     }
 
@@ -510,7 +557,7 @@ mod tests {
     fn a_first_contact_cannot_claim_deliveries() {
         let mut s = SendSession::new(limits());
         s.push(frame(1, 5)).unwrap();
-        assert!(s.on_connected(3, 1).is_err());
+        assert!(s.on_connected(ep(3), 1).is_err());
     }
 
     #[test]
@@ -533,7 +580,7 @@ mod tests {
             s.push(frame(7, 1)),
             Err(SendError::Overflow { .. })
         ));
-        s.on_connected(1, 0).unwrap();
+        s.on_connected(ep(1), 0).unwrap();
         s.on_ack(7).unwrap();
         assert!(s.has_room());
         assert_eq!(s.unacked_bytes(), 0);
@@ -541,7 +588,7 @@ mod tests {
 
     #[test]
     fn receiver_delivers_once_in_order() {
-        let mut r = RecvSession::new(4);
+        let mut r = RecvSession::new(ep(4));
         assert_eq!(r.accept(1), Ok(Delivery::Deliver));
         assert_eq!(r.accept(1), Ok(Delivery::Duplicate));
         assert_eq!(r.accept(2), Ok(Delivery::Deliver));
@@ -581,7 +628,7 @@ mod tests {
         #[test]
         fn exactly_once_in_order_across_breaks(steps in proptest::collection::vec(step(), 0..200)) {
             let mut s = SendSession::new(SessionLimits::new(64, 1 << 20));
-            let mut r = RecvSession::new(1);
+            let mut r = RecvSession::new(ep(1));
             let mut pushed: Vec<u8> = Vec::new();
             let mut delivered: Vec<u8> = Vec::new();
             // In flight on the current connection (seq, payload); None when down.
@@ -605,7 +652,7 @@ mod tests {
                             old.extend(w);
                             s.on_disconnected();
                         }
-                        prop_assert_eq!(s.on_connected(1, r.delivered()).unwrap(), Resume::Resume);
+                        prop_assert_eq!(s.on_connected(ep(1), r.delivered()).unwrap(), Resume::Resume);
                         wire = Some(VecDeque::new());
                     }
                     Step::Write => {
@@ -640,7 +687,7 @@ mod tests {
                 deliver(&mut r, seq, f, &mut delivered);
             }
             s.on_disconnected();
-            s.on_connected(1, r.delivered()).unwrap();
+            s.on_connected(ep(1), r.delivered()).unwrap();
             while let Some((seq, f)) = s.next_to_write() {
                 let f = f.to_vec();
                 deliver(&mut r, seq, f, &mut delivered);

@@ -48,7 +48,7 @@ use crate::engine::{
     OpId, PRIORITY_NONE, PlantedFault, Progress, RegionCell, Start,
 };
 use crate::region::{CodecError, NodeId, Region, RegionId};
-use crate::session::{Delivery, RecvSession, Resume, SendSession, SessionLimits};
+use crate::session::{Delivery, RecvSession, Resume, SendSession, SessionEpoch, SessionLimits};
 use crate::wire::{self, Message};
 
 pub use value::SimValue;
@@ -344,7 +344,7 @@ impl SimSession {
     fn new() -> Self {
         SimSession {
             send: SendSession::new(SessionLimits::new(wire::MAX_FRAME_LEN, usize::MAX / 4)),
-            recv: RecvSession::new(1),
+            recv: RecvSession::new(SessionEpoch::new(1, 0)),
             connected: false,
             wire: VecDeque::new(),
             old: VecDeque::new(),
@@ -612,7 +612,7 @@ impl Sim {
                 Some(SessionFault::ResumeAfterWritten) => s.written.min(s.send.last_seq()),
                 _ => s.recv.delivered(),
             };
-            match s.send.on_connected(1, resume_at) {
+            match s.send.on_connected(SessionEpoch::new(1, 0), resume_at) {
                 Ok(Resume::Resume) => {}
                 other => {
                     return Err(
@@ -651,7 +651,7 @@ impl Sim {
             }
             (Some(SessionFault::ResumeAfterWritten), Err(_)) if seq > s.recv.delivered() => {
                 // The old transport had no numbers: whatever arrives is delivered.
-                s.recv = RecvSession::new(1);
+                s.recv = RecvSession::new(SessionEpoch::new(1, 0));
                 for _ in 0..seq - 1 {
                     let _ = s.recv.accept(s.recv.delivered() + 1);
                 }
@@ -1362,10 +1362,19 @@ pub fn describe_message(msg: &Message) -> String {
             cluster_id,
             node,
             epoch,
+            generation,
             peer_epoch,
-        } => format!("{node} cluster {cluster_id:#x} epoch {epoch} (peer {peer_epoch})"),
-        Message::HelloAck { epoch, received } => format!(" epoch {epoch} received {received}"),
+            peer_generation,
+        } => format!(
+            "{node} cluster {cluster_id:#x} epoch {epoch}.{generation} (peer {peer_epoch}.{peer_generation})"
+        ),
+        Message::HelloAck {
+            epoch,
+            generation,
+            received,
+        } => format!(" epoch {epoch}.{generation} received {received}"),
         Message::Ack { received } => format!(" {received}"),
+        Message::Ping { nonce } | Message::Pong { nonce } => format!(" {nonce}"),
         Message::TxCommit {
             txid,
             writes,

@@ -15,6 +15,7 @@
 //! unmapped_capacity = 4096      # optional (default 4096; 0 keeps no unmapped regions)
 //! max_frame_len = 16777216      # optional (default and maximum: crl_core::wire::MAX_FRAME_LEN)
 //! send_buffer_bytes = 67108864   # optional (default 64 MiB per peer): unacknowledged bytes before operations wait
+//! peer_timeout_ms = 12000       # optional (default 12000; "never" = never reclaim from a live node)
 //! ca = "certs/ca.pem"           # required: the CA certificate shared by all nodes
 //!
 //! [[node]]
@@ -61,6 +62,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_UNMAPPED_CAPACITY: usize = 4096;
 /// Default [`NodeConfig::send_buffer_bytes`]: 64 MiB per peer.
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = crl_core::session::DEFAULT_MAX_UNACKED_BYTES;
+/// Default [`NodeConfig::peer_timeout`]: 12 s.
+pub const DEFAULT_PEER_TIMEOUT: Duration = crl_core::liveness::DEFAULT_PEER_TIMEOUT;
 /// Default [`NodeConfig::tx_max_attempts`].
 pub const DEFAULT_TX_MAX_ATTEMPTS: u32 = 100;
 
@@ -91,6 +94,13 @@ pub struct NodeConfig {
     /// which new operations wait for room (default [`DEFAULT_SEND_BUFFER_BYTES`]). See
     /// [`crate::transport`].
     pub send_buffer_bytes: usize,
+    /// How long a peer may stay silent before this node fences it (DESIGN.md §6, rule 3;
+    /// default [`DEFAULT_PEER_TIMEOUT`]). It is also the length of the leases this node holds
+    /// on its copies of other homes' regions, and every node of a cluster should use the
+    /// same value. `None`: never reclaim anything from a live node: no leases, no fences; a
+    /// silent peer blocks the regions it holds until it comes back or restarts. See the
+    /// README's "Semantics to know".
+    pub peer_timeout: Option<Duration>,
     /// How many times a transaction is attempted before it fails with
     /// [`Error::Conflict`](crate::Error::Conflict) (default [`DEFAULT_TX_MAX_ATTEMPTS`]).
     pub tx_max_attempts: u32,
@@ -116,6 +126,7 @@ impl fmt::Debug for NodeConfig {
             .field("unmapped_capacity", &self.unmapped_capacity)
             .field("max_frame_len", &self.max_frame_len)
             .field("send_buffer_bytes", &self.send_buffer_bytes)
+            .field("peer_timeout", &self.peer_timeout)
             .field("tx_max_attempts", &self.tx_max_attempts)
             .finish_non_exhaustive()
     }
@@ -136,6 +147,7 @@ impl NodeConfig {
             unmapped_capacity: DEFAULT_UNMAPPED_CAPACITY,
             max_frame_len: crl_core::wire::MAX_FRAME_LEN,
             send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
+            peer_timeout: Some(DEFAULT_PEER_TIMEOUT),
             tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
             tx_fault: None,
         }
@@ -280,9 +292,18 @@ struct ClusterFile {
     unmapped_capacity: Option<usize>,
     max_frame_len: Option<usize>,
     send_buffer_bytes: Option<usize>,
+    peer_timeout_ms: Option<PeerTimeoutField>,
     ca: PathBuf,
     #[serde(default)]
     node: Vec<NodeEntry>,
+}
+
+/// `peer_timeout_ms`, as written: milliseconds, or `"never"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PeerTimeoutField {
+    Millis(u64),
+    Word(String),
 }
 
 /// One `[[node]]` entry, as written.
@@ -367,6 +388,26 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         }
         Some(n) => n,
         None => DEFAULT_SEND_BUFFER_BYTES,
+    };
+    let peer_timeout = match raw.peer_timeout_ms {
+        None => Some(DEFAULT_PEER_TIMEOUT),
+        Some(PeerTimeoutField::Millis(0)) => {
+            return Err(ConfigError::Zero {
+                file: f(),
+                field: "peer_timeout_ms",
+            });
+        }
+        Some(PeerTimeoutField::Millis(ms)) => Some(Duration::from_millis(ms)),
+        Some(PeerTimeoutField::Word(w)) if w == "never" => None,
+        Some(PeerTimeoutField::Word(w)) => {
+            return Err(ConfigError::Syntax {
+                file: f(),
+                line: 0,
+                message: format!(
+                    "`peer_timeout_ms` must be a number of milliseconds or \"never\", not {w:?}"
+                ),
+            });
+        }
     };
     let unmapped_capacity = raw.unmapped_capacity.unwrap_or(DEFAULT_UNMAPPED_CAPACITY);
 
@@ -471,6 +512,7 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         unmapped_capacity,
         max_frame_len,
         send_buffer_bytes,
+        peer_timeout,
         tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
         tx_fault: None,
     })
@@ -515,6 +557,7 @@ op_timeout_ms = 1500
 connect_timeout_ms = 250
 unmapped_capacity = 10
 send_buffer_bytes = 8192
+peer_timeout_ms = 9000
 ca = "certs/ca.pem"
 
 [[node]]
@@ -563,6 +606,7 @@ addr = "[::1]:7002"
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.unmapped_capacity, 10);
         assert_eq!(c.send_buffer_bytes, 8192);
+        assert_eq!(c.peer_timeout, Some(Duration::from_millis(9000)));
         assert_eq!(c.max_frame_len, crl_core::wire::MAX_FRAME_LEN);
 
         // Node 2 takes the default certificate paths next to the CA, and default settings
@@ -591,6 +635,7 @@ addr = "[::1]:7002"
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.unmapped_capacity, DEFAULT_UNMAPPED_CAPACITY);
         assert_eq!(c.send_buffer_bytes, DEFAULT_SEND_BUFFER_BYTES);
+        assert_eq!(c.peer_timeout, Some(DEFAULT_PEER_TIMEOUT));
         assert!(c.peers.is_empty());
 
         let built = NodeConfig::new(1, c.identity.clone(), c.listen);
@@ -712,6 +757,28 @@ addr = "[::1]:7002"
         assert!(e.starts_with("<config>:3: "), "{e}");
         let e = err("ca = \"x\"\n", 0);
         assert!(e.contains("missing field `cluster_id`"), "{e}");
+    }
+
+    #[test]
+    fn peer_timeout_never_and_bad_words() {
+        let dir = temp_dir("never");
+        write_certs(&dir.join("certs"), &[0, 1, 2]);
+        let text = FULL.replace("peer_timeout_ms = 9000", "peer_timeout_ms = \"never\"");
+        let c = NodeConfig::from_toml(&text, &dir, NodeId(0)).unwrap();
+        assert_eq!(c.peer_timeout, None);
+        let e = err(
+            &FULL.replace("peer_timeout_ms = 9000", "peer_timeout_ms = \"soon\""),
+            0,
+        );
+        assert!(e.contains("\"never\", not \"soon\""), "{e}");
+        let e = err(
+            &FULL.replace("peer_timeout_ms = 9000", "peer_timeout_ms = 0"),
+            0,
+        );
+        assert!(
+            e.contains("`peer_timeout_ms` must be greater than zero"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `config`: a node's configuration, from a TOML file or built in code.
 //! - `fault`: a UDP socket for quinn that drops datagrams on command (the test nemesis).
 //! - `frame`: length-bounded frames on QUIC streams.
+//! - `liveness`: leases and failure detection at run time (the clock, the lease the hit path
+//!   checks, pings and fences).
 //! - `transport`: connections between nodes, the authenticated hello, one stream per
 //!   direction per peer pair (the per-link FIFO the engine assumes).
 //! - `node`: the async driver, `Node`, `Handle<T>` and `Cluster::local`.
@@ -14,6 +16,7 @@ pub mod blocking;
 pub mod config;
 pub mod fault;
 pub mod frame;
+pub mod liveness;
 pub mod node;
 pub mod tls;
 pub mod transport;

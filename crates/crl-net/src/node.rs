@@ -34,9 +34,10 @@ use std::time::Duration;
 
 use crl_core::durable::{DurableStore, StoreConfig};
 use crl_core::engine::{
-    Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, Progress,
-    ReadGuard, RegionCell, Start, WriteGuard,
+    Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, PeerReset,
+    Progress, ReadGuard, RegionCell, Start, WriteGuard,
 };
+use crl_core::liveness::LivenessConfig;
 use crl_core::wire::Message;
 use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
@@ -45,8 +46,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::fault::FaultSwitch;
+use crate::liveness::{LeaseSlot, LivenessDriver, LivenessStats};
 use crate::tls::{ClusterCa, TlsError};
-use crate::transport::{Inbound, PeerStats, Transport, TransportError, TransportSettings};
+use crate::transport::{
+    Inbound, PeerStats, SessionEnd, Transport, TransportError, TransportSettings,
+};
 use crate::txn::commit::{Durability, IN_DOUBT_RESEND};
 use crate::txn::locks::{LockTable, TxShared, next_priority};
 use crate::txn::{TxFault, TxStats};
@@ -163,6 +167,14 @@ pub enum Error {
     /// transaction that meets this error is retried).
     #[error("the home of region {0} restarted")]
     HomeRestarted(RegionId),
+    /// The session between this node and the region's home was fenced while the operation
+    /// waited on it: one of the two heard nothing from the other for longer than the peer
+    /// timeout ([`NodeConfig::peer_timeout`]), and everything they shared was dropped (a
+    /// transaction that meets this error is retried). The next operation starts afresh.
+    #[error(
+        "the session with the home of region {0} was fenced (silent for longer than the peer timeout)"
+    )]
+    Fenced(RegionId),
     /// The write-ahead log failed (an fsync or write error): this node accepts no more
     /// commits until it is restarted. Never retried silently.
     #[error("the write-ahead log failed: {0}")]
@@ -207,6 +219,7 @@ impl From<OpError> for Error {
             },
             OpError::NotMapped(id) => Error::NotMapped(id),
             OpError::HomeRestarted(id) => Error::HomeRestarted(id),
+            OpError::Fenced(id) => Error::Fenced(id),
             OpError::TooLarge { region, len, max } => Error::TooLarge { region, len, max },
             e @ OpError::InUse(_) => Error::ProtocolViolation(e.to_string()),
             e @ OpError::Codec { .. } => Error::ProtocolViolation(e.to_string()),
@@ -231,6 +244,8 @@ pub struct NodeStats {
     pub peer_restarts: u64,
     /// This node's epoch (its incarnation: bumped at every start).
     pub epoch: u64,
+    /// Fences and lease waits (all zero without a peer timeout).
+    pub liveness: LivenessStats,
 }
 
 enum Outcome {
@@ -309,6 +324,8 @@ struct NodeInner {
     recovered: Notify,
     /// What recovering the durable store did (with a data dir).
     recovery_report: Option<crl_core::durable::RecoveryReport>,
+    /// Leases and failure detection (`None` without a peer timeout).
+    liveness: Option<Arc<LivenessDriver>>,
 }
 
 /// Counters of [`TxStats`].
@@ -441,6 +458,19 @@ impl Node {
         let mut members: Vec<NodeId> = config.peers.keys().copied().chain([id]).collect();
         members.sort();
         let (shutdown, _) = watch::channel(false);
+        let liveness = config.peer_timeout.map(|t| {
+            Arc::new(LivenessDriver::new(
+                LivenessConfig::new(t),
+                config.peers.keys().copied(),
+            ))
+        });
+        if let Some(l) = &liveness {
+            tokio::spawn(
+                l.clone()
+                    .run(transport.clone(), shutdown.subscribe())
+                    .instrument(info_span!("liveness", node = %id)),
+            );
+        }
         let inner = Arc::new(NodeInner {
             id,
             cluster_id: config.cluster_id,
@@ -468,6 +498,7 @@ impl Node {
             recovering: AtomicBool::new(recovering),
             recovered: Notify::new(),
             recovery_report,
+            liveness,
         });
         let node = Node { inner };
         let span = info_span!("node", node = %id);
@@ -666,6 +697,12 @@ impl Node {
             },
             peer_restarts: self.inner.peer_restarts.load(Ordering::Relaxed),
             epoch: self.inner.epoch,
+            liveness: self
+                .inner
+                .liveness
+                .as_ref()
+                .map(|l| l.stats())
+                .unwrap_or_default(),
         }
     }
 
@@ -749,6 +786,25 @@ impl Node {
             AccessMode::Read => "read",
             AccessMode::Write => "write",
         };
+        let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
+        loop {
+            let access = self.run_access_once(what, region, mode, tx).await?;
+            if self.lease_valid(region.home) {
+                return Ok(access);
+            }
+            // Granted on a copy whose lease lapsed: not usable until the home renews it.
+            drop(access);
+            self.wait_for_lease(what, region, deadline).await?;
+        }
+    }
+
+    async fn run_access_once(
+        &self,
+        what: &'static str,
+        region: RegionId,
+        mode: AccessMode,
+        tx: &Arc<TxShared>,
+    ) -> Result<Access, Error> {
         let priority = tx.priority;
         let op_id = AtomicU64::new(0);
         let op_future = self.run_op(what, region, |engine, op| {
@@ -788,6 +844,48 @@ impl Node {
                         "{what} completed without access"
                     ))))
             }
+        }
+    }
+
+    /// The lease slot of `home`'s regions (`None`: no lease needed: homed here, or no peer
+    /// timeout).
+    fn lease_slot(&self, home: NodeId) -> Option<Arc<LeaseSlot>> {
+        if home == self.inner.id {
+            return None;
+        }
+        self.inner.liveness.as_ref().and_then(|l| l.slot(home))
+    }
+
+    /// Whether this node may use its copies of `home`'s regions now.
+    pub(crate) fn lease_valid(&self, home: NodeId) -> bool {
+        if home == self.inner.id {
+            return true;
+        }
+        match &self.inner.liveness {
+            None => true,
+            Some(l) => l.slot(home).is_none_or(|s| s.valid()),
+        }
+    }
+
+    /// Waits (until `deadline`) for the lease on the home of `region` to be renewed.
+    async fn wait_for_lease(
+        &self,
+        what: &'static str,
+        region: RegionId,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Error> {
+        self.check_running()?;
+        let Some(l) = &self.inner.liveness else {
+            return Ok(());
+        };
+        match tokio::time::timeout_at(deadline, l.wait_for_lease(region.home)).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::HomeUnreachable {
+                what,
+                region,
+                home: region.home,
+                after: self.inner.op_timeout,
+            }),
         }
     }
 
@@ -917,7 +1015,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
     // Protocol messages held back while in-doubt transactions are resolved after a restart.
     let mut held_back: Vec<(NodeId, Message)> = Vec::new();
     // Restarted peers whose prepared transactions are not resolved yet, and their messages.
-    let mut restarting: HashMap<NodeId, Vec<Message>> = HashMap::new();
+    let mut restarting: HashMap<NodeId, (PeerReset, Vec<Message>)> = HashMap::new();
     loop {
         tokio::select! {
             // Biased: held-back messages go first once recovery is over, before anything that
@@ -940,14 +1038,27 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                 // Take what has already arrived, in order.
                 let mut budget = 64;
                 while let Some(item) = next.take() {
+                    if let (Some(l), Inbound::Message { from, .. }) = (&inner.liveness, &item) {
+                        l.on_heard(*from);
+                    }
                     match item {
+                        Inbound::Message { from, msg: Message::Ping { nonce } } => {
+                            let _ = inner.transport.send(from, Message::Pong { nonce });
+                        }
+                        Inbound::Message { from, msg: Message::Pong { nonce } } => {
+                            if let Some(l) = &inner.liveness {
+                                l.on_pong(&inner.transport, from, nonce);
+                            }
+                        }
                         Inbound::Message { from, msg } if msg.is_transaction() => {
                             match &inner.durability {
                                 Some(d) => {
                                     d.handle(&node, from, msg);
                                     if restarting.contains_key(&from) && d.prepared_by(from) == 0 {
-                                        let held = restarting.remove(&from).unwrap_or_default();
-                                        forget_incarnation(&node, from, false);
+                                        let (reset, held) = restarting
+                                            .remove(&from)
+                                            .unwrap_or((PeerReset::Restarted, Vec::new()));
+                                        forget_incarnation(&node, from, false, reset);
                                         for msg in held {
                                             // A recall ack answers a recall meant for the old
                                             // incarnation's copy, which the line above counted
@@ -962,7 +1073,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                             }
                         }
                         Inbound::Message { from, msg } => {
-                            if let Some(held) = restarting.get_mut(&from) {
+                            if let Some((_, held)) = restarting.get_mut(&from) {
                                 held.push(msg);
                             } else if inner.recovering.load(Ordering::Acquire) {
                                 held_back.push((from, msg));
@@ -970,14 +1081,25 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                 handle_protocol(&inner, from, msg);
                             }
                         }
-                        Inbound::PeerRestarted { peer, epoch } => {
-                            info!(node = %inner.id, %peer, epoch, "peer restarted: dropping what it knew");
+                        Inbound::PeerRestarted { peer, epoch, cause } => {
+                            let reset = match cause {
+                                SessionEnd::Restarted => PeerReset::Restarted,
+                                SessionEnd::Fenced | SessionEnd::FencedByPeer => PeerReset::Fenced,
+                            };
+                            if cause == SessionEnd::FencedByPeer {
+                                warn!(node = %inner.id, %peer, %epoch, "fenced by the peer: dropping its copies and failing what waited on it");
+                            } else {
+                                info!(node = %inner.id, %peer, %epoch, ?cause, "the session with the peer ended: dropping what it knew");
+                            }
+                            if let Some(l) = &inner.liveness {
+                                l.peer_reset(&inner.transport, peer, cause == SessionEnd::FencedByPeer);
+                            }
                             let waiting = inner
                                 .durability
                                 .as_ref()
                                 .map_or(0, |d| d.prepared_by(peer));
                             if waiting == 0 {
-                                forget_incarnation(&node, peer, true);
+                                forget_incarnation(&node, peer, true, reset);
                             } else {
                                 // Talk to the new incarnation now (the inquiries must reach
                                 // it); what the engine sends it meanwhile is about copies the
@@ -991,7 +1113,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                 // owner (the restarted peer), or the home would serve contents
                                 // that miss a committed write. Its messages wait meanwhile.
                                 info!(node = %inner.id, %peer, waiting, "resolving its prepared transactions first");
-                                restarting.entry(peer).or_default();
+                                restarting.entry(peer).or_insert((reset, Vec::new()));
                                 if let Some(d) = &inner.durability {
                                     d.inquire_prepared_by(&node, peer);
                                 }
@@ -1014,12 +1136,13 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
     }
 }
 
-/// Forgets everything about `peer`'s previous incarnation (it restarted).
-fn forget_incarnation(node: &Node, peer: NodeId, reconnect: bool) {
+/// Forgets everything about `peer`'s previous session (it restarted, or one of the two fenced
+/// the other).
+fn forget_incarnation(node: &Node, peer: NodeId, reconnect: bool, reset: PeerReset) {
     let inner = &node.inner;
     {
         let mut st = inner.state.lock();
-        st.engine.peer_restarted(peer);
+        st.engine.peer_reset(peer, reset);
         st.flush(&inner.transport, &inner.locks);
         if reconnect {
             // Under the engine lock: nothing meant for the old incarnation can be queued
@@ -1092,6 +1215,8 @@ pub struct Handle<T: Region> {
 struct HandleInner<T: Region> {
     node: Node,
     cell: Arc<RegionCell<T>>,
+    /// This node's lease on the home's regions (`None`: homed here, or no peer timeout).
+    lease: Option<Arc<LeaseSlot>>,
 }
 
 impl<T: Region> Drop for HandleInner<T> {
@@ -1119,9 +1244,17 @@ impl<T: Region> std::fmt::Debug for Handle<T> {
 
 impl<T: Region> Handle<T> {
     fn new(node: Node, cell: Arc<RegionCell<T>>) -> Self {
+        let lease = node.lease_slot(cell.id().home);
         Handle {
-            inner: Arc::new(HandleInner { node, cell }),
+            inner: Arc::new(HandleInner { node, cell, lease }),
         }
+    }
+
+    /// Whether this node's lease on the home's regions is valid now (always, for a region
+    /// homed here or without a peer timeout). Checked after an access is acquired.
+    #[inline]
+    pub(crate) fn lease_valid(&self) -> bool {
+        self.inner.lease.as_ref().is_none_or(|s| s.valid())
     }
 
     /// The region's id.
@@ -1142,22 +1275,34 @@ impl<T: Region> Handle<T> {
     /// fetching a copy. The read lasts until the guard is ended or dropped; meanwhile no node
     /// can write the region.
     pub async fn start_read(&self) -> Result<ReadGuard<'_, T>, Error> {
-        if let Some(g) = self.inner.cell.try_read() {
+        if let Some(g) = self.inner.cell.try_read()
+            && self.lease_valid()
+        {
             return Ok(g);
         }
         let id = self.id();
-        match self
-            .inner
-            .node
-            .run_op("read", id, |engine, op| {
-                Ok(granted(engine.start_read(id, op)?))
-            })
-            .await?
-        {
-            Outcome::Granted(access) => Ok(access.read(&self.inner.cell)),
-            Outcome::Done(r) => Err(r.err().map(Error::from).unwrap_or(Error::ProtocolViolation(
-                "read completed without access".into(),
-            ))),
+        let deadline = tokio::time::Instant::now() + self.inner.node.inner.op_timeout;
+        loop {
+            let g = match self
+                .inner
+                .node
+                .run_op("read", id, |engine, op| {
+                    Ok(granted(engine.start_read(id, op)?))
+                })
+                .await?
+            {
+                Outcome::Granted(access) => access.read(&self.inner.cell),
+                Outcome::Done(r) => {
+                    return Err(r.err().map(Error::from).unwrap_or(Error::ProtocolViolation(
+                        "read completed without access".into(),
+                    )));
+                }
+            };
+            if self.lease_valid() {
+                return Ok(g);
+            }
+            drop(g);
+            self.inner.node.wait_for_lease("read", id, deadline).await?;
         }
     }
 
@@ -1165,28 +1310,44 @@ impl<T: Region> Handle<T> {
     /// recalling every other copy. The write lasts until the guard is ended or dropped;
     /// meanwhile no other access to the region runs anywhere.
     pub async fn start_write(&self) -> Result<WriteGuard<'_, T>, Error> {
-        if let Some(g) = self.inner.cell.try_write() {
+        if let Some(g) = self.inner.cell.try_write()
+            && self.lease_valid()
+        {
             return Ok(g);
         }
         let id = self.id();
-        match self
-            .inner
-            .node
-            .run_op("write", id, |engine, op| {
-                Ok(granted(engine.start_write(id, op)?))
-            })
-            .await?
-        {
-            Outcome::Granted(access) => Ok(access.write(&self.inner.cell)),
-            Outcome::Done(r) => Err(r.err().map(Error::from).unwrap_or(Error::ProtocolViolation(
-                "write completed without access".into(),
-            ))),
+        let deadline = tokio::time::Instant::now() + self.inner.node.inner.op_timeout;
+        loop {
+            let g = match self
+                .inner
+                .node
+                .run_op("write", id, |engine, op| {
+                    Ok(granted(engine.start_write(id, op)?))
+                })
+                .await?
+            {
+                Outcome::Granted(access) => access.write(&self.inner.cell),
+                Outcome::Done(r) => {
+                    return Err(r.err().map(Error::from).unwrap_or(Error::ProtocolViolation(
+                        "write completed without access".into(),
+                    )));
+                }
+            };
+            if self.lease_valid() {
+                return Ok(g);
+            }
+            drop(g);
+            self.inner
+                .node
+                .wait_for_lease("write", id, deadline)
+                .await?;
         }
     }
 
-    /// A read if it is a hit, without waiting; `None` otherwise.
+    /// A read if it is a hit (a valid copy, under a valid lease from its home), without
+    /// waiting; `None` otherwise.
     pub fn try_read(&self) -> Option<ReadGuard<'_, T>> {
-        self.inner.cell.try_read()
+        self.inner.cell.try_read().filter(|_| self.lease_valid())
     }
 
     /// Writes the local copy back to the region's home and drops it (a no-op at the home).

@@ -54,8 +54,8 @@ use std::time::Duration;
 
 use crl_core::NodeId;
 use crl_core::session::{
-    Delivery, EpochCheck, RecvSession, Resume, SEQ_LEN, SendError, SendSession, SessionLimits,
-    check_epoch,
+    Delivery, EpochCheck, RecvSession, Resume, SEQ_LEN, SendError, SendSession, SessionEpoch,
+    SessionLimits, check_epoch,
 };
 use crl_core::wire::{self, Message};
 use parking_lot::Mutex;
@@ -108,15 +108,30 @@ pub enum Inbound {
         /// The message.
         msg: Message,
     },
-    /// `peer` came back with a new epoch (it restarted): everything it knew is gone. Delivered
-    /// before any message of its new incarnation. The driver must answer with
-    /// [`Transport::restart_handled`] once it has forgotten the old incarnation.
+    /// The session with `peer` is over: it restarted, it fenced this node, or this node fenced
+    /// it ([`Transport::fence`]). Everything shared in the old session is gone. Delivered
+    /// before any message of the new session. The driver must answer with
+    /// [`Transport::restart_handled`] once it has forgotten the old session.
     PeerRestarted {
         /// The peer.
         peer: NodeId,
-        /// Its new epoch.
-        epoch: u64,
+        /// Its session epoch now.
+        epoch: SessionEpoch,
+        /// Why the session ended.
+        cause: SessionEnd,
     },
+}
+
+/// Why a session with a peer ended ([`Inbound::PeerRestarted`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The peer came back with a new incarnation (it restarted).
+    Restarted,
+    /// The peer fenced this node (it heard nothing from it for longer than its peer timeout)
+    /// and says so with a new session generation.
+    FencedByPeer,
+    /// This node fenced the peer ([`Transport::fence`]).
+    Fenced,
 }
 
 /// Traffic counters for one peer.
@@ -173,10 +188,12 @@ pub struct TransportSettings {
 }
 
 /// What this node knows of a peer's incarnation, and its receiving session.
-#[derive(Default)]
 struct PeerState {
-    /// The newest epoch heard from the peer.
-    known_epoch: Option<u64>,
+    /// This node's session epoch towards the peer: its incarnation, and the generation bumped
+    /// by every fence of the peer.
+    mine: SessionEpoch,
+    /// The newest session epoch heard from the peer.
+    known_epoch: Option<SessionEpoch>,
     /// The session of messages from incarnation `known_epoch`.
     recv: Option<RecvSession>,
     /// A [`Inbound::PeerRestarted`] was delivered and the driver has not handled it yet:
@@ -200,9 +217,10 @@ struct Link {
     room: Notify,
     /// Connect even with nothing to send (an announce).
     connect_requested: AtomicBool,
-    /// `(epoch, delivered)` of the receiving session: the acknowledgement to send. Read by
-    /// the ackers on their timer (nobody waits on it, so updating it wakes nobody).
-    delivered: watch::Sender<(u64, u64)>,
+    /// `(peer's epoch, this node's epoch, delivered)` of the receiving session: the
+    /// acknowledgement to send. Read by the ackers on their timer (nobody waits on it, so
+    /// updating it wakes nobody).
+    delivered: watch::Sender<(SessionEpoch, SessionEpoch, u64)>,
     /// Wakes the ackers: something was delivered after a quiet period, or a burst of
     /// [`ACK_EVERY`] deliveries.
     ack_now: Notify,
@@ -277,11 +295,16 @@ impl Transport {
                     addr,
                     counters: PeerCounters::default(),
                     send: Mutex::new(SendSession::new(limits)),
-                    state: Mutex::new(PeerState::default()),
+                    state: Mutex::new(PeerState {
+                        mine: SessionEpoch::new(settings.epoch, 0),
+                        known_epoch: None,
+                        recv: None,
+                        restart_pending: false,
+                    }),
                     wake: Notify::new(),
                     room: Notify::new(),
                     connect_requested: AtomicBool::new(false),
-                    delivered: watch::channel((0, 0)).0,
+                    delivered: watch::channel(Default::default()).0,
                     ack_now: Notify::new(),
                     ack_pending: AtomicBool::new(false),
                     accepted: Mutex::new(Vec::new()),
@@ -429,6 +452,39 @@ impl Transport {
         link.room.notify_waiters();
     }
 
+    /// Fences `peer` (DESIGN.md §6, rule 3): the pair's session is retired for good. This
+    /// node's session epoch towards the peer gets a new generation, nothing more of the old
+    /// session is delivered, and [`Inbound::PeerRestarted`] (cause [`SessionEnd::Fenced`])
+    /// goes to the driver, which answers with [`restart_handled`](Self::restart_handled) as
+    /// for a restart. When the peer comes back, its hello names the old generation: it is
+    /// answered with the new one and learns it was fenced.
+    pub fn fence(&self, peer: NodeId) {
+        let Some(link) = self.inner.links.get(&peer) else {
+            return;
+        };
+        {
+            let mut state = link.state.lock();
+            state.mine = state.mine.next_generation();
+            state.recv = None;
+            state.restart_pending = true;
+            warn!(node = %self.inner.node, %peer, epoch = %state.mine, "fenced the peer: its session is retired");
+            let _ = self.inner.inbound.send(Inbound::PeerRestarted {
+                peer,
+                epoch: state.known_epoch.unwrap_or_default(),
+                cause: SessionEnd::Fenced,
+            });
+        }
+        for conn in std::mem::take(&mut *link.accepted.lock()) {
+            conn.close(close_code::REFUSED.into(), b"fenced");
+        }
+        link.wake.notify_one();
+    }
+
+    /// This node's session epoch towards `peer` (its incarnation and the fence generation).
+    pub fn session_epoch(&self, peer: NodeId) -> Option<SessionEpoch> {
+        self.inner.links.get(&peer).map(|l| l.state.lock().mine)
+    }
+
     /// Closes every connection accepted from `peer`, logging `reason` (used when the peer
     /// broke the protocol).
     pub fn close_peer(&self, peer: NodeId, reason: &str) {
@@ -535,7 +591,7 @@ async fn read_hello(
     conn: &quinn::Connection,
     stream: &mut quinn::RecvStream,
     buf: &mut Vec<u8>,
-) -> Option<(NodeId, u64, u64)> {
+) -> Option<(NodeId, SessionEpoch, SessionEpoch)> {
     let max = inner.settings.max_frame_len;
     let hello =
         tokio::time::timeout(inner.settings.connect_timeout, read_frame(stream, max, buf)).await;
@@ -544,7 +600,9 @@ async fn read_hello(
             cluster_id,
             node,
             epoch,
+            generation,
             peer_epoch,
+            peer_generation,
         }))) => {
             if cluster_id != inner.settings.cluster_id {
                 refuse(
@@ -573,7 +631,11 @@ async fn read_hello(
                 );
                 return None;
             }
-            Some((node, epoch, peer_epoch))
+            Some((
+                node,
+                SessionEpoch::new(epoch, generation),
+                SessionEpoch::new(peer_epoch, peer_generation),
+            ))
         }
         Ok(Ok(Some(other))) => {
             refuse(
@@ -609,7 +671,7 @@ async fn read_stream(
         return;
     };
     let link = inner.links[&from].clone();
-    let my_epoch = inner.settings.epoch;
+    let my_epoch = link.state.lock().mine;
     if peer_epoch > my_epoch {
         return refuse(
             &conn,
@@ -622,11 +684,11 @@ async fn read_stream(
     // Sort the sender's epoch and pick the receiving session, under the state lock (the
     // same lock every delivery takes, so a restart is reported before the new incarnation's
     // first message, whichever stream brings it).
-    let received = {
+    let (received, my_epoch) = {
         let mut state = link.state.lock();
         match check_epoch(state.known_epoch, epoch) {
             EpochCheck::Older => {
-                let known = state.known_epoch.unwrap_or(0);
+                let known = state.known_epoch.unwrap_or_default();
                 drop(state);
                 return refuse(
                     &conn,
@@ -637,10 +699,15 @@ async fn read_stream(
                 );
             }
             EpochCheck::Newer => {
-                info!(peer = %from, old = state.known_epoch, epoch, "peer restarted");
+                let cause = session_end(state.known_epoch, epoch);
+                info!(peer = %from, old = ?state.known_epoch, %epoch, ?cause, "the peer's session is new");
                 if inner
                     .inbound
-                    .send(Inbound::PeerRestarted { peer: from, epoch })
+                    .send(Inbound::PeerRestarted {
+                        peer: from,
+                        epoch,
+                        cause,
+                    })
                     .is_err()
                 {
                     return;
@@ -659,11 +726,15 @@ async fn read_stream(
                 }
             }
         }
-        state.recv.as_ref().map_or(0, RecvSession::delivered)
+        (
+            state.recv.as_ref().map_or(0, RecvSession::delivered),
+            state.mine,
+        )
     };
-    let stale = peer_epoch != 0 && peer_epoch != my_epoch;
+    let stale = peer_epoch != SessionEpoch::default() && peer_epoch != my_epoch;
     let answer = Message::HelloAck {
-        epoch: my_epoch,
+        epoch: my_epoch.epoch,
+        generation: my_epoch.generation,
         received: if stale { 0 } else { received },
     };
     if write_frame(&mut send, &answer, &mut Vec::new())
@@ -675,14 +746,21 @@ async fn read_stream(
     if stale {
         // Its queued messages were meant for an incarnation of this node that is gone; it
         // learns this node's epoch from the answer and starts a new session.
-        debug!(peer = %from, peer_epoch, my_epoch, "hello meant for a previous incarnation of this node");
+        debug!(peer = %from, %peer_epoch, %my_epoch, "hello meant for a previous session of this node");
         let _ = send.finish();
         return;
     }
-    debug!(peer = %from, epoch, received, "peer authenticated; session resumed");
+    debug!(peer = %from, %epoch, received, "peer authenticated; session resumed");
     link.accepted.lock().push(conn.clone());
     tokio::spawn(
-        run_acker(inner.clone(), link.clone(), conn.clone(), send, epoch).in_current_span(),
+        run_acker(
+            inner.clone(),
+            link.clone(),
+            conn.clone(),
+            send,
+            (epoch, my_epoch),
+        )
+        .in_current_span(),
     );
     let max = inner.settings.max_frame_len;
     let counters = &link.counters;
@@ -722,6 +800,10 @@ async fn read_stream(
             Ordering::Relaxed,
         );
         let mut state = link.state.lock();
+        if state.mine != my_epoch {
+            // This node fenced the peer since the stream began: its messages are void.
+            return;
+        }
         let Some(recv) = state.recv.as_mut().filter(|r| r.peer_epoch() == epoch) else {
             // A stream of an older incarnation still draining: its messages are void.
             return;
@@ -733,7 +815,7 @@ async fn read_stream(
                 if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
                     return; // the node is shutting down
                 }
-                link.delivered.send_replace((epoch, delivered));
+                link.delivered.send_replace((epoch, my_epoch, delivered));
                 // Wake the ackers once per quiet period (on the first delivery they have not
                 // acknowledged), and again after a burst.
                 if !link.ack_pending.swap(true, Ordering::AcqRel)
@@ -753,7 +835,8 @@ async fn read_stream(
     }
 }
 
-/// Acknowledges what the receiving session of incarnation `epoch` delivered, on the answer
+/// Acknowledges what the receiving session `session` (the peer's epoch and this node's)
+/// delivered, on the answer
 /// half of one stream: at most one per [`ACK_INTERVAL`] while messages arrive (or at once after
 /// [`ACK_EVERY`]), none on a quiet link. Ends with the stream.
 async fn run_acker(
@@ -761,7 +844,7 @@ async fn run_acker(
     link: Arc<Link>,
     conn: quinn::Connection,
     mut send: quinn::SendStream,
-    epoch: u64,
+    session: (SessionEpoch, SessionEpoch),
 ) {
     let delivered = link.delivered.subscribe();
     let mut shutdown = inner.shutdown.subscribe();
@@ -785,8 +868,8 @@ async fn run_acker(
             _ = shutdown.changed() => return,
         }
         link.ack_pending.store(false, Ordering::Release);
-        let (e, received) = *delivered.borrow();
-        if e != epoch {
+        let (peer_epoch, my_epoch, received) = *delivered.borrow();
+        if (peer_epoch, my_epoch) != session {
             return; // the peer restarted: this stream belongs to a dead session
         }
         if received <= last_acked {
@@ -802,18 +885,26 @@ async fn run_acker(
     }
 }
 
+/// Why a peer's session epoch changed from `known` to the newer `heard`.
+fn session_end(known: Option<SessionEpoch>, heard: SessionEpoch) -> SessionEnd {
+    match known {
+        Some(k) if k.epoch == heard.epoch => SessionEnd::FencedByPeer,
+        _ => SessionEnd::Restarted,
+    }
+}
+
 /// Connects to the link's peer, opens the stream, sends the hello (with the epoch the session
 /// is meant for) and reads the answer, all within the connect timeout.
 async fn connect(
     inner: &Inner,
     link: &Link,
-    peer_epoch: u64,
+    peer_epoch: SessionEpoch,
 ) -> Result<
     (
         quinn::Connection,
         quinn::SendStream,
         quinn::RecvStream,
-        u64,
+        SessionEpoch,
         u64,
     ),
     String,
@@ -830,19 +921,30 @@ async fn connect(
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let mine = link.state.lock().mine;
         let hello = Message::Hello {
             cluster_id: inner.settings.cluster_id,
             node: inner.node,
-            epoch: inner.settings.epoch,
-            peer_epoch,
+            epoch: mine.epoch,
+            generation: mine.generation,
+            peer_epoch: peer_epoch.epoch,
+            peer_generation: peer_epoch.generation,
         };
         write_frame(&mut send, &hello, &mut Vec::new())
             .await
             .map_err(|e| e.to_string())?;
         match read_frame(&mut recv, 64, &mut Vec::new()).await {
-            Ok(Some(Message::HelloAck { epoch, received })) => {
-                Ok((conn, send, recv, epoch, received))
-            }
+            Ok(Some(Message::HelloAck {
+                epoch,
+                generation,
+                received,
+            })) => Ok((
+                conn,
+                send,
+                recv,
+                SessionEpoch::new(epoch, generation),
+                received,
+            )),
             Ok(Some(other)) => {
                 conn.close(close_code::PROTOCOL.into(), b"expected a hello answer");
                 Err(format!("answered a hello with a {}", other.kind_name()))
@@ -883,7 +985,7 @@ async fn run_sender(inner: Arc<Inner>, link: Arc<Link>) {
         link.connect_requested.store(false, Ordering::Release);
         let (session_epoch, generation) = {
             let s = link.send.lock();
-            (s.peer_epoch().unwrap_or(0), s.generation())
+            (s.peer_epoch().unwrap_or_default(), s.generation())
         };
         let connected = tokio::select! {
             c = connect(&inner, &link, session_epoch) => c,
@@ -912,14 +1014,15 @@ async fn run_sender(inner: Arc<Inner>, link: Arc<Link>) {
             match check_epoch(state.known_epoch, epoch) {
                 EpochCheck::Older => Err(format!(
                     "{peer} answered as incarnation {epoch}, but {} is current: a zombie",
-                    state.known_epoch.unwrap_or(0)
+                    state.known_epoch.unwrap_or_default()
                 )),
                 check => {
                     if check == EpochCheck::Newer {
-                        info!(old = state.known_epoch, epoch, "peer restarted");
+                        let cause = session_end(state.known_epoch, epoch);
+                        info!(old = ?state.known_epoch, %epoch, ?cause, "the peer's session is new");
                         if inner
                             .inbound
-                            .send(Inbound::PeerRestarted { peer, epoch })
+                            .send(Inbound::PeerRestarted { peer, epoch, cause })
                             .is_err()
                         {
                             return;
@@ -941,7 +1044,7 @@ async fn run_sender(inner: Arc<Inner>, link: Arc<Link>) {
                                     // Cannot happen: the epoch checks above come first.
                                     let dropped = send.reset(Some(epoch));
                                     error!(
-                                        epoch,
+                                        %epoch,
                                         dropped,
                                         "session out of step with the peer's epoch; restarted it"
                                     );
@@ -973,7 +1076,7 @@ async fn run_sender(inner: Arc<Inner>, link: Arc<Link>) {
             }
             Ok(Some(())) => {}
         }
-        info!(epoch, received, "connected to {peer}");
+        info!(%epoch, received, "connected to {peer}");
         counters.connected.store(true, Ordering::Relaxed);
         backoff = Duration::from_millis(20);
         tokio::spawn(

@@ -20,7 +20,7 @@ use tracing::{debug, error, trace};
 
 use super::access::{AccessMode, ErasedCell};
 use super::home::encode_image;
-use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, ProtocolViolation, planted};
+use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation, planted};
 use crate::region::{NodeId, RegionId};
 use crate::wire::{Grant, Message, Recall, Refusal, RegionImage};
 
@@ -389,8 +389,9 @@ impl Engine {
         true
     }
 
-    /// The home `node` restarted: drop every copy of its regions and fail what waited on it.
-    pub(crate) fn cache_peer_restarted(&mut self, node: NodeId) {
+    /// The home `node` restarted or its session was fenced: drop every copy of its regions and
+    /// fail what waited on it.
+    pub(crate) fn cache_peer_reset(&mut self, node: NodeId, cause: PeerReset) {
         let ids: Vec<RegionId> = self
             .cache
             .keys()
@@ -400,7 +401,10 @@ impl Engine {
         self.stray_flush_acks.retain(|id, _| id.home != node);
         for id in ids {
             let entry = self.cache.get_mut(&id).expect("cache entry");
-            let err = OpError::HomeRestarted(id);
+            let err = match cause {
+                PeerReset::Restarted => OpError::HomeRestarted(id),
+                PeerReset::Fenced => OpError::Fenced(id),
+            };
             let mut failed: Vec<OpId> = entry.queue.drain(..).map(LocalOp::op).collect();
             if entry.map_pending {
                 entry.map_pending = false;
@@ -425,7 +429,7 @@ impl Engine {
                 let entry = self.cache.remove(&id).expect("cache entry");
                 self.unmapped.remove(&entry.unmapped_at);
             }
-            debug!(node = %self.node, region = %id, failed = failed.len(), "home restarted");
+            debug!(node = %self.node, region = %id, failed = failed.len(), ?cause, "home reset");
             for op in failed {
                 self.complete(op, Err(err.clone()));
             }
@@ -665,6 +669,8 @@ impl Engine {
             | Message::Hello { .. }
             | Message::HelloAck { .. }
             | Message::Ack { .. }
+            | Message::Ping { .. }
+            | Message::Pong { .. }
             | Message::Recall { .. }
             | Message::Contend { .. }
             | Message::TxCommit { .. }

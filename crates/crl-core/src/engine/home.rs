@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tracing::{debug, trace};
 
 use super::access::{AccessMode, ErasedCell};
-use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, ProtocolViolation, planted};
+use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation, planted};
 use crate::region::{NodeId, RegionId};
 use crate::wire::{Grant, Message, Recall, Refusal, RegionImage};
 
@@ -395,7 +395,7 @@ impl Engine {
     }
 
     /// Node `node` restarted: forget it in every directory entry homed here.
-    pub(crate) fn home_peer_restarted(&mut self, node: NodeId) {
+    pub(crate) fn home_peer_reset(&mut self, node: NodeId, cause: PeerReset) {
         let mut seqs: Vec<u64> = self.homes.keys().copied().collect();
         seqs.sort_unstable();
         for seq in seqs {
@@ -414,8 +414,8 @@ impl Engine {
                 // Its copy may have been modified since the home's image was installed: the
                 // home's copy, as it is, is the region now.
                 self.stats.lost_copies += 1;
-                tracing::warn!(node = %self.node, region = %id, owner = %node,
-                    "the exclusive owner restarted: its copy is lost");
+                tracing::warn!(node = %self.node, region = %id, owner = %node, ?cause,
+                    "the exclusive owner restarted or was fenced: its copy is lost");
                 self.events.push_back(Event::CopyLost { region: id });
             }
             self.home_advance(id);
@@ -647,6 +647,8 @@ impl Engine {
             | Message::Hello { .. }
             | Message::HelloAck { .. }
             | Message::Ack { .. }
+            | Message::Ping { .. }
+            | Message::Pong { .. }
             | Message::TxCommit { .. }
             | Message::TxPrepare { .. }
             | Message::TxReply { .. }

@@ -215,6 +215,10 @@ pub enum OpError {
     /// The region's home restarted while the operation waited on it; retry.
     #[error("the home of region {0} restarted")]
     HomeRestarted(RegionId),
+    /// The session between this node and the region's home was fenced (one of the two was
+    /// silent for longer than the peer timeout) while the operation waited on it; retry.
+    #[error("the session with the home of region {0} was fenced")]
+    Fenced(RegionId),
     /// The home's copy of the region is in use by a local access (see
     /// [`Engine::install_master`]).
     #[error("region {0} is in use at its home")]
@@ -231,6 +235,15 @@ pub enum OpError {
         /// The largest image a message may carry ([`EngineConfig::max_image_len`]).
         max: u64,
     },
+}
+
+/// Why the engine forgets what it shared with a peer ([`Engine::peer_reset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerReset {
+    /// The peer came back with a new incarnation.
+    Restarted,
+    /// The pair's session was fenced: one end was silent past the peer timeout.
+    Fenced,
 }
 
 /// Why [`Engine::restore_raw`] refused a region.
@@ -781,13 +794,27 @@ impl Engine {
     ///   awaited from `node` counts as acknowledged without data; its queued requests are
     ///   dropped and one being served is finished without an answer.
     pub fn peer_restarted(&mut self, node: NodeId) {
+        self.peer_reset(node, PeerReset::Restarted);
+    }
+
+    /// The session with `node` was fenced (DESIGN.md §6, rule 3): by this node, because `node`
+    /// was silent for longer than the peer timeout, or by `node`, which says so when the two
+    /// talk again. Recovery is [`peer_restarted`](Engine::peer_restarted)'s, except that
+    /// operations waiting on `node` fail with [`OpError::Fenced`].
+    pub fn peer_fenced(&mut self, node: NodeId) {
+        self.peer_reset(node, PeerReset::Fenced);
+    }
+
+    /// Forgets everything shared with `node` (see [`peer_restarted`](Engine::peer_restarted)
+    /// and [`peer_fenced`](Engine::peer_fenced)).
+    pub fn peer_reset(&mut self, node: NodeId, cause: PeerReset) {
         self.process_drained();
-        debug!(node = %self.node, peer = %node, "peer restarted");
+        debug!(node = %self.node, peer = %node, ?cause, "peer reset");
         if node == self.node {
             return;
         }
-        self.cache_peer_restarted(node);
-        self.home_peer_restarted(node);
+        self.cache_peer_reset(node, cause);
+        self.home_peer_reset(node, cause);
         self.evict_unmapped();
     }
 

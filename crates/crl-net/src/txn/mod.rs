@@ -485,7 +485,10 @@ impl Tx {
                 .try_write()
                 .map(|g| Access::from_write(g, h.cell())),
         };
-        if let Some(a) = hit {
+        // A hit counts only under a valid lease from the home, checked after acquiring.
+        if let Some(a) = hit
+            && h.lease_valid()
+        {
             return Ok(a);
         }
         node.locks().wait(region, shared);
@@ -495,7 +498,10 @@ impl Tx {
             Ok(a) => Ok(a),
             Err(e) => {
                 node.locks().release(region, shared);
-                if matches!(e, Error::Wounded | Error::HomeRestarted(_)) {
+                if matches!(
+                    e,
+                    Error::Wounded | Error::HomeRestarted(_) | Error::Fenced(_)
+                ) {
                     self.doom("wounded while waiting".into());
                 }
                 Err(e)

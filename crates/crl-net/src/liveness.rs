@@ -1,0 +1,249 @@
+//! Leases and failure detection at run time (DESIGN.md §6, rules 2 and 3): the clock, the
+//! lease slots the hit path checks, and the task that drives [`crl_core::liveness`].
+//!
+//! The state machine ([`Liveness`]) decides; this module only reads the clock, sends the pings
+//! it asks for, stores the lease ends where the program's threads can read them, and fences
+//! the peers it names (through [`Transport::fence`]).
+//!
+//! **The hit path.** Every access to a copy of another home's region checks, *after* it has
+//! acquired the copy, that this node's lease from the home is still valid
+//! ([`LeaseSlot::valid`]: one atomic load and one read of the coarse monotonic clock). The
+//! order matters: a thread paused between the check and its read would otherwise read a copy
+//! its home may have reclaimed meanwhile; checked after acquisition, the access is linearized
+//! at the check, while the lease still held. A process paused for longer than its leases
+//! (SIGSTOP, a stall) therefore serves no stale hit when it resumes: its clock has moved on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crl_core::NodeId;
+use crl_core::liveness::{Liveness, LivenessConfig, LivenessEvent, Timestamp};
+use crl_core::wire::Message;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, warn};
+
+use crate::transport::Transport;
+
+/// The monotonic clock leases are counted on. On Linux it is `CLOCK_MONOTONIC_COARSE` (read
+/// through the vDSO in a few nanoseconds, a tick of a few milliseconds, covered by the lease
+/// margin); elsewhere [`std::time::Instant`]. Both keep counting while the process is
+/// stopped, which is what makes a pause visible to the lease check.
+pub mod clock {
+    use crl_core::liveness::Timestamp;
+
+    /// Now.
+    #[cfg(target_os = "linux")]
+    #[inline]
+    pub fn now() -> Timestamp {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+        let nanos = u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0));
+        Timestamp::from_nanos(nanos)
+    }
+
+    /// Now.
+    #[cfg(not(target_os = "linux"))]
+    #[inline]
+    pub fn now() -> Timestamp {
+        use std::sync::OnceLock;
+        use std::time::Instant;
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        let nanos = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Start above zero: zero means "no lease".
+        Timestamp::from_nanos(nanos.saturating_add(1))
+    }
+}
+
+/// This node's lease on one home's regions, as the program's threads see it.
+#[derive(Debug)]
+pub struct LeaseSlot {
+    /// The end of the lease in [`clock`] nanoseconds (0: no lease).
+    until: AtomicU64,
+    /// Signalled whenever `until` changes.
+    changed: Notify,
+}
+
+impl LeaseSlot {
+    fn new() -> Self {
+        LeaseSlot {
+            until: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Whether the lease is valid now.
+    #[inline]
+    pub fn valid(&self) -> bool {
+        clock::now().as_nanos() < self.until.load(Ordering::Acquire)
+    }
+
+    fn set(&self, until: Option<Timestamp>) {
+        self.until
+            .store(until.map_or(0, Timestamp::as_nanos), Ordering::Release);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Counters of the liveness layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LivenessStats {
+    /// Peers this node fenced (each was silent for longer than the peer timeout).
+    pub fences: u64,
+    /// Times a peer told this node it had been fenced.
+    pub fenced_by_peers: u64,
+    /// Accesses that found their lease expired and waited for a renewal.
+    pub lease_waits: u64,
+}
+
+/// Drives a node's [`Liveness`] (when a peer timeout is configured).
+pub(crate) struct LivenessDriver {
+    machine: Mutex<Liveness>,
+    slots: BTreeMap<NodeId, Arc<LeaseSlot>>,
+    /// Wakes the task (a renewal was asked for).
+    wake: Notify,
+    fences: AtomicU64,
+    fenced_by_peers: AtomicU64,
+    lease_waits: AtomicU64,
+}
+
+impl LivenessDriver {
+    /// Watches `peers` with `config`.
+    pub(crate) fn new(config: LivenessConfig, peers: impl IntoIterator<Item = NodeId>) -> Self {
+        let now = clock::now();
+        let mut machine = Liveness::new(config);
+        let mut slots = BTreeMap::new();
+        for peer in peers {
+            machine.add_peer(peer, now);
+            slots.insert(peer, Arc::new(LeaseSlot::new()));
+        }
+        LivenessDriver {
+            machine: Mutex::new(machine),
+            slots,
+            wake: Notify::new(),
+            fences: AtomicU64::new(0),
+            fenced_by_peers: AtomicU64::new(0),
+            lease_waits: AtomicU64::new(0),
+        }
+    }
+
+    /// The lease slot of `home`'s regions.
+    pub(crate) fn slot(&self, home: NodeId) -> Option<Arc<LeaseSlot>> {
+        self.slots.get(&home).cloned()
+    }
+
+    /// A message of `peer`'s current session was delivered.
+    pub(crate) fn on_heard(&self, peer: NodeId) {
+        self.machine.lock().on_heard(peer, clock::now());
+    }
+
+    /// `peer` answered a ping.
+    pub(crate) fn on_pong(&self, transport: &Transport, peer: NodeId, nonce: u64) {
+        let events = {
+            let mut m = self.machine.lock();
+            m.on_pong(peer, nonce, clock::now());
+            drain(&mut m)
+        };
+        self.apply(transport, events);
+    }
+
+    /// The session with `peer` started again; `fenced_us`: because the peer fenced this node.
+    pub(crate) fn peer_reset(&self, transport: &Transport, peer: NodeId, fenced_us: bool) {
+        if fenced_us {
+            self.fenced_by_peers.fetch_add(1, Ordering::Relaxed);
+        }
+        let events = {
+            let mut m = self.machine.lock();
+            m.peer_reset(peer, clock::now());
+            drain(&mut m)
+        };
+        self.apply(transport, events);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the lease on `home`'s regions is valid; the caller bounds the wait.
+    /// Cancel-safe.
+    pub(crate) async fn wait_for_lease(&self, home: NodeId) {
+        let Some(slot) = self.slots.get(&home) else {
+            return;
+        };
+        self.lease_waits.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let changed = slot.changed.notified();
+            if slot.valid() {
+                return;
+            }
+            self.machine.lock().renew_soon(home, clock::now());
+            self.wake.notify_one();
+            changed.await;
+        }
+    }
+
+    pub(crate) fn stats(&self) -> LivenessStats {
+        LivenessStats {
+            fences: self.fences.load(Ordering::Relaxed),
+            fenced_by_peers: self.fenced_by_peers.load(Ordering::Relaxed),
+            lease_waits: self.lease_waits.load(Ordering::Relaxed),
+        }
+    }
+
+    fn apply(&self, transport: &Transport, events: Vec<LivenessEvent>) {
+        for event in events {
+            match event {
+                LivenessEvent::Ping { peer, nonce } => {
+                    let _ = transport.send(peer, Message::Ping { nonce });
+                }
+                LivenessEvent::Lease { peer, until } => {
+                    if let Some(slot) = self.slots.get(&peer) {
+                        slot.set(until);
+                    }
+                }
+                LivenessEvent::Fence { peer } => {
+                    self.fences.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, "the peer was silent for longer than the peer timeout: fencing it");
+                    transport.fence(peer);
+                }
+            }
+        }
+    }
+
+    /// The task: fires the state machine's timers until shutdown.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        transport: Transport,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (events, next) = {
+                let mut m = self.machine.lock();
+                m.handle_timeout(clock::now());
+                let events = drain(&mut m);
+                (events, m.poll_timeout())
+            };
+            self.apply(&transport, events);
+            let wait = next.map_or(Duration::from_secs(1), |t| {
+                t.saturating_since(clock::now())
+                    // Coarse clock: never spin on a deadline a tick away.
+                    .max(Duration::from_millis(1))
+            });
+            let woken = self.wake.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = woken => {}
+                _ = shutdown.changed() => {
+                    debug!("liveness stops");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn drain(m: &mut Liveness) -> Vec<LivenessEvent> {
+    std::iter::from_fn(|| m.poll_event()).collect()
+}
