@@ -7,6 +7,12 @@
 //! completes within [`HEAL_BOUND`], recorded histories are linearizable, and durable
 //! transactions stay atomic with no acknowledged commit lost.
 //!
+//! With leases and fencing (DESIGN.md §6, rules 2–4), a cut longer than the peer timeout (12 s
+//! by default) blocks the other nodes for at most [`STALL_BOUND`]: the homes fence the silent
+//! node and reclaim its copies; the cut-off node serves no read once its leases lapse; its
+//! unrecalled plain write is lost, counted and logged at the home (rule 4), and it learns it
+//! was fenced when the cut heals.
+//!
 //! The cut lasts `CRL_CUT_SECS` seconds (default 35, longer than the idle timeout).
 
 use std::sync::Arc;
@@ -26,6 +32,9 @@ struct Cell {
 /// How long after the cut heals every region must be reachable again from every node.
 const HEAL_BOUND: Duration = Duration::from_secs(15);
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest any node other than the cut one may go without completing an operation
+/// (issue 8: "blocks no other node for more than 25 s", with the default peer timeout).
+const STALL_BOUND: Duration = Duration::from_secs(25);
 
 fn cut_duration() -> Duration {
     let secs = std::env::var("CRL_CUT_SECS")
@@ -41,14 +50,24 @@ fn nanos(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
-/// A client on `node` that reads and writes the registers until `stop`, recording a history.
+/// What a client did.
+struct ClientRun {
+    history: Vec<Op>,
+    failed: u64,
+    /// The longest time between two completed operations (or from the first call).
+    longest_stall: Duration,
+}
+
+/// A client on `node` that reads (and unless `read_only`, writes) the registers until `stop`,
+/// recording a history.
 async fn client(
     node: Node,
     ids: Vec<RegionId>,
     c: u64,
+    read_only: bool,
     start: Instant,
     stop: Arc<AtomicBool>,
-) -> (Vec<Op>, u64) {
+) -> ClientRun {
     let mut handles = Vec::new();
     for &id in &ids {
         handles.push(node.map::<Cell>(id).await.expect("map before the cut"));
@@ -56,17 +75,21 @@ async fn client(
     let mut history = Vec::new();
     let mut failed = 0u64;
     let mut seq = 0u64;
+    let mut last_done = Instant::now();
+    let mut longest_stall = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
+        longest_stall = longest_stall.max(last_done.elapsed());
         let key = ((seq * 7 + c) % ids.len() as u64) as usize;
         let h = &handles[key];
-        if (seq + c).is_multiple_of(3) {
+        if !read_only && (seq + c).is_multiple_of(3) {
             let v = (c + 1) * 1_000_000 + seq;
             let call = nanos(start);
             history.push(match h.start_write().await {
                 Ok(mut g) => {
                     g.value = v;
                     g.end();
+                    last_done = Instant::now();
                     Operation::completed(
                         c,
                         (key, RegisterInput::Write(v)),
@@ -87,6 +110,7 @@ async fn client(
                 Ok(g) => {
                     let v = g.value;
                     g.end();
+                    last_done = Instant::now();
                     Operation::completed(
                         c,
                         (key, RegisterInput::Read),
@@ -103,7 +127,12 @@ async fn client(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    (history, failed)
+    longest_stall = longest_stall.max(last_done.elapsed());
+    ClientRun {
+        history,
+        failed,
+        longest_stall,
+    }
 }
 
 /// Waits until `node` can read and write region `id`, bounded by [`HEAL_BOUND`] from `healed`.
@@ -135,6 +164,11 @@ async fn reachable(node: &Node, id: RegionId, healed: Instant) {
 
 /// The issue's scenario: node 1 holds a modified copy of a region homed at node 0 when it is
 /// cut off for longer than QUIC's idle timeout; the other nodes keep asking meanwhile.
+///
+/// Region `m` is the modified copy: node 1 writes 7 into it just before the cut and nobody
+/// else touches it until node 2 asks for it during the cut. Registers `ids` are read by node
+/// 1's clients (it holds shared copies, which writers elsewhere must invalidate) and read and
+/// written by the clients of nodes 0 and 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_operations_recover_from_a_long_cut() {
     let cluster = Cluster::local_with(3, |c| c.op_timeout = OP_TIMEOUT)
@@ -151,27 +185,70 @@ async fn plain_operations_recover_from_a_long_cut() {
                 .id(),
         );
     }
-    // Node 1 takes the first region exclusively (the modified copy the home must recall).
-    let n1 = cluster.node(1).map::<Cell>(ids[0]).await.unwrap();
-    n1.start_write().await.unwrap().value = 7;
+    let m = cluster
+        .node(0)
+        .create(Cell { value: 1 })
+        .await
+        .unwrap()
+        .id();
+    let n1_m = cluster.node(1).map::<Cell>(m).await.unwrap();
+    let n2_m = cluster.node(2).map::<Cell>(m).await.unwrap();
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..6u64 {
-        let node = cluster.node(c as usize % 3).clone();
+        let n = c as usize % 3;
         clients.push(tokio::spawn(client(
-            node,
+            cluster.node(n).clone(),
             ids.clone(),
             c,
+            n == 1,
             start,
             stop.clone(),
         )));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Node 1 takes `m` exclusively and writes it: a plain write that lives only in its copy.
+    n1_m.start_write().await.unwrap().value = 7;
+    let lost_before = cluster.node(0).stats().engine.lost_copies;
     let cut = cut_duration();
+    // Longer than the peer timeout (12 s) and its margin: the homes fence node 1.
+    let fencing = cut > Duration::from_secs(15);
+    let cut_at = Instant::now();
     cluster.faults(1).cut();
-    tokio::time::sleep(cut).await;
+    // Node 2 asks for `m` during the cut: it must get it once node 0 has fenced node 1, well
+    // within the stall bound, with node 1's unrecalled write lost (rule 4).
+    let mut m_wait = None;
+    while fencing && cut_at.elapsed() < cut {
+        match n2_m.start_read().await {
+            Ok(g) => {
+                let v = g.value;
+                g.end();
+                m_wait = Some((cut_at.elapsed(), v));
+                break;
+            }
+            Err(e) => assert!(
+                cut_at.elapsed() < STALL_BOUND,
+                "node 2 still cannot read {m} {:?} into the cut: {e}",
+                cut_at.elapsed()
+            ),
+        }
+    }
+    if fencing {
+        let (_, m_value) = m_wait.expect("node 2 never read the modified region during the cut");
+        assert_eq!(
+            m_value, 1,
+            "node 2 read {m_value}: node 1's unrecalled write cannot have reached the home"
+        );
+    }
+    let lost = cluster.node(0).stats().engine.lost_copies - lost_before;
+    assert!(
+        !fencing || lost >= 1,
+        "the home did not count the lost copy"
+    );
+    let remaining = cut.saturating_sub(cut_at.elapsed());
+    tokio::time::sleep(remaining).await;
     cluster.faults(1).heal();
     let healed = Instant::now();
     for n in 0..3 {
@@ -180,15 +257,29 @@ async fn plain_operations_recover_from_a_long_cut() {
         }
     }
     let back = healed.elapsed();
+    // Fenced, node 1 learnt it and dropped its copy: it reads the home's value, not 7.
+    // Not fenced, its write survives the cut (sessions lose nothing).
+    let v = n1_m.start_read().await.unwrap().value;
+    assert_eq!(v, if fencing { 1 } else { 7 });
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let mut history = Vec::new();
     let mut timed_out = 0;
-    for c in clients {
-        let (h, failed) = c.await.unwrap();
-        history.extend(h);
-        timed_out += failed;
+    let mut stall = Duration::ZERO;
+    for (c, run) in clients.into_iter().enumerate() {
+        let run = run.await.unwrap();
+        history.extend(run.history);
+        timed_out += run.failed;
+        if c % 3 != 1 {
+            stall = stall.max(run.longest_stall);
+        }
     }
+    let fences: u64 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.stats().liveness.fences)
+        .sum();
+    let fenced_by_peers = cluster.node(1).stats().liveness.fenced_by_peers;
     let dropped = cluster.faults(1).stats().dropped();
     let resent: u64 = cluster
         .nodes()
@@ -198,23 +289,23 @@ async fn plain_operations_recover_from_a_long_cut() {
         .sum();
     cluster.shutdown().await;
 
-    // Node 1's write before the cut is not lost: node 1's own write was the first on the
-    // register, and every later read agrees with some linearization.
+    // Every completed read, node 1's during the cut included, agrees with some linearization.
     let model = RegisterMap::new(Register::new(0u64));
-    let mut full = vec![Operation::completed(
-        99,
-        (0, RegisterInput::Write(7)),
-        0,
-        RegisterOutput::Written,
-        0,
-    )];
-    full.extend(history);
+    let full = history;
     let completed = full.len();
     println!(
-        "cut of {cut:?}: {completed} operations completed and checked, {timed_out} timed out (never applied), {dropped} datagrams dropped, {resent} messages re-sent, every region back {back:?} after the heal"
+        "cut of {cut:?}: {completed} operations completed and checked, {timed_out} failed (never applied), {dropped} datagrams dropped, {resent} messages re-sent; the modified region read by node 2 {m_wait:?} into the cut ({lost} lost copy counted at the home); longest stall of nodes 0 and 2 {stall:?}; {fences} fences, node 1 told {fenced_by_peers} time(s); every region back {back:?} after the heal"
     );
     assert!(timed_out > 0, "the cut blocked nothing: it did not happen");
     assert!(dropped > 0);
+    if fencing {
+        assert!(fences >= 2, "nodes 0 and 2 did not fence node 1");
+        assert!(fenced_by_peers >= 1, "node 1 was never told it was fenced");
+        assert!(
+            stall < STALL_BOUND,
+            "nodes 0 and 2 were blocked for {stall:?}"
+        );
+    }
     match lincheck::check(&model, &full).unwrap() {
         Outcome::Linearizable => {}
         Outcome::Violation(v) => panic!("{}", v.explain(&full)),
@@ -257,20 +348,25 @@ async fn durable_transactions_recover_from_a_long_cut() {
     let acked = Arc::new(AtomicU64::new(0));
     let unknown = Arc::new(AtomicU64::new(0));
     let last_ok: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
+    // The longest gap between two commits of one node, in ms.
+    let stalls: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
     let start = Instant::now();
     let mut workers = Vec::new();
     for n in 0..3usize {
         let node = cluster.node(n).clone();
-        let (stop, acked, unknown, last_ok) = (
+        let (stop, acked, unknown, last_ok, stalls) = (
             stop.clone(),
             acked.clone(),
             unknown.clone(),
             last_ok.clone(),
+            stalls.clone(),
         );
         workers.push(tokio::spawn(async move {
             let ha = node.map::<Account>(a).await.unwrap();
             let hb = node.map::<Account>(b).await.unwrap();
+            let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                stalls[n].fetch_max(last.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let r = node
                     .transaction(async |tx| {
                         tx.write(&ha).await?.balance += 1;
@@ -280,6 +376,7 @@ async fn durable_transactions_recover_from_a_long_cut() {
                     .await;
                 match r {
                     Ok(()) => {
+                        last = Instant::now();
                         acked.fetch_add(1, Ordering::Relaxed);
                         last_ok[n].store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
@@ -328,8 +425,13 @@ async fn durable_transactions_recover_from_a_long_cut() {
         acked.load(Ordering::Relaxed),
         unknown.load(Ordering::Relaxed),
     );
+    let stall = Duration::from_millis(
+        stalls[0]
+            .load(Ordering::Relaxed)
+            .max(stalls[2].load(Ordering::Relaxed)),
+    );
     println!(
-        "cut of {cut:?}: {acked} commits acknowledged, {unknown} failed (outcome unknown), balances {va} and {vb}"
+        "cut of {cut:?}: {acked} commits acknowledged, {unknown} failed (outcome unknown), balances {va} and {vb}; longest stall of nodes 0 and 2 {stall:?}"
     );
     cluster.shutdown().await;
     let _ = std::fs::remove_dir_all(&base);
@@ -343,4 +445,8 @@ async fn durable_transactions_recover_from_a_long_cut() {
         "commits out of nowhere: {va} > {acked} + {unknown}"
     );
     assert!(unknown > 0, "the cut blocked nothing: it did not happen");
+    assert!(
+        stall < STALL_BOUND,
+        "nodes 0 and 2 were blocked for {stall:?}"
+    );
 }
