@@ -6,6 +6,13 @@
 //! (`crl_core::lincheck`, one register per region), and the run checks that nothing stayed
 //! blocked: in the last seconds, after every pause healed, every operation completed.
 //!
+//! A pause longer than the peer timeout (12 s) gets the paused process fenced by the others
+//! (DESIGN.md §6, rule 3): they reclaim its copies, and its plain writes not yet recalled are
+//! lost (rule 4). So the paused process's operations from one second before the pause until
+//! it resumes are judged as *indeterminate* (a write may or may not have taken effect; a read
+//! constrains nothing); every other operation is checked as it returned, including every one
+//! the paused process makes after it resumes: it must not serve a single stale hit then.
+//!
 //! ```sh
 //! cargo run --release --example nemesis -- --pause-secs 40 --rounds 3   # long run
 //! cargo run --release --example nemesis -- --pause-secs 35 --rounds 1   # what CI runs
@@ -215,6 +222,8 @@ async fn node_main(
         t.await.unwrap();
     }
     file.lock().flush().unwrap();
+    let l = node.stats().liveness;
+    println!("stats {} {} {}", l.fences, l.fenced_by_peers, l.lease_waits);
     println!("done");
     // Stay up while the others finish their last operations.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -316,6 +325,9 @@ fn orchestrate(args: &Args) -> i32 {
     );
     std::thread::sleep(Duration::from_secs(args.settle_secs));
     let mut last_resume_ns = 0;
+    // (victim, from, until): the victim's operations called in [from, until) are judged as
+    // indeterminate (see the module docs).
+    let mut lossy: Vec<(u32, u64, u64)> = Vec::new();
     for round in 0..args.rounds {
         let victim_id = round % args.nodes;
         let victim = &procs[victim_id as usize];
@@ -323,19 +335,30 @@ fn orchestrate(args: &Args) -> i32 {
             "  round {round}: SIGSTOP node {victim_id} for {} s",
             args.pause_secs
         );
+        let paused_ns = wall_ns();
         signal(victim, "-STOP");
         std::thread::sleep(Duration::from_secs(args.pause_secs));
         signal(victim, "-CONT");
         last_resume_ns = wall_ns();
+        lossy.push((victim_id, paused_ns - 1_000_000_000, last_resume_ns));
         println!("  round {round}: SIGCONT node {victim_id}");
         std::thread::sleep(Duration::from_secs(args.settle_secs));
     }
+    let (mut fences, mut told, mut lease_waits) = (0u64, 0u64, 0u64);
     for (id, rx) in ready.iter().enumerate() {
-        match rx.recv_timeout(Duration::from_secs(total + 60)) {
-            Ok(l) if l == "done" => {}
-            other => {
-                eprintln!("node {id} did not finish: {other:?}");
-                return 1;
+        loop {
+            match rx.recv_timeout(Duration::from_secs(total + 60)) {
+                Ok(l) if l == "done" => break,
+                Ok(l) if l.starts_with("stats ") => {
+                    let v: Vec<u64> = l[6..].split(' ').map(|x| x.parse().unwrap()).collect();
+                    fences += v[0];
+                    told += v[1];
+                    lease_waits += v[2];
+                }
+                other => {
+                    eprintln!("node {id} did not finish: {other:?}");
+                    return 1;
+                }
             }
         }
     }
@@ -344,6 +367,7 @@ fn orchestrate(args: &Args) -> i32 {
     // Merge and judge the histories.
     let mut history: Vec<Op> = Vec::new();
     let mut failures: Vec<u64> = Vec::new();
+    let mut indeterminate = 0usize;
     for id in 0..args.nodes {
         let text = std::fs::read_to_string(dir.join(format!("history-{id}"))).unwrap();
         for line in text.lines() {
@@ -367,6 +391,14 @@ fn orchestrate(args: &Args) -> i32 {
                     failures.push(call);
                     continue;
                 }
+                _ if lossy.iter().any(|&(victim, from, until)| {
+                    client / 100 == u64::from(victim) && call >= from && call < until
+                }) =>
+                {
+                    // Rule 4: may have been lost when the paused process was fenced.
+                    indeterminate += 1;
+                    Operation::pending(client, (key, input), call)
+                }
                 ret => {
                     let output = if kind == "w" {
                         RegisterOutput::Written
@@ -379,7 +411,7 @@ fn orchestrate(args: &Args) -> i32 {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let completed = history.len();
+    let completed = history.len() - indeterminate;
     let failed = failures.len();
     // Nothing blocked after the pauses healed: every operation that started more than
     // `op_timeout` + 5 s after the last resume completed.
@@ -396,9 +428,12 @@ fn orchestrate(args: &Args) -> i32 {
     let started = Instant::now();
     let verdict = lincheck::check(&model, &history).unwrap();
     println!(
-        "histories: {} operations ({completed} completed and checked, {failed} failed or timed out: never applied), checked in {:?}",
-        completed + failed,
+        "histories: {} operations ({completed} completed and checked, {indeterminate} of the paused process judged indeterminate, {failed} failed or timed out: never applied), checked in {:?}",
+        completed + indeterminate + failed,
         started.elapsed()
+    );
+    println!(
+        "fences: {fences} (processes told they were fenced: {told}); accesses that waited for a lease renewal: {lease_waits}"
     );
     println!(
         "after the last heal (+{} s): {late_ok} completed, {late_failures} failed",
@@ -420,7 +455,7 @@ fn orchestrate(args: &Args) -> i32 {
     // caught in this very history.
     if let Some(i) = history
         .iter()
-        .position(|o| matches!(o.input.1, RegisterInput::Read))
+        .position(|o| matches!(o.input.1, RegisterInput::Read) && o.ret.is_some())
     {
         let mut planted = history.clone();
         planted[i].ret.as_mut().expect("completed").output = RegisterOutput::Value(u64::MAX);
@@ -434,6 +469,10 @@ fn orchestrate(args: &Args) -> i32 {
     }
     if args.rounds > 0 && failed == 0 {
         println!("no operation failed during the pauses: the nemesis did nothing");
+        anomalies += 1;
+    }
+    if args.pause_secs > 15 && args.rounds > 0 && (fences == 0 || told == 0) {
+        println!("a pause past the peer timeout fenced nobody");
         anomalies += 1;
     }
     if late_failures > 0 || late_ok == 0 {
