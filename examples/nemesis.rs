@@ -189,24 +189,24 @@ async fn node_main(
                         Ok(mut g) => {
                             g.value = value;
                             g.end();
-                            Some(value)
+                            Ok(value)
                         }
-                        Err(_) => None,
+                        Err(e) => Err(e),
                     }
                 } else {
                     match handles[key].start_read().await {
-                        Ok(g) => Some(g.value),
-                        Err(_) => None,
+                        Ok(g) => Ok(g.value),
+                        Err(e) => Err(e),
                     }
                 };
                 let ret = wall_ns();
                 let line = match outcome {
-                    Some(v) => format!(
+                    Ok(v) => format!(
                         "{client} {key} {} {v} {call} {ret}\n",
                         if write { "w" } else { "r" }
                     ),
-                    None if write => format!("{client} {key} w {value} {call} -\n"),
-                    None => format!("{client} {key} r 0 {call} -\n"),
+                    Err(e) if write => format!("{client} {key} w {value} {call} - {e}\n"),
+                    Err(e) => format!("{client} {key} r 0 {call} - {e}\n"),
                 };
                 file.lock().write_all(line.as_bytes()).unwrap();
                 tokio::time::sleep(Duration::from_millis(3)).await;
@@ -366,7 +366,7 @@ fn orchestrate(args: &Args) -> i32 {
 
     // Merge and judge the histories.
     let mut history: Vec<Op> = Vec::new();
-    let mut failures: Vec<u64> = Vec::new();
+    let mut failures: Vec<(u64, String)> = Vec::new();
     let mut indeterminate = 0usize;
     for id in 0..args.nodes {
         let text = std::fs::read_to_string(dir.join(format!("history-{id}"))).unwrap();
@@ -388,7 +388,7 @@ fn orchestrate(args: &Args) -> i32 {
                 // A failed access never happened (the value is written only after the
                 // grant): counted, not checked.
                 "-" => {
-                    failures.push(call);
+                    failures.push((call, f[6..].join(" ")));
                     continue;
                 }
                 _ if lossy.iter().any(|&(victim, from, until)| {
@@ -416,10 +416,15 @@ fn orchestrate(args: &Args) -> i32 {
     // Nothing blocked after the pauses healed: every operation that started more than
     // `op_timeout` + 5 s after the last resume completed.
     let heal_bound_ns = (OP_TIMEOUT_MS + 5_000) * 1_000_000;
-    let late_failures = failures
+    let late: Vec<&String> = failures
         .iter()
-        .filter(|&&call| call > last_resume_ns + heal_bound_ns)
-        .count();
+        .filter(|(call, _)| *call > last_resume_ns + heal_bound_ns)
+        .map(|(_, e)| e)
+        .collect();
+    let late_failures = late.len();
+    for e in late.iter().take(5) {
+        println!("  late failure: {e}");
+    }
     let late_ok = history
         .iter()
         .filter(|o| o.ret.is_some() && o.call > last_resume_ns + heal_bound_ns)

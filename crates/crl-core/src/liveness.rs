@@ -25,6 +25,16 @@
 //! and recovers as if the peer had restarted. The peer is not watched again until it is heard
 //! from in a new session ([`Liveness::peer_reset`] then [`Liveness::on_heard`]).
 //!
+//! # Pauses of this node
+//! The driver must call [`handle_timeout`](Liveness::handle_timeout) at least once per
+//! [`ping_interval`](LivenessConfig::ping_interval) ([`poll_timeout`](Liveness::poll_timeout)
+//! never asks for a longer wait). A gap of more than [`PAUSE_GAP`] ping intervals between two
+//! calls means this node itself did not run (a SIGSTOP, a stall): it heard nothing because it
+//! was not listening, so every peer's silence is counted again from the end of the gap
+//! instead of fencing them all at once. Delaying a fence is always safe (only a home's
+//! reclaim must wait for the holder's lease, never the other way round); the peers, for
+//! their part, have fenced this node if the gap was long, and say so when it reconnects.
+//!
 //! # Bounds
 //! State is one small record per peer; the event queue holds at most three events per peer
 //! between two polls.
@@ -33,6 +43,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::region::NodeId;
+
+/// How many ping intervals without a call to [`Liveness::handle_timeout`] count as a pause
+/// of this node (see the [module docs](self#pauses-of-this-node)).
+pub const PAUSE_GAP: u32 = 3;
 
 /// The peer timeout crl uses unless configured otherwise: 12 s.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(12);
@@ -182,6 +196,10 @@ pub struct Liveness {
     peers: BTreeMap<NodeId, PeerLiveness>,
     events: VecDeque<LivenessEvent>,
     next_nonce: u64,
+    /// The previous call to [`handle_timeout`](Self::handle_timeout).
+    last_tick: Option<Timestamp>,
+    /// Pauses of this node detected.
+    pauses: u64,
 }
 
 impl Liveness {
@@ -192,6 +210,8 @@ impl Liveness {
             peers: BTreeMap::new(),
             events: VecDeque::new(),
             next_nonce: 1,
+            last_tick: None,
+            pauses: 0,
         }
     }
 
@@ -277,7 +297,19 @@ impl Liveness {
     /// Advances to `now`: fences peers silent for too long and sends pings that are due.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         let fence_after = self.config.fence_after();
+        let gap = self.config.ping_interval * PAUSE_GAP;
+        let paused = self
+            .last_tick
+            .is_some_and(|prev| now.saturating_since(prev) > gap);
+        self.last_tick = Some(now);
+        if paused {
+            self.pauses += 1;
+        }
         for (&peer, p) in self.peers.iter_mut() {
+            if paused && let Some(heard) = p.last_heard.as_mut() {
+                // This node was not running: the peers' silence says nothing yet.
+                *heard = (*heard).max(now);
+            }
             if let Some(heard) = p.last_heard
                 && now >= heard.saturating_add(fence_after)
             {
@@ -303,6 +335,10 @@ impl Liveness {
     /// something arrives).
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let fence_after = self.config.fence_after();
+        // At least one call per ping interval, so that a long gap means a pause.
+        let tick = self
+            .last_tick
+            .map(|t| t.saturating_add(self.config.ping_interval));
         self.peers
             .values()
             .flat_map(|p| {
@@ -310,8 +346,15 @@ impl Liveness {
                 let ping = p.outstanding.is_none().then_some(p.next_ping);
                 [fence, ping]
             })
+            .chain([tick])
             .flatten()
             .min()
+    }
+
+    /// Pauses of this node detected so far (gaps between calls to
+    /// [`handle_timeout`](Self::handle_timeout)).
+    pub fn pauses(&self) -> u64 {
+        self.pauses
     }
 
     /// The next thing to do.
@@ -430,30 +473,72 @@ mod tests {
         );
     }
 
+    /// Calls `handle_timeout` every ping interval from `from` to `to` (a running node).
+    fn run(l: &mut Liveness, from: u64, to: u64) -> Vec<LivenessEvent> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t < to {
+            l.handle_timeout(at(t));
+            out.extend(events(l));
+            t += 100;
+        }
+        l.handle_timeout(at(to));
+        out.extend(events(l));
+        out
+    }
+
     #[test]
     fn a_silent_peer_is_fenced_after_the_timeout_and_the_margin() {
         let mut l = Liveness::new(config());
         l.add_peer(A, at(0));
         // Never heard from: nothing to fence.
-        l.handle_timeout(at(0));
-        let _ = events(&mut l);
-        l.handle_timeout(at(5000));
-        assert!(events(&mut l).is_empty());
+        let ev = run(&mut l, 0, 5000);
+        assert!(!ev.iter().any(|e| matches!(e, LivenessEvent::Fence { .. })));
         l.on_heard(A, at(5000));
-        assert_eq!(l.poll_timeout(), Some(at(6100)));
-        l.handle_timeout(at(6099));
-        assert!(events(&mut l).is_empty());
+        let _ = l.poll_timeout();
+        assert!(l.poll_timeout() <= Some(at(6100)));
+        let ev = run(&mut l, 5000, 6099);
+        assert!(!ev.iter().any(|e| matches!(e, LivenessEvent::Fence { .. })));
         l.handle_timeout(at(6100));
         let ev = events(&mut l);
         assert!(ev.contains(&LivenessEvent::Fence { peer: A }), "{ev:?}");
         assert_eq!(l.fences(A), 1);
         assert_eq!(l.last_heard(A), None);
         // Fenced once: not again until it is heard from in a new session.
-        l.handle_timeout(at(60_000));
+        let ev = run(&mut l, 6100, 20_000);
         assert!(
-            !events(&mut l).contains(&LivenessEvent::Fence { peer: A }),
+            !ev.contains(&LivenessEvent::Fence { peer: A }),
             "fenced twice"
         );
+        assert_eq!(l.pauses(), 0);
+    }
+
+    #[test]
+    fn a_pause_of_this_node_restarts_the_count_instead_of_fencing_everyone() {
+        let mut l = Liveness::new(config());
+        l.add_peer(A, at(0));
+        l.on_heard(A, at(0));
+        let _ = run(&mut l, 0, 500);
+        // Asleep from 500 to 30 000 (a SIGSTOP): no fence at wake-up.
+        l.handle_timeout(at(30_000));
+        let ev = events(&mut l);
+        assert!(!ev.contains(&LivenessEvent::Fence { peer: A }), "{ev:?}");
+        assert_eq!(l.pauses(), 1);
+        // Still silent a full timeout and margin after waking: fenced then.
+        let ev = run(&mut l, 30_000, 31_099);
+        assert!(!ev.contains(&LivenessEvent::Fence { peer: A }));
+        l.handle_timeout(at(31_100));
+        assert!(events(&mut l).contains(&LivenessEvent::Fence { peer: A }));
+    }
+
+    #[test]
+    fn poll_timeout_asks_for_a_call_every_ping_interval() {
+        let mut l = Liveness::new(config());
+        l.add_peer(A, at(0));
+        l.handle_timeout(at(0));
+        let _ = events(&mut l);
+        // A ping is outstanding and nothing was heard: only the tick remains.
+        assert_eq!(l.poll_timeout(), Some(at(100)));
     }
 
     #[test]

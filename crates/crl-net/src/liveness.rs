@@ -99,6 +99,8 @@ pub struct LivenessStats {
     pub fenced_by_peers: u64,
     /// Accesses that found their lease expired and waited for a renewal.
     pub lease_waits: u64,
+    /// Pauses of this node detected (it did not run for several ping intervals).
+    pub pauses: u64,
 }
 
 /// Drives a node's [`Liveness`] (when a peer timeout is configured).
@@ -189,6 +191,7 @@ impl LivenessDriver {
             fences: self.fences.load(Ordering::Relaxed),
             fenced_by_peers: self.fenced_by_peers.load(Ordering::Relaxed),
             lease_waits: self.lease_waits.load(Ordering::Relaxed),
+            pauses: self.machine.lock().pauses(),
         }
     }
 
