@@ -9,6 +9,11 @@
 //! - `remote_shared_read_hit`: `try_read` on a copy node 1 holds Shared (granted by node 0).
 //! - `remote_modified_read_hit` / `remote_modified_write_hit`: `try_read` / `try_write` on a
 //!   copy node 1 holds Modified.
+//! - `node_remote_read_hit_lease`: the user's hit path on a real node, `Handle::try_read` on a
+//!   Shared copy of another node's region, with the lease check every access of a remote copy
+//!   makes (DESIGN.md §6 rule 2: an atomic load and a read of the coarse monotonic clock,
+//!   after acquiring). `node_remote_read_hit_no_lease`: the same on a cluster with
+//!   `peer_timeout = None` (no leases), so the difference is the lease check's cost.
 //!
 //! Each iteration acquires the guard, passes a field through `black_box` (a write also mutates
 //! a field), and drops the guard (ending the access; a write bumps the version). The two engines
@@ -31,6 +36,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use crl::Cluster;
 use crl::core::engine::{Engine, EngineConfig, Event, OpId, Progress, RegionCell, Start};
 use crl::core::region::NodeId;
 use parking_lot::RwLock;
@@ -168,6 +174,26 @@ fn hit(c: &mut Criterion) {
 
     let lock = RwLock::new(account());
 
+    // Real nodes: node 1 holds a Shared copy of a region homed at node 0 (one cluster with
+    // leases, the default, and one without).
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let node_copy = |peer_timeout: Option<std::time::Duration>| {
+        rt.block_on(async {
+            let cluster = Cluster::local_with(2, |c| c.peer_timeout = peer_timeout)
+                .await
+                .expect("setup: cluster");
+            let id = cluster.node(0).create(account()).await.expect("create").id();
+            std::mem::forget(cluster.node(0).map::<Account>(id).await.expect("map"));
+            let h = cluster.node(1).map::<Account>(id).await.expect("map");
+            assert_eq!(h.start_read().await.expect("read").owner, 7);
+            (cluster, h)
+        })
+    };
+    let (_with_leases, leased) = node_copy(Some(crl::net::config::DEFAULT_PEER_TIMEOUT));
+    let (_without, unleased) = node_copy(None);
+    assert!(leased.try_read().is_some(), "setup: the leased copy missed");
+    assert!(unleased.try_read().is_some(), "setup: the copy missed");
+
     let mut g = c.benchmark_group("hit");
     g.bench_function("rwlock_read", |bch| {
         bch.iter(|| {
@@ -191,6 +217,18 @@ fn hit(c: &mut Criterion) {
     });
     g.bench_function("remote_modified_write_hit", |bch| {
         bch.iter(|| write_hit(&modified))
+    });
+    g.bench_function("node_remote_read_hit_lease", |bch| {
+        bch.iter(|| {
+            let g = leased.try_read().expect("leased hit turned into a miss");
+            black_box(g.balance);
+        })
+    });
+    g.bench_function("node_remote_read_hit_no_lease", |bch| {
+        bch.iter(|| {
+            let g = unleased.try_read().expect("hit turned into a miss");
+            black_box(g.balance);
+        })
     });
     g.finish();
 
