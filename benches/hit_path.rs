@@ -182,7 +182,12 @@ fn hit(c: &mut Criterion) {
             let cluster = Cluster::local_with(2, |c| c.peer_timeout = peer_timeout)
                 .await
                 .expect("setup: cluster");
-            let id = cluster.node(0).create(account()).await.expect("create").id();
+            let id = cluster
+                .node(0)
+                .create(account())
+                .await
+                .expect("create")
+                .id();
             std::mem::forget(cluster.node(0).map::<Account>(id).await.expect("map"));
             let h = cluster.node(1).map::<Account>(id).await.expect("map");
             assert_eq!(h.start_read().await.expect("read").owner, 7);

@@ -398,6 +398,14 @@ impl Durability {
 pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
     let node = tx.inner.node.clone();
     tx.inner.shared.begin_commit();
+    // The commit is the transaction's serialization point: every copy it holds must still be
+    // under a valid lease now, or its home may have reclaimed it (DESIGN.md §6, rule 2).
+    if let Some(home) = tx.held_homes().into_iter().find(|&h| !node.lease_valid(h)) {
+        super::abort(tx).await;
+        return Err(CommitFailure::Retry(format!(
+            "the lease from {home} lapsed before the commit"
+        )));
+    }
     let written = match tx.written() {
         Ok(w) => w,
         Err(e) => {

@@ -509,6 +509,21 @@ impl Tx {
         }
     }
 
+    /// The homes of the regions this transaction holds (read or written), each once.
+    fn held_homes(&self) -> Vec<NodeId> {
+        let mut homes: Vec<NodeId> = self
+            .inner
+            .state
+            .lock()
+            .held
+            .iter()
+            .map(|h| h.region.home)
+            .collect();
+        homes.sort_unstable();
+        homes.dedup();
+        homes
+    }
+
     /// The regions this transaction wrote, with their new images, grouped for the commit.
     fn written(&self) -> Result<Vec<Written>, Error> {
         let st = self.inner.state.lock();

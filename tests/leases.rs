@@ -1,0 +1,133 @@
+//! Leases and fencing on a real in-process cluster (DESIGN.md §6, rules 2 and 3), with a short
+//! peer timeout so that the tests run in seconds. Node 1 is cut off by its fault-injecting
+//! socket (`Cluster::faults`) while it holds copies of node 0's regions.
+
+use std::time::{Duration, Instant};
+
+use crl::{Cluster, Error, Region};
+
+#[derive(Region, Clone, Debug, PartialEq)]
+struct Cell {
+    value: u64,
+}
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn cluster() -> Cluster {
+    Cluster::local_with(3, |c| {
+        c.peer_timeout = Some(PEER_TIMEOUT);
+        c.op_timeout = Duration::from_secs(2);
+    })
+    .await
+    .unwrap()
+}
+
+/// A cut-off node's lease lapses before its home may reclaim: from then on it serves no hit
+/// on its copy, so it never reads a value the home has since replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_reader_serves_no_stale_hit() {
+    let cluster = cluster().await;
+    let id = cluster
+        .node(0)
+        .create(Cell { value: 1 })
+        .await
+        .unwrap()
+        .id();
+    let at0 = cluster.node(0).map::<Cell>(id).await.unwrap();
+    let at1 = cluster.node(1).map::<Cell>(id).await.unwrap();
+    assert_eq!(at1.start_read().await.unwrap().value, 1);
+    assert!(at1.try_read().is_some(), "a valid copy under a lease hits");
+
+    cluster.faults(1).cut();
+    let cut = Instant::now();
+    // The home waits for node 1's lease (and the margin) before it takes the copy back.
+    let mut w = at0.start_write().await.unwrap();
+    let waited = cut.elapsed();
+    w.value = 2;
+    w.end();
+    assert!(
+        waited >= PEER_TIMEOUT,
+        "the home reclaimed after {waited:?}, inside the holder's lease"
+    );
+    // Node 1 still has its copy, but no lease: no hit, and a read waits and fails.
+    assert!(
+        at1.try_read().is_none(),
+        "a stale hit {:?} after the home wrote",
+        cut.elapsed()
+    );
+    match at1.start_read().await {
+        Ok(g) => panic!("read {} while cut off", g.value),
+        Err(e) => assert!(matches!(e, Error::HomeUnreachable { .. }), "{e}"),
+    }
+    cluster.faults(1).heal();
+    // Back, node 1 learns it was fenced and reads the new value.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match at1.start_read().await {
+            Ok(g) => {
+                assert_eq!(g.value, 2);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "still failing: {e}"),
+        }
+    }
+    let s0 = cluster.node(0).stats().liveness;
+    let s1 = cluster.node(1).stats().liveness;
+    assert!(s0.fences >= 1, "node 0 did not fence node 1: {s0:?}");
+    assert!(
+        s1.fenced_by_peers >= 1,
+        "node 1 was not told it was fenced: {s1:?}"
+    );
+    assert!(s1.lease_waits >= 1, "{s1:?}");
+    cluster.shutdown().await;
+}
+
+/// A transaction that read a copy whose lease lapsed before its commit does not commit on
+/// that read: it is retried and reads the home's new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_does_not_commit_on_a_read_whose_lease_lapsed() {
+    let cluster = cluster().await;
+    let a = cluster
+        .node(0)
+        .create(Cell { value: 1 })
+        .await
+        .unwrap()
+        .id();
+    let b = cluster
+        .node(1)
+        .create(Cell { value: 0 })
+        .await
+        .unwrap()
+        .id();
+    let n1 = cluster.node(1).clone();
+    let (ha, hb) = (
+        n1.map::<Cell>(a).await.unwrap(),
+        n1.map::<Cell>(b).await.unwrap(),
+    );
+    let at0 = cluster.node(0).map::<Cell>(a).await.unwrap();
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let faults = cluster.faults(1).clone();
+    n1.transaction(async |tx| {
+        let first = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        let seen = tx.read(&ha).await?.value;
+        if first {
+            // Cut off after the read; meanwhile the home fences node 1 and writes `a`.
+            faults.cut();
+            let mut w = at0.start_write().await.expect("the home reclaims");
+            w.value = 2;
+            w.end();
+            faults.heal();
+        }
+        tx.write(&hb).await?.value = seen;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let committed = hb.start_read().await.unwrap().value;
+    assert_eq!(
+        committed, 2,
+        "committed a read of `a` made under a lease that lapsed before the commit"
+    );
+    assert!(attempts.into_inner() >= 2);
+    cluster.shutdown().await;
+}
