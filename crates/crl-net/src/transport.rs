@@ -17,7 +17,8 @@
 //! one per [`ACK_INTERVAL`], or at once after [`ACK_EVERY`] messages). Numbered frames are a little-endian `u64` sequence number followed
 //! by a wire frame.
 //!
-//! **Epochs.** Every node has an epoch (its incarnation) that only grows. The hello carries the
+//! **Epochs.** Every node has an epoch (its incarnation) that only grows (see also fences,
+//! below). The hello carries the
 //! sender's epoch and the epoch it believes the receiver has; the answer carries the
 //! receiver's. Hearing a *newer* epoch of a peer (from either side) means it restarted: the
 //! transport delivers [`Inbound::PeerRestarted`] before any message of the new incarnation,
@@ -28,6 +29,18 @@
 //! refused with a logged reason. A hello whose idea of this node's epoch is older than this
 //! node's is answered with this node's epoch and nothing on it is delivered: its messages were
 //! meant for an incarnation that is gone.
+//!
+//! **Fences.** A node that fenced a peer ([`Transport::fence`], decided by
+//! [`crate::liveness`]) retires the pair's session for good: its session epoch towards that
+//! peer gets a new *generation* (epochs are `(incarnation, generation)`, compared in that
+//! order), nothing more of the old session is delivered, and the driver gets
+//! [`Inbound::PeerRestarted`] with [`SessionEnd::Fenced`] and recovers as for a restart. The
+//! fenced peer's next hello names the old generation: it is answered with the new one and
+//! nothing on it is delivered; the peer then sees a newer generation of the same incarnation,
+//! which is how it learns it was fenced ([`SessionEnd::FencedByPeer`]), drops what it shared
+//! with this node, and opens a new session. Both ends may fence each other (a symmetric cut):
+//! each then resets twice, and no message crosses between the two resets, since a hello is
+//! only answered with deliveries when it names the receiver's current session epoch.
 //!
 //! **Authentication.** TLS checks both certificates against the cluster CA. That alone is not
 //! enough: with QUIC a client may consider itself connected before the server has rejected its

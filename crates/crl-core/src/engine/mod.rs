@@ -68,12 +68,16 @@
 //! - A `Contend` for a region or request that is no longer waiting is stale and ignored (it can
 //!   cross the answer on the wire).
 //!
-//! # Cancel and restarts
+//! # Cancel, restarts and fences
 //! [`cancel`](Engine::cancel) withdraws a queued operation (a waiter timed out, a transaction
 //! was wounded). [`peer_restarted`](Engine::peer_restarted) forgets a peer's previous
 //! incarnation: copies of its regions are dropped, operations waiting on it fail with
 //! [`OpError::HomeRestarted`], and as a home this node forgets the copies it held (a lost
-//! exclusive copy is reported with [`Event::CopyLost`]).
+//! exclusive copy is reported with [`Event::CopyLost`]). [`peer_fenced`](Engine::peer_fenced)
+//! is the same recovery for a pair whose session was fenced (one end was silent for longer
+//! than the peer timeout; DESIGN.md §6, rule 3), with [`OpError::Fenced`]. The engine itself
+//! knows nothing of time or leases: the node checks its lease from a home
+//! ([`crate::liveness`]) after every access to a copy is acquired, and decides fences.
 //!
 //! # Commit and restore support
 //! The transaction layer (not the engine) handles the `Tx*` messages; at a home it checks
