@@ -13,9 +13,15 @@
 //! constrains nothing); every other operation is checked as it returned, including every one
 //! the paused process makes after it resumes: it must not serve a single stale hit then.
 //!
+//! With `--kill-rounds N`, each process has a data dir, writes are transactions (durable
+//! at their home), and after the pauses the orchestrator kills processes with SIGKILL
+//! (`kill -9`) and starts them again: committed writes must survive, and the operations a
+//! killed process had in flight are indeterminate (each operation's invocation is recorded
+//! before it starts, so nothing a dead process did is missing from the history).
+//!
 //! ```sh
-//! cargo run --release --example nemesis -- --pause-secs 40 --rounds 3   # long run
-//! cargo run --release --example nemesis -- --pause-secs 35 --rounds 1   # what CI runs
+//! cargo run --release --example nemesis -- --pause-secs 40 --rounds 3 --kill-rounds 3  # long run
+//! cargo run --release --example nemesis -- --pause-secs 35 --rounds 1 --kill-rounds 1  # what CI runs
 //! ```
 //!
 //! Exits 1 on any anomaly. (The `node` subcommand is the process the orchestrator starts.)
@@ -62,6 +68,13 @@ struct Args {
     /// Quiet time before the first pause and after each one.
     #[arg(long, default_value_t = 8)]
     settle_secs: u64,
+    /// Kill rounds after the pauses: SIGKILL a process, wait `--down-secs`, start it again.
+    /// Turns on data dirs and transactional writes.
+    #[arg(long, default_value_t = 0)]
+    kill_rounds: u32,
+    /// How long a killed process stays down.
+    #[arg(long, default_value_t = 3)]
+    down_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +97,12 @@ enum Cmd {
         /// Where to append the history.
         #[arg(long)]
         history: PathBuf,
+        /// Which start of this process it is (0 for the first; client ids differ per start).
+        #[arg(long, default_value_t = 0)]
+        incarnation: u32,
+        /// Write with transactions (durable with a data dir) instead of plain writes.
+        #[arg(long)]
+        tx_writes: bool,
     },
 }
 
@@ -108,35 +127,64 @@ fn main() {
             clients,
             until_ms,
             ref history,
+            incarnation,
+            tx_writes,
         }) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(node_main(
-                config, id, nodes, registers, clients, until_ms, history,
-            ));
+            rt.block_on(node_main(NodeArgs {
+                config,
+                id,
+                nodes,
+                registers,
+                clients,
+                until_ms,
+                history,
+                incarnation,
+                tx_writes,
+            }));
         }
         None => std::process::exit(orchestrate(&args)),
     }
 }
 
-async fn node_main(
-    config: &Path,
+struct NodeArgs<'a> {
+    config: &'a Path,
     id: u32,
     nodes: u32,
     registers: u32,
     clients: u32,
     until_ms: u64,
-    history: &Path,
-) {
+    history: &'a Path,
+    incarnation: u32,
+    tx_writes: bool,
+}
+
+async fn node_main(a: NodeArgs<'_>) {
+    let NodeArgs {
+        config,
+        id,
+        nodes,
+        registers,
+        clients,
+        until_ms,
+        history,
+        incarnation,
+        tx_writes,
+    } = a;
     let node = Node::start(NodeConfig::from_file(config, NodeId(id)).unwrap())
         .await
         .unwrap();
     for r in 0..registers {
+        let name = format!("reg/{id}/{r}");
+        if incarnation > 0 && node.lookup(&name).await.is_ok() {
+            continue; // recovered from the data dir
+        }
         let h = node.create(Cell { value: 0 }).await.unwrap();
-        node.bind(&format!("reg/{id}/{r}"), h.id()).await.unwrap();
+        node.bind(&name, h.id()).await.unwrap();
         std::mem::forget(h); // keep it mapped at the home
     }
     // Find everyone's registers (the others may still be starting).
@@ -160,14 +208,20 @@ async fn node_main(
         }
     }
     println!("ready");
+    // Appended to by every start of this process; each line is one write(2), so a SIGKILL
+    // loses no line already written.
     let file = Arc::new(parking_lot::Mutex::new(
-        std::fs::File::create(history).unwrap(),
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(history)
+            .unwrap(),
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (node, ids, file, stop) = (node.clone(), ids.clone(), file.clone(), stop.clone());
-        let client = u64::from(id * 100 + c);
+        let client = u64::from(id * 100 + incarnation * 10 + c);
         tasks.push(tokio::spawn(async move {
             let mut handles = Vec::new();
             for &rid in &ids {
@@ -184,7 +238,26 @@ async fn node_main(
                 let write = rng >> 32 & 1 == 1;
                 let value = (client + 1) * 1_000_000_000 + seq;
                 let call = wall_ns();
-                let outcome = if write {
+                // The invocation first: an operation cut short by a SIGKILL stays in the
+                // history as indeterminate.
+                file.lock()
+                    .write_all(
+                        format!(
+                            "i {client} {seq} {key} {} {value} {call}\n",
+                            if write { "w" } else { "r" }
+                        )
+                        .as_bytes(),
+                    )
+                    .unwrap();
+                let outcome = if write && tx_writes {
+                    let h = &handles[key];
+                    node.transaction(async |tx| {
+                        tx.write(h).await?.value = value;
+                        Ok::<_, crl::Error>(())
+                    })
+                    .await
+                    .map(|()| value)
+                } else if write {
                     match handles[key].start_write().await {
                         Ok(mut g) => {
                             g.value = value;
@@ -201,12 +274,12 @@ async fn node_main(
                 };
                 let ret = wall_ns();
                 let line = match outcome {
-                    Ok(v) => format!(
-                        "{client} {key} {} {v} {call} {ret}\n",
-                        if write { "w" } else { "r" }
-                    ),
-                    Err(e) if write => format!("{client} {key} w {value} {call} - {e}\n"),
-                    Err(e) => format!("{client} {key} r 0 {call} - {e}\n"),
+                    Ok(v) => format!("o {client} {seq} {v} {ret}\n"),
+                    // A failed plain access never happened (the value is written only after
+                    // the grant); a failed transaction did not commit, except for
+                    // `LogFailed` (never expected here: then the outcome is unknown).
+                    Err(crl::Error::LogFailed(e)) => format!("? {client} {seq} {e}\n"),
+                    Err(e) => format!("f {client} {seq} {e}\n"),
                 };
                 file.lock().write_all(line.as_bytes()).unwrap();
                 tokio::time::sleep(Duration::from_millis(3)).await;
@@ -252,6 +325,107 @@ fn signal(p: &Proc, sig: &str) {
 
 type Op = Operation<(usize, RegisterInput<u64>), RegisterOutput<u64>>;
 
+/// A node process and the lines it prints.
+struct Running {
+    proc: Proc,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn spawn_node(args: &Args, dir: &Path, id: u32, incarnation: u32, until_ms: u64) -> Running {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "node",
+        "--config",
+        dir.join("cluster.toml").to_str().unwrap(),
+        "--id",
+        &id.to_string(),
+        "--nodes",
+        &args.nodes.to_string(),
+        "--registers",
+        &args.registers.to_string(),
+        "--clients",
+        &args.clients.to_string(),
+        "--until-ms",
+        &until_ms.to_string(),
+        "--history",
+        dir.join(format!("history-{id}")).to_str().unwrap(),
+        "--incarnation",
+        &incarnation.to_string(),
+    ]);
+    if args.kill_rounds > 0 {
+        cmd.arg("--tx-writes");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Running {
+        proc: Proc(child),
+        lines: rx,
+    }
+}
+
+fn wait_ready(r: &Running, id: u32) -> bool {
+    match r.lines.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) if l == "ready" => true,
+        other => {
+            eprintln!("node {id} did not start: {other:?}");
+            false
+        }
+    }
+}
+
+/// One operation as the history files tell it.
+struct Recorded {
+    client: u64,
+    key: usize,
+    write: bool,
+    value: u64,
+    call: u64,
+    /// `Some(Ok((value, ret)))`, `Some(Err(reason))` if it failed (never applied), `None` if
+    /// it never returned (its process was killed) or its outcome is unknown.
+    end: Option<Result<(u64, u64), String>>,
+}
+
+fn read_history(text: &str, ops: &mut Vec<Recorded>) {
+    let mut open: std::collections::HashMap<(u64, u64), usize> = Default::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let id = (f[1].parse::<u64>().unwrap(), f[2].parse::<u64>().unwrap());
+        match f[0] {
+            "i" => {
+                open.insert(id, ops.len());
+                ops.push(Recorded {
+                    client: id.0,
+                    key: f[3].parse().unwrap(),
+                    write: f[4] == "w",
+                    value: f[5].parse().unwrap(),
+                    call: f[6].parse().unwrap(),
+                    end: None,
+                });
+            }
+            "o" => {
+                let i = open.remove(&id).expect("an end without its invocation");
+                ops[i].end = Some(Ok((f[3].parse().unwrap(), f[4].parse().unwrap())));
+            }
+            "f" => {
+                let i = open.remove(&id).expect("an end without its invocation");
+                ops[i].end = Some(Err(f[3..].join(" ")));
+            }
+            // Outcome unknown: stays open.
+            "?" => {
+                open.remove(&id);
+            }
+            other => panic!("bad history line kind {other:?}"),
+        }
+    }
+}
+
 fn orchestrate(args: &Args) -> i32 {
     let dir = std::env::temp_dir().join(format!("crl-nemesis-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -269,68 +443,47 @@ fn orchestrate(args: &Args) -> i32 {
             .unwrap()
             .port();
         toml += &format!("[[node]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\n");
+        if args.kill_rounds > 0 {
+            toml += &format!("data_dir = \"data-{id}\"\n");
+        }
     }
-    let config = dir.join("cluster.toml");
-    std::fs::write(&config, toml).unwrap();
-    let total = args.settle_secs + u64::from(args.rounds) * (args.pause_secs + args.settle_secs);
+    std::fs::write(dir.join("cluster.toml"), toml).unwrap();
+    let total = args.settle_secs
+        + u64::from(args.rounds) * (args.pause_secs + args.settle_secs)
+        + u64::from(args.kill_rounds) * (args.down_secs + args.settle_secs + 5);
     let start_ms = wall_ns() / 1_000_000;
     let until_ms = start_ms + 20_000 + total * 1000;
-    let exe = std::env::current_exe().unwrap();
-    let mut procs = Vec::new();
-    let mut ready = Vec::new();
-    for id in 0..args.nodes {
-        let mut child = Command::new(&exe)
-            .args([
-                "node",
-                "--config",
-                config.to_str().unwrap(),
-                "--id",
-                &id.to_string(),
-                "--nodes",
-                &args.nodes.to_string(),
-                "--registers",
-                &args.registers.to_string(),
-                "--clients",
-                &args.clients.to_string(),
-                "--until-ms",
-                &until_ms.to_string(),
-                "--history",
-                dir.join(format!("history-{id}")).to_str().unwrap(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        procs.push(Proc(child));
-        ready.push(rx);
-    }
-    for (id, rx) in ready.iter().enumerate() {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l == "ready" => {}
-            other => {
-                eprintln!("node {id} did not start: {other:?}");
-                return 1;
-            }
+    let mut nodes: Vec<Running> = (0..args.nodes)
+        .map(|id| spawn_node(args, &dir, id, 0, until_ms))
+        .collect();
+    for (id, r) in nodes.iter().enumerate() {
+        if !wait_ready(r, id as u32) {
+            return 1;
         }
     }
     println!(
-        "nemesis: {} processes, {} registers each, {} clients each; {} pauses of {} s",
-        args.nodes, args.registers, args.clients, args.rounds, args.pause_secs
+        "nemesis: {} processes, {} registers each, {} clients each; {} pauses of {} s; {} kills (down {} s){}",
+        args.nodes,
+        args.registers,
+        args.clients,
+        args.rounds,
+        args.pause_secs,
+        args.kill_rounds,
+        args.down_secs,
+        if args.kill_rounds > 0 {
+            ", data dirs and transactional writes"
+        } else {
+            ""
+        }
     );
     std::thread::sleep(Duration::from_secs(args.settle_secs));
-    let mut last_resume_ns = 0;
+    let mut last_fault_end_ns = 0;
     // (victim, from, until): the victim's operations called in [from, until) are judged as
     // indeterminate (see the module docs).
     let mut lossy: Vec<(u32, u64, u64)> = Vec::new();
     for round in 0..args.rounds {
         let victim_id = round % args.nodes;
-        let victim = &procs[victim_id as usize];
+        let victim = &nodes[victim_id as usize].proc;
         println!(
             "  round {round}: SIGSTOP node {victim_id} for {} s",
             args.pause_secs
@@ -339,15 +492,46 @@ fn orchestrate(args: &Args) -> i32 {
         signal(victim, "-STOP");
         std::thread::sleep(Duration::from_secs(args.pause_secs));
         signal(victim, "-CONT");
-        last_resume_ns = wall_ns();
-        lossy.push((victim_id, paused_ns - 1_000_000_000, last_resume_ns));
+        last_fault_end_ns = wall_ns();
+        lossy.push((victim_id, paused_ns - 1_000_000_000, last_fault_end_ns));
         println!("  round {round}: SIGCONT node {victim_id}");
         std::thread::sleep(Duration::from_secs(args.settle_secs));
     }
+    let mut incarnations = vec![0u32; args.nodes as usize];
+    for round in 0..args.kill_rounds {
+        let victim_id = (round + args.rounds) % args.nodes;
+        println!(
+            "  kill {round}: SIGKILL node {victim_id}, down for {} s",
+            args.down_secs
+        );
+        let killed_ns = wall_ns();
+        signal(&nodes[victim_id as usize].proc, "-KILL");
+        std::thread::sleep(Duration::from_secs(args.down_secs));
+        incarnations[victim_id as usize] += 1;
+        let r = spawn_node(
+            args,
+            &dir,
+            victim_id,
+            incarnations[victim_id as usize],
+            until_ms,
+        );
+        if !wait_ready(&r, victim_id) {
+            return 1;
+        }
+        last_fault_end_ns = wall_ns();
+        // Writes are transactions: durable at their home, or never applied. Nothing a
+        // killed process did is judged leniently, except what it had in flight.
+        nodes[victim_id as usize] = r; // drops (reaps) the killed one
+        println!(
+            "  kill {round}: node {victim_id} started again ({:.1} s after the kill)",
+            (last_fault_end_ns - killed_ns) as f64 / 1e9
+        );
+        std::thread::sleep(Duration::from_secs(args.settle_secs));
+    }
     let (mut fences, mut told, mut lease_waits) = (0u64, 0u64, 0u64);
-    for (id, rx) in ready.iter().enumerate() {
+    for (id, r) in nodes.iter().enumerate() {
         loop {
-            match rx.recv_timeout(Duration::from_secs(total + 60)) {
+            match r.lines.recv_timeout(Duration::from_secs(total + 60)) {
                 Ok(l) if l == "done" => break,
                 Ok(l) if l.starts_with("stats ") => {
                     let v: Vec<u64> = l[6..].split(' ').map(|x| x.parse().unwrap()).collect();
@@ -362,63 +546,60 @@ fn orchestrate(args: &Args) -> i32 {
             }
         }
     }
-    drop(procs);
+    drop(nodes);
 
     // Merge and judge the histories.
-    let mut history: Vec<Op> = Vec::new();
-    let mut failures: Vec<(u64, String)> = Vec::new();
-    let mut indeterminate = 0usize;
+    let mut recorded = Vec::new();
     for id in 0..args.nodes {
         let text = std::fs::read_to_string(dir.join(format!("history-{id}"))).unwrap();
-        for line in text.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            let (client, key, kind, value, call) = (
-                f[0].parse::<u64>().unwrap(),
-                f[1].parse::<usize>().unwrap(),
-                f[2],
-                f[3].parse::<u64>().unwrap(),
-                f[4].parse::<u64>().unwrap(),
-            );
-            let input = if kind == "w" {
-                RegisterInput::Write(value)
-            } else {
-                RegisterInput::Read
-            };
-            history.push(match f[5] {
-                // A failed access never happened (the value is written only after the
-                // grant): counted, not checked.
-                "-" => {
-                    failures.push((call, f[6..].join(" ")));
-                    continue;
-                }
-                _ if lossy.iter().any(|&(victim, from, until)| {
-                    client / 100 == u64::from(victim) && call >= from && call < until
-                }) =>
-                {
-                    // Rule 4: may have been lost when the paused process was fenced.
-                    indeterminate += 1;
-                    Operation::pending(client, (key, input), call)
-                }
-                ret => {
-                    let output = if kind == "w" {
-                        RegisterOutput::Written
-                    } else {
-                        RegisterOutput::Value(value)
-                    };
-                    Operation::completed(client, (key, input), call, output, ret.parse().unwrap())
-                }
-            });
-        }
+        read_history(&text, &mut recorded);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let completed = history.len() - indeterminate;
+    let mut history: Vec<Op> = Vec::new();
+    let mut failures: Vec<(u64, String)> = Vec::new();
+    let (mut indeterminate, mut unfinished) = (0usize, 0usize);
+    for r in recorded {
+        let input = (
+            r.key,
+            if r.write {
+                RegisterInput::Write(r.value)
+            } else {
+                RegisterInput::Read
+            },
+        );
+        let in_lossy_window = lossy.iter().any(|&(victim, from, until)| {
+            r.client / 100 == u64::from(victim) && r.call >= from && r.call < until
+        });
+        match r.end {
+            // A failed access or transaction never happened: counted, not checked.
+            Some(Err(e)) => failures.push((r.call, e)),
+            None => {
+                unfinished += 1;
+                history.push(Operation::pending(r.client, input, r.call));
+            }
+            Some(Ok(_)) if in_lossy_window => {
+                // Rule 4: may have been lost when the process was fenced or killed.
+                indeterminate += 1;
+                history.push(Operation::pending(r.client, input, r.call));
+            }
+            Some(Ok((value, ret))) => {
+                let output = if r.write {
+                    RegisterOutput::Written
+                } else {
+                    RegisterOutput::Value(value)
+                };
+                history.push(Operation::completed(r.client, input, r.call, output, ret));
+            }
+        }
+    }
+    let completed = history.len() - indeterminate - unfinished;
     let failed = failures.len();
-    // Nothing blocked after the pauses healed: every operation that started more than
-    // `op_timeout` + 5 s after the last resume completed.
+    // Nothing blocked after the faults healed: every operation that started more than
+    // `op_timeout` + 5 s after the last one completed.
     let heal_bound_ns = (OP_TIMEOUT_MS + 5_000) * 1_000_000;
     let late: Vec<&String> = failures
         .iter()
-        .filter(|(call, _)| *call > last_resume_ns + heal_bound_ns)
+        .filter(|(call, _)| *call > last_fault_end_ns + heal_bound_ns)
         .map(|(_, e)| e)
         .collect();
     let late_failures = late.len();
@@ -427,21 +608,21 @@ fn orchestrate(args: &Args) -> i32 {
     }
     let late_ok = history
         .iter()
-        .filter(|o| o.ret.is_some() && o.call > last_resume_ns + heal_bound_ns)
+        .filter(|o| o.ret.is_some() && o.call > last_fault_end_ns + heal_bound_ns)
         .count();
     let model = RegisterMap::new(Register::new(0u64));
     let started = Instant::now();
     let verdict = lincheck::check(&model, &history).unwrap();
     println!(
-        "histories: {} operations ({completed} completed and checked, {indeterminate} of the paused process judged indeterminate, {failed} failed or timed out: never applied), checked in {:?}",
-        completed + indeterminate + failed,
+        "histories: {} operations ({completed} completed and checked, {indeterminate} around a pause or kill judged indeterminate, {unfinished} cut short by a kill, {failed} failed or timed out: never applied), checked in {:?}",
+        completed + indeterminate + unfinished + failed,
         started.elapsed()
     );
     println!(
         "fences: {fences} (processes told they were fenced: {told}); accesses that waited for a lease renewal: {lease_waits}"
     );
     println!(
-        "after the last heal (+{} s): {late_ok} completed, {late_failures} failed",
+        "after the last fault healed (+{} s): {late_ok} completed, {late_failures} failed",
         heal_bound_ns / 1_000_000_000
     );
     let mut anomalies = 0;
@@ -472,8 +653,8 @@ fn orchestrate(args: &Args) -> i32 {
             }
         }
     }
-    if args.rounds > 0 && failed == 0 {
-        println!("no operation failed during the pauses: the nemesis did nothing");
+    if args.rounds + args.kill_rounds > 0 && failed + unfinished == 0 {
+        println!("no operation failed during the faults: the nemesis did nothing");
         anomalies += 1;
     }
     if args.pause_secs > 15 && args.rounds > 0 && (fences == 0 || told == 0) {
@@ -481,7 +662,7 @@ fn orchestrate(args: &Args) -> i32 {
         anomalies += 1;
     }
     if late_failures > 0 || late_ok == 0 {
-        println!("operations still failing after the heal: a region stayed blocked");
+        println!("operations still failing after the faults healed: a region stayed blocked");
         anomalies += 1;
     }
     println!("anomalies: {anomalies}");

@@ -322,6 +322,13 @@ impl Liveness {
                     .push_back(LivenessEvent::Lease { peer, until: None });
                 self.events.push_back(LivenessEvent::Fence { peer });
             }
+            // A ping unanswered for a whole peer timeout was lost with a session that
+            // ended (sessions lose nothing while both ends live): ask again.
+            if let Some((_, sent)) = p.outstanding
+                && now >= sent.saturating_add(self.config.peer_timeout)
+            {
+                p.outstanding = None;
+            }
             if p.outstanding.is_none() && now >= p.next_ping {
                 let nonce = self.next_nonce;
                 self.next_nonce += 1;
@@ -449,7 +456,7 @@ mod tests {
         l.add_peer(A, at(0));
         l.handle_timeout(at(0));
         let n1 = ping_nonce(&events(&mut l));
-        // Unanswered: no second ping, however long it takes.
+        // Unanswered: no second ping within a peer timeout.
         l.handle_timeout(at(300));
         assert!(events(&mut l).is_empty());
         assert!(l.on_pong(A, n1, at(310)));
@@ -529,6 +536,23 @@ mod tests {
         assert!(!ev.contains(&LivenessEvent::Fence { peer: A }));
         l.handle_timeout(at(31_100));
         assert!(events(&mut l).contains(&LivenessEvent::Fence { peer: A }));
+    }
+
+    #[test]
+    fn a_ping_unanswered_for_a_peer_timeout_is_sent_again() {
+        let mut l = Liveness::new(config());
+        l.add_peer(A, at(0));
+        let ev = run(&mut l, 0, 999);
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, LivenessEvent::Ping { .. }))
+                .count(),
+            1
+        );
+        l.handle_timeout(at(1000));
+        let n2 = ping_nonce(&events(&mut l));
+        assert!(l.on_pong(A, n2, at(1001)));
+        assert_eq!(l.lease(A), Some(at(2000)));
     }
 
     #[test]

@@ -516,6 +516,14 @@ impl Node {
         } else {
             let t = node.create(NameTable::default()).await?;
             debug_assert_eq!(t.id(), name_table_id(id));
+            if node.inner.durability.is_none() {
+                // Without a log, nothing records which region ids earlier incarnations used,
+                // and peers may still hold copies of those regions until they learn of this
+                // restart: never reuse an id. Epochs are wall-clock nanoseconds and a node
+                // creates fewer than one region per nanosecond, so numbering from the epoch
+                // stays above every id an earlier incarnation gave out.
+                node.inner.state.lock().engine.set_next_seq(epoch.max(2));
+            }
             t
         };
         node.inner.name_tables.lock().insert(id, table);
@@ -1091,13 +1099,13 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                             } else {
                                 info!(node = %inner.id, %peer, %epoch, ?cause, "the session with the peer ended: dropping what it knew");
                             }
-                            if let Some(l) = &inner.liveness {
-                                l.peer_reset(&inner.transport, peer, cause == SessionEnd::FencedByPeer);
-                            }
                             let waiting = inner
                                 .durability
                                 .as_ref()
                                 .map_or(0, |d| d.prepared_by(peer));
+                            // Leases and pings start again only once the transport has
+                            // dropped the old session (`restart_handled`, in both branches
+                            // below): a ping queued before would be dropped with it.
                             if waiting == 0 {
                                 forget_incarnation(&node, peer, true, reset);
                             } else {
@@ -1117,6 +1125,9 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                 if let Some(d) = &inner.durability {
                                     d.inquire_prepared_by(&node, peer);
                                 }
+                            }
+                            if let Some(l) = &inner.liveness {
+                                l.peer_reset(&inner.transport, peer, cause == SessionEnd::FencedByPeer);
                             }
                         }
                     }
