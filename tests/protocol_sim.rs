@@ -1,10 +1,10 @@
 //! The coherence protocol under the deterministic simulator: seeded random schedules,
 //! proptest-generated schedules that shrink, planted bugs the checker must catch.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crl::core::engine::PlantedFault;
-use crl::core::sim::{Choice, OpKind, SessionFault, Sim, SimConfig, SimReport};
+use crl::core::sim::{Choice, OpKind, SessionFault, Sim, SimConfig, SimReport, TimeConfig};
 use proptest::prelude::*;
 
 fn config(nodes: usize, regions: usize, deletes: bool, capacity: usize) -> SimConfig {
@@ -259,4 +259,63 @@ fn planted_bug_duplicates_delivered_is_caught() {
 fn planted_bug_resume_after_written_is_caught() {
     let reason = session_bug_caught(SessionFault::ResumeAfterWritten);
     assert!(!reason.is_empty());
+}
+
+fn faults(seed: u64) -> SimConfig {
+    SimConfig {
+        break_percent: 2,
+        time: Some(TimeConfig::new(Duration::from_millis(1000))),
+        ..config(
+            2 + seed as usize % 4,
+            1 + seed as usize * 3 % 7,
+            false,
+            seed as usize % 3,
+        )
+    }
+}
+
+fn print_faults(what: &str, total: &SimReport, secs: f64) {
+    println!(
+        "{what}: {} steps in {secs:.1} s, {} s virtual, {} messages, {} pings, {} breaks, {} cuts, {} pauses, {} fences ({} learned at reconnect), {} lease waits ({} timed out), {} failed Fenced, {} stale-read checks, {} copies lost ({} with writes), {} accesses orphaned, {} void frames, {} duplicates dropped, recovery after heal <= {} ms",
+        total.steps,
+        total.virtual_ms / 1000,
+        total.messages,
+        total.pings,
+        total.breaks,
+        total.cuts,
+        total.pauses,
+        total.fences,
+        total.fenced_learned,
+        total.lease_waits,
+        total.lease_timeouts,
+        total.fenced_errors,
+        total.stale_checks,
+        total.lost_copies,
+        total.lost_writes,
+        total.orphaned,
+        total.void_frames,
+        total.duplicates_dropped,
+        total.max_recovery_ms,
+    );
+}
+
+#[test]
+fn faults_with_time_keep_every_invariant() {
+    let started = Instant::now();
+    let mut total = SimReport::default();
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let steps: u64 = std::env::var("SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    for seed in 0..seeds {
+        match Sim::run_random(faults(seed), seed, steps) {
+            Ok(report) => total.add(&report),
+            Err(failure) => panic!("{failure}\nconfig: {:?}", faults(seed)),
+        }
+    }
+    print_faults("faults", &total, started.elapsed().as_secs_f64());
 }
