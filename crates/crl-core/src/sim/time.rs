@@ -74,6 +74,10 @@ pub struct TimeConfig {
     pub pause_per_million: u32,
     /// How long an access waits for a lease renewal before it fails (node's clock).
     pub op_timeout: Duration,
+    /// Check rule 2 itself at every fence: the fenced node's lease on the fencer's regions
+    /// has ended (the simulator sees both clocks). Off, only what a lease bug breaks (a stale
+    /// hit, a read beside a write) can catch it.
+    pub check_leases_at_fences: bool,
     /// A planted bug of the hit path.
     pub planted: Option<SimLeaseFault>,
 }
@@ -93,6 +97,7 @@ impl TimeConfig {
             cut_per_million: 500,
             pause_per_million: 500,
             op_timeout: peer_timeout * 4,
+            check_leases_at_fences: true,
             planted: None,
         }
     }
@@ -232,8 +237,10 @@ impl Sim {
         }
     }
 
-    /// Advances global time by `ms` milliseconds: cuts heal, pauses end, every running node's
-    /// timers fire (pings, fences), lease waits retry or time out, every node is probed.
+    /// Advances global time by `ms` milliseconds: cuts heal, pauses end, every node is probed
+    /// (a program thread may run before the timers: a node waking from a pause must not
+    /// serve a single stale hit), every running node's timers fire (pings, fences), lease
+    /// waits retry or time out, and every node is probed again.
     pub(super) fn tick(&mut self, ms: u64) -> Check {
         let Some(t) = &mut self.time else {
             return Ok(());
@@ -246,6 +253,7 @@ impl Sim {
             self.note("a cut healed".to_string());
         }
         self.report.ticks += 1;
+        self.probe_all()?;
         for node in 0..self.cfg.nodes {
             if self.is_paused(node) {
                 continue;
@@ -300,6 +308,19 @@ impl Sim {
     fn fence(&mut self, node: usize, peer: usize) -> Check {
         let n = self.cfg.nodes;
         self.report.fences += 1;
+        if let Some(t) = &self.time
+            && t.cfg.check_leases_at_fences
+        {
+            let peer_now = t.local(peer, self.global);
+            if let Some(until) = t.liveness[peer].lease(NodeId(node as u32))
+                && peer_now < until
+            {
+                return Err(self.fail(format!(
+                    "n{node} fences n{peer} while n{peer}'s lease on n{node}'s regions runs {} ms more",
+                    (until.as_nanos() - peer_now.as_nanos()).div_ceil(MS)
+                )));
+            }
+        }
         let mine = self.mine[node * n + peer].next_generation();
         self.mine[node * n + peer] = mine;
         self.note(format!(
