@@ -32,7 +32,24 @@
 //! on it that were not delivered yet are partly lost and partly still draining (delivered
 //! later, interleaved with the next connection's re-sends, so the receiver must drop
 //! duplicates). The engines above must still see exactly-once FIFO delivery, which every
-//! check above relies on. [`SessionFault`] plants the bugs this must catch.
+//! check above relies on. [`SessionFault`] plants the bugs this must catch. The connection
+//! handshake is crl-net's: session epochs are checked both ways, so a fence is learned at the
+//! next handshake.
+//!
+//! **Time, leases, fences, cuts and pauses** ([`SimConfig::time`], see [`TimeConfig`] and
+//! the [`time`] module docs). The simulator owns a global clock ([`Choice::Tick`]); every
+//! node reads its own drifting clock and runs crl's [`Liveness`](crate::liveness::Liveness):
+//! pings and pongs travel on the same session links as the protocol, accesses to other homes'
+//! regions are used only under a valid lease, silent peers are fenced as crl-net fences them.
+//! [`Choice::Cut`] takes a node or a group off the network for a while; [`Choice::Pause`]
+//! stops a node while time runs on. The checks add: at every tick, after every write and
+//! every loss, no node could serve a stale hit; a home never fences a node whose lease is
+//! still valid; what is lost is exactly what DESIGN.md §6 rule 4 allows (the writes that lived
+//! only in a fenced node's copy, reported by the home), nothing else; and after every fault
+//! heals, every operation completes (or fails with [`OpError::Fenced`]) and every node reads
+//! every region without the cluster stalling longer than [`TimeConfig::recovery_bound`].
+//! [`PlantedLivenessFault`](crate::liveness::PlantedLivenessFault) and [`SimLeaseFault`]
+//! plant the bugs this must catch.
 //!
 //! Every failure reports the seed (when there is one), the step, and the last events.
 
@@ -55,7 +72,7 @@ use crate::wire::{self, Message};
 mod describe;
 mod link;
 mod network;
-mod time;
+pub mod time;
 
 pub use describe::describe_message;
 pub use network::Network;
