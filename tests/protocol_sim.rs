@@ -499,3 +499,56 @@ fn a_paused_node_wakes_without_serving_a_stale_hit() {
     println!("{failure}");
     assert!(is_stale_hit(&failure.reason), "{}", failure.reason);
 }
+
+fn fault_choice() -> impl Strategy<Value = Choice> {
+    prop_oneof![
+        40 => any::<u16>().prop_map(|link| Choice::Deliver { link }),
+        30 => (any::<u8>(), any::<u8>(), op_kind())
+            .prop_map(|(node, region, kind)| Choice::Start { node, region, kind }),
+        20 => any::<u16>().prop_map(|index| Choice::End { index }),
+        5 => (any::<u16>(), any::<u8>()).prop_map(|(link, keep)| Choice::Break { link, keep }),
+        20 => (1u16..40).prop_map(|ms| Choice::Tick { ms }),
+        1 => (any::<u8>(), any::<u8>(), 50u16..3_000, any::<u8>())
+            .prop_map(|(node, size, ms, keep)| Choice::Cut { node, size, ms, keep }),
+        1 => (any::<u8>(), 50u16..3_000).prop_map(|(node, ms)| Choice::Pause { node, ms }),
+    ]
+}
+
+/// proptest-generated schedules with time, cuts and pauses under leases and fencing; a
+/// failure shrinks to a short schedule.
+#[test]
+fn proptest_fault_schedules_keep_every_invariant() {
+    let steps = std::cell::Cell::new(0u64);
+    let fences = std::cell::Cell::new(0u64);
+    let started = Instant::now();
+    let strategy = (
+        2usize..=5,
+        1usize..=6,
+        0usize..3,
+        proptest::collection::vec(fault_choice(), 0..600),
+    );
+    let result = runner(200).run(&strategy, |(nodes, regions, capacity, choices)| {
+        let cfg = SimConfig {
+            time: Some(TimeConfig::new(Duration::from_millis(1000))),
+            ..config(nodes, regions, false, capacity)
+        };
+        match Sim::run_choices(cfg, &choices) {
+            Ok(report) => {
+                steps.set(steps.get() + report.steps);
+                fences.set(fences.get() + report.fences);
+                Ok(())
+            }
+            Err(failure) => Err(TestCaseError::fail(failure.to_string())),
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    println!(
+        "proptest fault schedules: 200 cases, {} steps, {} fences in {:.1} s",
+        steps.get(),
+        fences.get(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(fences.get() > 20, "too few fences: {}", fences.get());
+}
