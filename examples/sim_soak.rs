@@ -9,7 +9,9 @@
 //! `--faults` gives the simulator a clock: drifting node clocks (`--drift-ppm`), leases and
 //! fencing on every node (`--peer-timeout-ms`), frame latencies and delays
 //! (`--max-delay-ms`), cuts of a node or a group and pauses shorter and longer than the peer
-//! timeout (`--cut-per-million`, `--pause-per-million`). Every node that could serve a hit is
+//! timeout (`--cut-per-million`, `--pause-per-million`), crashes and restarts without
+//! durability (`--crash-per-million`: the node's regions, copies and the writes only they
+//! held are lost, peers learn the new incarnation at a handshake). Every node that could serve a hit is
 //! probed for a stale read at every tick; losses must be exactly what fences allow
 //! (DESIGN.md §6 rule 4); after the faults heal every operation completes and every region
 //! is read again from every node without a stall longer than the recovery bound. Deletes are
@@ -62,6 +64,10 @@ struct Args {
     /// Pauses per million choices (with `--faults`).
     #[arg(long, default_value_t = 500)]
     pause_per_million: u32,
+    /// Crashes (each followed by a restart without durability) per million choices (with
+    /// `--faults`).
+    #[arg(long, default_value_t = 40)]
+    crash_per_million: u32,
     /// The longest extra delay of a frame, in virtual milliseconds (with `--faults`).
     #[arg(long, default_value_t = 400)]
     max_delay_ms: u32,
@@ -74,6 +80,7 @@ fn shape(seed: u64, args: &Args) -> SimConfig {
         t.drift_ppm = args.drift_ppm;
         t.cut_per_million = args.cut_per_million;
         t.pause_per_million = args.pause_per_million;
+        t.crash_per_million = args.crash_per_million;
         t.max_delay_ms = args.max_delay_ms;
         t
     });
@@ -174,10 +181,12 @@ fn main() {
     );
     if args.faults {
         println!(
-            "  {} s virtual, {} cuts, {} pauses, {} fences ({} learned at reconnect), {} lease waits ({} timed out), {} ops failed Fenced, {} stale-read checks, {} copies lost ({} with writes), {} accesses orphaned, {} void frames, longest recovery after heal {} ms",
+            "  {} s virtual, {} cuts, {} pauses, {} crashes ({} regions lost), {} fences ({} learned at reconnect), {} lease waits ({} timed out), {} ops failed Fenced, {} stale-read checks, {} copies lost ({} with writes), {} accesses orphaned, {} void frames, longest recovery after heal {} ms",
             t.virtual_ms / 1000,
             t.cuts,
             t.pauses,
+            t.crashes,
+            t.regions_lost,
             t.fences,
             t.fenced_learned,
             t.lease_waits,

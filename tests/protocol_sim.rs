@@ -282,7 +282,7 @@ fn faults(seed: u64) -> SimConfig {
 
 fn print_faults(what: &str, total: &SimReport, secs: f64) {
     println!(
-        "{what}: {} steps in {secs:.1} s, {} s virtual, {} messages, {} pings, {} breaks, {} cuts, {} pauses, {} fences ({} learned at reconnect), {} lease waits ({} timed out), {} ops failed Fenced, {} stale-read checks, {} copies lost ({} with writes), {} accesses orphaned, {} void frames, {} duplicates dropped, longest recovery after heal {} ms",
+        "{what}: {} steps in {secs:.1} s, {} s virtual, {} messages, {} pings, {} breaks, {} cuts, {} pauses, {} fences ({} learned at reconnect), {} lease waits ({} timed out), {} ops failed Fenced, {} stale-read checks, {} copies lost ({} with writes), {} accesses orphaned, {} void frames, {} duplicates dropped, {} crashes ({} restarts learned, {} regions lost, {} ops failed on them), longest recovery after heal {} ms",
         total.steps,
         total.virtual_ms / 1000,
         total.messages,
@@ -301,12 +301,16 @@ fn print_faults(what: &str, total: &SimReport, secs: f64) {
         total.orphaned,
         total.void_frames,
         total.duplicates_dropped,
+        total.crashes,
+        total.restarts_learned,
+        total.regions_lost,
+        total.lost_region_errors,
         total.max_recovery_ms,
     );
 }
 
-/// The simulator owns the clock: 10^6 steps of cuts, pauses and broken connections under
-/// leases and fencing. No stale hit anywhere (every node that could serve a hit is probed at
+/// The simulator owns the clock: 10^6 steps of cuts, pauses, crashes (restarts without
+/// durability) and broken connections under leases and fencing. No stale hit anywhere (every node that could serve a hit is probed at
 /// every tick, after every write and every loss), only what rule 4 allows is lost, nothing is
 /// delivered twice, and after the faults heal every operation completes and every node reads
 /// every region, never stalling longer than `TimeConfig::recovery_bound`. CI prints the
@@ -336,6 +340,10 @@ fn faults_with_time_lose_only_what_fences_allow() {
     assert!(total.lost_writes > 50, "no write was ever lost to a fence");
     assert!(total.orphaned > 0, "no access was orphaned");
     assert!(total.void_frames > 100 && total.duplicates_dropped > 1_000);
+    assert!(
+        total.crashes > 10 && total.restarts_learned > 10 && total.regions_lost > 0,
+        "too few crashes"
+    );
 }
 
 /// Runs fault schedules (`faults`, changed by `plant`) until the checker fails; returns the
@@ -511,11 +519,12 @@ fn fault_choice() -> impl Strategy<Value = Choice> {
         1 => (any::<u8>(), any::<u8>(), 50u16..3_000, any::<u8>())
             .prop_map(|(node, size, ms, keep)| Choice::Cut { node, size, ms, keep }),
         1 => (any::<u8>(), 50u16..3_000).prop_map(|(node, ms)| Choice::Pause { node, ms }),
+        1 => (any::<u8>(), 50u16..3_000).prop_map(|(node, ms)| Choice::Crash { node, ms }),
     ]
 }
 
-/// proptest-generated schedules with time, cuts and pauses under leases and fencing; a
-/// failure shrinks to a short schedule.
+/// proptest-generated schedules with time, cuts, pauses and crashes under leases and
+/// fencing; a failure shrinks to a short schedule.
 #[test]
 fn proptest_fault_schedules_keep_every_invariant() {
     let steps = std::cell::Cell::new(0u64);

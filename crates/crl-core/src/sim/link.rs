@@ -60,6 +60,18 @@ impl SimSession {
         }
     }
 
+    /// The sender crashed: a new sending session (nothing to re-send, peer epoch unknown);
+    /// the frames already on the way still arrive (and are dropped if the receiver has
+    /// learned of the restart by then).
+    pub(super) fn restart_send(&mut self) {
+        self.send = SendSession::new(self.send.limits());
+        self.connected = None;
+        let wire = std::mem::take(&mut self.wire);
+        self.old.extend(wire);
+        self.written = 0;
+        self.protocol_seq = 0;
+    }
+
     /// Whether a protocol message (not a ping or pong) is not acknowledged yet.
     pub(super) fn protocol_unacked(&self) -> bool {
         self.protocol_seq > self.send.last_seq() - self.send.unacked_len() as u64
@@ -258,9 +270,9 @@ impl Sim {
                 return Ok(());
             }
             EpochCheck::Newer => {
-                self.known[to * n + from] = Some(hello_epoch);
+                let old = self.known[to * n + from].replace(hello_epoch);
                 self.sessions[link].recv = Some(RecvSession::new(hello_epoch));
-                self.peer_session_ended(to, from, hello_epoch)?;
+                self.peer_session_ended(to, from, old, hello_epoch)?;
             }
             EpochCheck::First => {
                 self.known[to * n + from] = Some(hello_epoch);
@@ -293,9 +305,9 @@ impl Sim {
                 return Ok(());
             }
             EpochCheck::Newer => {
-                self.known[from * n + to] = Some(my_epoch);
+                let old = self.known[from * n + to].replace(my_epoch);
                 self.sessions[to * n + from].recv = None;
-                self.peer_session_ended(from, to, my_epoch)?;
+                self.peer_session_ended(from, to, old, my_epoch)?;
                 return Ok(());
             }
             EpochCheck::First | EpochCheck::Same => self.known[from * n + to] = Some(my_epoch),
@@ -320,19 +332,34 @@ impl Sim {
         Ok(())
     }
 
-    /// `node` heard a newer session epoch (`heard`) from `peer`: a restart, or (same
-    /// incarnation, newer generation) `peer` fenced it. It recovers as crl-net's driver does.
-    fn peer_session_ended(&mut self, node: usize, peer: usize, heard: SessionEpoch) -> Check {
+    /// `node` heard a newer session epoch (`heard`, after `old`) from `peer`: a restart (a
+    /// newer incarnation), or (same incarnation, newer generation) `peer` fenced it. It
+    /// recovers as crl-net's driver does.
+    fn peer_session_ended(
+        &mut self,
+        node: usize,
+        peer: usize,
+        old: Option<SessionEpoch>,
+        heard: SessionEpoch,
+    ) -> Check {
         if self.time.is_none() {
             return Err(self.fail(format!(
                 "n{node}: n{peer} has a new session {heard} in a run without faults"
             )));
         }
-        self.report.fenced_learned += 1;
-        self.note(format!(
-            "n{node}: learns that n{peer} fenced it (its session is now {heard})"
-        ));
-        self.reset_pair(node, peer, PeerReset::Fenced)
+        if old.is_some_and(|o| o.epoch == heard.epoch) {
+            self.report.fenced_learned += 1;
+            self.note(format!(
+                "n{node}: learns that n{peer} fenced it (its session is now {heard})"
+            ));
+            self.reset_pair(node, peer, PeerReset::Fenced)
+        } else {
+            self.report.restarts_learned += 1;
+            self.note(format!(
+                "n{node}: learns that n{peer} restarted (its session is now {heard})"
+            ));
+            self.reset_pair(node, peer, PeerReset::Restarted)
+        }
     }
 
     /// Delivers `frame` on `link` to its receiver: the session check, the duplicate check,

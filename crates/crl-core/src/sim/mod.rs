@@ -194,6 +194,15 @@ pub enum Choice {
         /// How long.
         ms: u16,
     },
+    /// Crash `node` (only with [`SimConfig::time`]; nodes have no durability): its engine,
+    /// copies, homed regions, operations and sessions are gone; it stays down for `ms`
+    /// milliseconds, then restarts as a new incarnation (a greater epoch) with no regions.
+    Crash {
+        /// Which node.
+        node: u8,
+        /// How long it stays down.
+        ms: u16,
+    },
 }
 
 /// A planted session-layer bug, to prove the simulator catches it.
@@ -322,6 +331,14 @@ pub struct SimReport {
     pub void_frames: u64,
     /// The longest time from healing every fault to quiescence (virtual ms).
     pub max_recovery_ms: u64,
+    /// Crashes (each followed by a restart as a new incarnation).
+    pub crashes: u64,
+    /// Restarts learned by peers at a handshake.
+    pub restarts_learned: u64,
+    /// Regions lost with their crashed home.
+    pub regions_lost: u64,
+    /// Operations failed because their region's home crashed (a typed error).
+    pub lost_region_errors: u64,
 }
 
 impl SimReport {
@@ -356,6 +373,10 @@ impl SimReport {
         self.orphaned += o.orphaned;
         self.void_frames += o.void_frames;
         self.max_recovery_ms = self.max_recovery_ms.max(o.max_recovery_ms);
+        self.crashes += o.crashes;
+        self.restarts_learned += o.restarts_learned;
+        self.regions_lost += o.regions_lost;
+        self.lost_region_errors += o.lost_region_errors;
     }
 }
 
@@ -439,6 +460,8 @@ struct RegionModel {
     writer: Option<usize>,
     delete_issued: bool,
     deleted: bool,
+    /// Its home crashed (without durability): the region is gone.
+    lost: bool,
 }
 
 /// A simulated cluster. See the [module docs](self).
@@ -475,6 +498,15 @@ pub struct Sim {
 
 type Check = Result<(), SimFailure>;
 
+fn engine_config(cfg: &SimConfig) -> EngineConfig {
+    EngineConfig {
+        unmapped_capacity: cfg.unmapped_capacity,
+        on_drain: None,
+        max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
+        fault: cfg.fault,
+    }
+}
+
 impl Sim {
     /// Builds the cluster and creates its regions (each mapped at its home).
     pub fn new(cfg: SimConfig) -> Self {
@@ -490,15 +522,7 @@ impl Sim {
         );
         let n = cfg.nodes;
         let mut engines: Vec<Engine> = (0..n)
-            .map(|i| {
-                let config = EngineConfig {
-                    unmapped_capacity: cfg.unmapped_capacity,
-                    on_drain: None,
-                    max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
-                    fault: cfg.fault,
-                };
-                Engine::new(NodeId(i as u32), config)
-            })
+            .map(|i| Engine::new(NodeId(i as u32), engine_config(&cfg)))
             .collect();
         let mut maps: Vec<Vec<MapState>> = (0..n).map(|_| Vec::new()).collect();
         let mut regions = Vec::new();
@@ -593,6 +617,13 @@ impl Sim {
             if x < t.cfg.cut_per_million + t.cfg.pause_per_million {
                 let ms = length();
                 return Choice::Pause {
+                    node: rng.random(),
+                    ms,
+                };
+            }
+            if x < t.cfg.cut_per_million + t.cfg.pause_per_million + t.cfg.crash_per_million {
+                let ms = length();
+                return Choice::Crash {
                     node: rng.random(),
                     ms,
                 };
@@ -725,6 +756,7 @@ impl Sim {
                 self.pause(node as usize % self.cfg.nodes, u64::from(ms));
                 Ok(())
             }
+            Choice::Crash { node, ms } => self.crash(node as usize % self.cfg.nodes, u64::from(ms)),
         }
     }
 
@@ -876,7 +908,7 @@ impl Sim {
                             },
                         );
                     }
-                    Err(e) => self.expect_deleted(region, e)?,
+                    Err(e) => self.expect_failure(region, e)?,
                 }
                 return self.collect(node);
             }
@@ -898,7 +930,7 @@ impl Sim {
                             },
                         );
                     }
-                    Err(e) => self.expect_deleted(region, e)?,
+                    Err(e) => self.expect_failure(region, e)?,
                 }
                 self.collect(node)
             }
@@ -1021,7 +1053,7 @@ impl Sim {
                 };
                 self.pending.insert(op, PendingOp { node, region, kind });
             }
-            Err(e) => self.expect_deleted(region, e)?,
+            Err(e) => self.expect_failure(region, e)?,
         }
         self.collect(node)
     }
@@ -1061,11 +1093,18 @@ impl Sim {
         }
     }
 
-    /// An operation that waited failed: only a deletion or (with faults) a fence may do that.
+    /// An operation failed: only a deletion or (with faults) a fence, or the crash of the
+    /// region's home (which loses it), may do that.
     fn expect_failure(&mut self, region: usize, e: OpError) -> Check {
         match e {
             OpError::Fenced(id) if self.time.is_some() && id == self.regions[region] => {
                 self.report.fenced_errors += 1;
+                Ok(())
+            }
+            OpError::HomeRestarted(id) | OpError::NoSuchRegion(id)
+                if self.model[region].lost && id == self.regions[region] =>
+            {
+                self.report.lost_region_errors += 1;
                 Ok(())
             }
             e => self.expect_deleted(region, e),
@@ -1085,6 +1124,11 @@ impl Sim {
     fn granted(&mut self, node: usize, region: usize, mut access: Access) -> Check {
         let id = self.regions[region];
         let m = &self.model[region];
+        if m.lost && id.home.0 as usize == node {
+            return Err(self.fail(format!(
+                "n{node}: access to {id} granted by its home after it crashed and lost it"
+            )));
+        }
         if m.deleted {
             return Err(self.fail(format!(
                 "n{node}: access to {id} granted after its delete completed"
@@ -1437,7 +1481,7 @@ impl Sim {
             let id = self.regions[r];
             let home = id.home.0 as usize;
             let snapshot = self.engines[home].inspect(id);
-            if self.model[r].deleted {
+            if self.model[r].deleted || self.model[r].lost {
                 if snapshot.is_some() {
                     return Err(self.fail(format!(
                         "{id} was deleted but its home still has it: {snapshot:?}"

@@ -36,12 +36,13 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::engine::{PeerReset, RegionCell};
+use crate::engine::{Engine, PeerReset, RegionCell};
 use crate::liveness::{Liveness, LivenessConfig, LivenessEvent, Timestamp};
 use crate::region::NodeId;
+use crate::session::SessionEpoch;
 use crate::wire::Message;
 
-use super::{Check, MapState, OpKind, Sim, SimValue};
+use super::{Check, MapState, OpKind, Sim, SimValue, engine_config};
 
 /// A planted bug of the simulated node's hit path, to prove the checks catch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,9 @@ pub struct TimeConfig {
     pub cut_per_million: u32,
     /// In random runs, the rate (per million choices) of pauses of a node.
     pub pause_per_million: u32,
+    /// In random runs, the rate (per million choices) of crashes of a node (each followed by
+    /// a restart).
+    pub crash_per_million: u32,
     /// How long an access waits for a lease renewal before it fails (node's clock).
     pub op_timeout: Duration,
     /// Check rule 2 itself at every fence: the fenced node's lease on the fencer's regions
@@ -96,6 +100,7 @@ impl TimeConfig {
             max_delay_ms: 400,
             cut_per_million: 500,
             pause_per_million: 500,
+            crash_per_million: 40,
             op_timeout: peer_timeout * 4,
             check_leases_at_fences: true,
             planted: None,
@@ -344,6 +349,7 @@ impl Sim {
                 let m = &self.model[r];
                 self.regions[r].home.0 as usize == node
                     && !m.deleted
+                    && !m.lost
                     && m.value != m.home_value
                     && m.last_writer == Some(peer)
             })
@@ -634,6 +640,85 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Crashes `node` (no durability): everything it held is gone (its regions, its copies
+    /// and the writes only they had, its operations, its sessions); it stays down for `ms`
+    /// milliseconds and then runs as a new incarnation, which its peers learn at the next
+    /// handshake (as a restart: [`crate::engine::Engine::peer_restarted`]).
+    pub(super) fn crash(&mut self, node: usize, ms: u64) -> Check {
+        if self.time.is_none() {
+            return Ok(());
+        }
+        let n = self.cfg.nodes;
+        self.report.crashes += 1;
+        // The program dies with its accesses and operations.
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].node != node {
+                i += 1;
+                continue;
+            }
+            let h = self.held.swap_remove(i);
+            if !h.orphaned {
+                let m = &mut self.model[h.region];
+                if h.wrote.is_some() {
+                    m.writer = None;
+                } else {
+                    m.readers -= 1;
+                }
+            }
+        }
+        self.pending.retain(|_, p| p.node != node);
+        if let Some(t) = &mut self.time {
+            t.lease_waits.retain(|w| w.node != node);
+        }
+        for m in self.maps[node].iter_mut() {
+            *m = MapState::Unmapped;
+        }
+        // Its regions die with it.
+        let mut lost = Vec::new();
+        for r in 0..self.regions.len() {
+            if self.regions[r].home.0 as usize == node && !self.model[r].lost {
+                self.model[r].lost = true;
+                self.report.regions_lost += 1;
+                lost.push(self.regions[r].to_string());
+            }
+        }
+        self.engines[node] = Engine::new(NodeId(node as u32), engine_config(&self.cfg));
+        // A new incarnation: a greater epoch towards every peer, nothing known of them.
+        let epoch = (0..n)
+            .map(|p| self.mine[node * n + p].epoch)
+            .max()
+            .unwrap_or(1)
+            + 1;
+        for peer in (0..n).filter(|&p| p != node) {
+            self.mine[node * n + peer] = SessionEpoch::new(epoch, 0);
+            self.known[node * n + peer] = None;
+            self.sessions[node * n + peer].restart_send();
+            let to_node = &mut self.sessions[peer * n + node];
+            to_node.recv = None;
+            to_node.disconnect();
+        }
+        let now = self.local_now(node);
+        let until = self.global + ms.max(1) * MS;
+        if let Some(t) = &mut self.time {
+            let mut l = Liveness::new(t.cfg.liveness);
+            for peer in (0..n).filter(|&p| p != node) {
+                l.add_peer(NodeId(peer as u32), now);
+            }
+            t.liveness[node] = l;
+            t.paused_until[node] = t.paused_until[node].max(until);
+        }
+        self.note(format!(
+            "n{node} crashed (regions lost: {}); restarts as incarnation {epoch} in {ms} ms",
+            if lost.is_empty() {
+                "none".to_string()
+            } else {
+                lost.join(", ")
+            }
+        ));
+        Ok(())
     }
 
     /// Pauses `node` for `ms` milliseconds.
