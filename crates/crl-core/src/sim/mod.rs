@@ -484,6 +484,8 @@ pub struct Sim {
     copy_lost: Vec<usize>,
     /// When an operation last completed or was granted (global ns).
     progress_at: u64,
+    /// The pair a home is resetting (home, peer): the only time it may lose a copy.
+    resetting: Option<(usize, usize)>,
     regions: Vec<RegionId>,
     model: Vec<RegionModel>,
     maps: Vec<Vec<MapState>>,
@@ -561,6 +563,7 @@ impl Sim {
             time: cfg.time.clone().map(|t| TimeState::new(t, n, seed)),
             copy_lost: Vec::new(),
             progress_at: 0,
+            resetting: None,
             cfg,
         };
         sim.start_liveness();
@@ -1277,8 +1280,20 @@ impl Sim {
                     let Some(r) = self.regions.iter().position(|&id| id == region) else {
                         return Err(self.fail(format!("n{node}: copy of unknown {region} lost")));
                     };
-                    if self.time.is_none() || region.home.0 as usize != node {
+                    // Only a reset of the pair (a fence or a restart) may lose a copy, and only
+                    // the writes of the peer whose session ended.
+                    let Some((home, peer)) = self.resetting.filter(|&(h, _)| {
+                        self.time.is_some() && h == node && region.home.0 as usize == node
+                    }) else {
                         return Err(self.fail(format!("n{node}: copy of {region} lost")));
+                    };
+                    let m = &self.model[r];
+                    if m.value != m.home_value && m.last_writer != Some(peer) {
+                        let w = m.last_writer;
+                        return Err(self.fail(format!(
+                            "n{home} lost its copy of {region} held by n{peer}, but the latest write is {}'s",
+                            w.map_or("nobody".to_string(), |w| format!("n{w}"))
+                        )));
                     }
                     self.report.lost_copies += 1;
                     self.copy_lost.push(r);

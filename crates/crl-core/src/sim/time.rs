@@ -369,7 +369,10 @@ impl Sim {
             "n{node}: forgets n{peer}'s session ({cause:?}), {dropped} queued messages dropped"
         ));
         self.copy_lost.clear();
-        self.collect(node)?;
+        let outer = self.resetting.replace((node, peer));
+        let collected = self.collect(node);
+        self.resetting = outer;
+        collected?;
         for r in expected {
             if !self.copy_lost.contains(&r) {
                 return Err(self.fail(format!(
