@@ -6,13 +6,27 @@
 //! Every link runs the session layer; `--break-percent N` breaks connections on N% of the
 //! choices (frames in flight lost or delayed, re-sends, duplicates).
 //!
-//! Run: `cargo run --release --example sim_soak -- --steps 100000000 --break-percent 5`
+//! `--faults` gives the simulator a clock: drifting node clocks (`--drift-ppm`), leases and
+//! fencing on every node (`--peer-timeout-ms`), frame latencies and delays
+//! (`--max-delay-ms`), cuts of a node or a group and pauses shorter and longer than the peer
+//! timeout (`--cut-per-million`, `--pause-per-million`), crashes and restarts without
+//! durability (`--crash-per-million`: the node's regions, copies and the writes only they
+//! held are lost, peers learn the new incarnation at a handshake). Every node that could serve a hit is
+//! probed for a stale read at every tick; losses must be exactly what fences allow
+//! (DESIGN.md §6 rule 4); after the faults heal every operation completes and every region
+//! is read again from every node without a stall longer than the recovery bound. Deletes are
+//! off with faults.
+//!
+//! Run (10^8 steps each):
+//! - `cargo run --release --example sim_soak -- --steps 100000000 --break-percent 5`
+//! - `cargo run --release --example sim_soak -- --steps 100000000 --break-percent 2 --faults`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use crl::core::sim::{Sim, SimConfig};
+use crl::core::sim::{Sim, SimConfig, SimReport, TimeConfig};
+use parking_lot::Mutex;
 
 #[derive(Parser)]
 #[command(about = "Soak the crl protocol in the deterministic simulator")]
@@ -35,9 +49,42 @@ struct Args {
     /// Percentage of choices that break a connection (0–100).
     #[arg(long, default_value_t = 5)]
     break_percent: u32,
+    /// Virtual time, leases and fencing, cuts and pauses (needs the session layer).
+    #[arg(long)]
+    faults: bool,
+    /// The peer timeout, in virtual milliseconds (with `--faults`).
+    #[arg(long, default_value_t = 1_000)]
+    peer_timeout_ms: u64,
+    /// Clock-rate drift of each node, ± parts per million (with `--faults`).
+    #[arg(long, default_value_t = 40_000)]
+    drift_ppm: u32,
+    /// Cuts per million choices (with `--faults`).
+    #[arg(long, default_value_t = 500)]
+    cut_per_million: u32,
+    /// Pauses per million choices (with `--faults`).
+    #[arg(long, default_value_t = 500)]
+    pause_per_million: u32,
+    /// Crashes (each followed by a restart without durability) per million choices (with
+    /// `--faults`).
+    #[arg(long, default_value_t = 40)]
+    crash_per_million: u32,
+    /// The longest extra delay of a frame, in virtual milliseconds (with `--faults`).
+    #[arg(long, default_value_t = 400)]
+    max_delay_ms: u32,
 }
 
-fn shape(seed: u64, wire: bool, break_percent: u32) -> SimConfig {
+fn shape(seed: u64, args: &Args) -> SimConfig {
+    let wire = !args.no_wire;
+    let time = (args.faults && wire).then(|| {
+        let mut t = TimeConfig::new(Duration::from_millis(args.peer_timeout_ms));
+        t.drift_ppm = args.drift_ppm;
+        t.cut_per_million = args.cut_per_million;
+        t.pause_per_million = args.pause_per_million;
+        t.crash_per_million = args.crash_per_million;
+        t.max_delay_ms = args.max_delay_ms;
+        t
+    });
+    let break_percent = if wire { args.break_percent } else { 0 };
     SimConfig {
         nodes: 2 + (seed % 7) as usize,
         regions: 1 + (seed * 7 % 16) as usize,
@@ -47,6 +94,7 @@ fn shape(seed: u64, wire: bool, break_percent: u32) -> SimConfig {
         wire,
         sessions: wire,
         break_percent,
+        time,
         ..SimConfig::default()
     }
 }
@@ -57,15 +105,21 @@ fn main() {
     let next = AtomicU64::new(0);
     let steps = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
+    let total = Mutex::new(SimReport::default());
     let started = Instant::now();
     println!(
-        "soak: {} runs of {} steps, seeds from {}, {} threads, wire round trip and sessions {}, connection breaks on {}% of choices",
+        "soak: {} runs of {} steps, seeds from {}, {} threads, wire round trip and sessions {}, connection breaks on {}% of choices, faults with time {}",
         runs,
         args.steps_per_run,
         args.seed,
         args.threads,
         if args.no_wire { "off" } else { "on" },
-        if args.no_wire { 0 } else { args.break_percent }
+        if args.no_wire { 0 } else { args.break_percent },
+        if args.faults && !args.no_wire {
+            "on"
+        } else {
+            "off"
+        }
     );
     std::thread::scope(|s| {
         for _ in 0..args.threads {
@@ -76,20 +130,17 @@ fn main() {
                         return;
                     }
                     let seed = args.seed + i;
-                    match Sim::run_random(
-                        shape(seed, !args.no_wire, args.break_percent),
-                        seed,
-                        args.steps_per_run,
-                    ) {
+                    match Sim::run_random(shape(seed, &args), seed, args.steps_per_run) {
                         Ok(report) => {
                             steps.fetch_add(report.steps, Ordering::Relaxed);
+                            total.lock().add(&report);
                         }
                         Err(failure) => {
                             failed.store(true, Ordering::Relaxed);
                             eprintln!("{failure}");
                             eprintln!(
                                 "replay: Sim::run_random({:?}, {seed}, {})",
-                                shape(seed, !args.no_wire, args.break_percent),
+                                shape(seed, &args),
                                 args.steps_per_run
                             );
                         }
@@ -123,4 +174,30 @@ fn main() {
         "soak passed: {done} steps in {secs:.1} s, {:.0} steps/s",
         done as f64 / secs
     );
+    let t = total.lock();
+    println!(
+        "  {} messages, {} breaks, {} frames lost in flight, {} duplicates dropped",
+        t.messages, t.breaks, t.frames_lost, t.duplicates_dropped
+    );
+    if args.faults {
+        println!(
+            "  {} s virtual, {} cuts, {} pauses, {} crashes ({} regions lost), {} fences ({} learned at reconnect), {} lease waits ({} timed out), {} ops failed Fenced, {} stale-read checks, {} copies lost ({} with writes), {} accesses orphaned, {} void frames, longest recovery after heal {} ms",
+            t.virtual_ms / 1000,
+            t.cuts,
+            t.pauses,
+            t.crashes,
+            t.regions_lost,
+            t.fences,
+            t.fenced_learned,
+            t.lease_waits,
+            t.lease_timeouts,
+            t.fenced_errors,
+            t.stale_checks,
+            t.lost_copies,
+            t.lost_writes,
+            t.orphaned,
+            t.void_frames,
+            t.max_recovery_ms
+        );
+    }
 }

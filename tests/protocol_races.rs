@@ -911,3 +911,34 @@ fn transaction_messages_are_not_engine_messages() {
         )
         .unwrap();
 }
+
+/// A fenced (or restarted) requester asks again, in its new session, while the home still
+/// serves its withdrawn request (a recall held up elsewhere): a new request, not a
+/// duplicate, so it queues behind instead of being refused as a protocol violation.
+#[test]
+fn a_fenced_requester_asks_again_while_its_withdrawn_request_is_still_served() {
+    let mut net = Network::new(3, EngineConfig::default());
+    let (id, _cells) = shared_by(&mut net, &[1, 2]);
+    let r = net.access(2, id, 1, false);
+    // n1 asks to write: the home serves it and recalls n2, held up by its read.
+    assert!(start_with(&mut net, 1, id, 2, true, PRIORITY_NONE).is_none());
+    net.settle();
+    // The pair n0-n1 is fenced: both sides forget the session.
+    net.engine(0).peer_fenced(NodeId(1));
+    net.pump(0);
+    net.engine(1).peer_fenced(NodeId(0));
+    net.pump(1);
+    assert_eq!(net.completed(1, 2), Some(Err(OpError::Fenced(id))));
+    // n1 asks again at once.
+    let started = net.engine(1).start_read(id, 3).unwrap();
+    assert!(matches!(started, Start::Queued));
+    net.pump(1);
+    net.deliver(1, 0);
+    // The recall completes; the withdrawn request is dropped, the new one served.
+    drop(r);
+    net.engine(2).process_drained();
+    net.pump(2);
+    net.settle();
+    let a = net.granted(1, 3).expect("the new request is served");
+    assert_eq!(get(&a), 1);
+}

@@ -534,8 +534,14 @@ impl Engine {
                 };
                 let asked =
                     |r: &Request| r.who == Requester::Remote(from) && r.want != Want::Delete;
+                // A request being served that was withdrawn (its requester's session ended:
+                // a restart or a fence) is not this one: the requester may ask again in its
+                // new session while the withdrawn one finishes its recalls.
                 let queued = entry.queue.iter().any(asked)
-                    || entry.serving.as_ref().is_some_and(|s| asked(&s.req));
+                    || entry
+                        .serving
+                        .as_ref()
+                        .is_some_and(|s| !s.cancelled && asked(&s.req));
                 if holds || queued {
                     return Err(self.violation(
                         from,

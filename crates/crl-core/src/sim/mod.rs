@@ -32,13 +32,31 @@
 //! on it that were not delivered yet are partly lost and partly still draining (delivered
 //! later, interleaved with the next connection's re-sends, so the receiver must drop
 //! duplicates). The engines above must still see exactly-once FIFO delivery, which every
-//! check above relies on. [`SessionFault`] plants the bugs this must catch.
+//! check above relies on. [`SessionFault`] plants the bugs this must catch. The connection
+//! handshake is crl-net's: session epochs are checked both ways, so a fence is learned at the
+//! next handshake.
+//!
+//! **Time, leases, fences, cuts and pauses** ([`SimConfig::time`], see [`TimeConfig`] and
+//! the [`time`] module docs). The simulator owns a global clock ([`Choice::Tick`]); every
+//! node reads its own drifting clock and runs crl's [`Liveness`](crate::liveness::Liveness):
+//! pings and pongs travel on the same session links as the protocol, accesses to other homes'
+//! regions are used only under a valid lease, silent peers are fenced as crl-net fences them.
+//! [`Choice::Cut`] takes a node or a group off the network for a while; [`Choice::Pause`]
+//! stops a node while time runs on. The checks add: at every tick, after every write and
+//! every loss, no node could serve a stale hit; a home never fences a node whose lease is
+//! still valid; what is lost is exactly what DESIGN.md §6 rule 4 allows (the writes that lived
+//! only in a fenced node's copy, reported by the home), nothing else; and after every fault
+//! heals, every operation completes (or fails with [`OpError::Fenced`]) and every node reads
+//! every region without the cluster stalling longer than [`TimeConfig::recovery_bound`].
+//! [`PlantedLivenessFault`](crate::liveness::PlantedLivenessFault) and [`SimLeaseFault`]
+//! plant the bugs this must catch.
 //!
 //! Every failure reports the seed (when there is one), the step, and the last events.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -48,9 +66,20 @@ use crate::engine::{
     OpId, PRIORITY_NONE, PlantedFault, Progress, RegionCell, Start,
 };
 use crate::region::{CodecError, NodeId, Region, RegionId};
-use crate::session::{Delivery, RecvSession, Resume, SendSession, SessionEpoch, SessionLimits};
+use crate::session::SessionEpoch;
 use crate::wire::{self, Message};
 
+mod describe;
+mod link;
+mod network;
+pub mod time;
+
+pub use describe::describe_message;
+pub use network::Network;
+pub use time::{SimLeaseFault, TimeConfig};
+
+use link::SimSession;
+use time::TimeState;
 pub use value::SimValue;
 
 #[allow(missing_docs)]
@@ -137,6 +166,43 @@ pub enum Choice {
         /// How many in-flight frames survive.
         keep: u8,
     },
+    /// Advance global time by `ms` milliseconds (only with [`SimConfig::time`]): cuts and
+    /// pauses that are over end, timers fire, every node is probed for stale hits.
+    Tick {
+        /// How far.
+        ms: u16,
+    },
+    /// Cut the group of `1 + size % (nodes - 1)` nodes from `node` (in id order, wrapping)
+    /// off from the rest for `ms` milliseconds (only with [`SimConfig::time`]): every link
+    /// across is down both ways; frames in flight are lost or (the first `keep` per link)
+    /// arrive late.
+    Cut {
+        /// The first node of the group.
+        node: u8,
+        /// The group's size.
+        size: u8,
+        /// How long.
+        ms: u16,
+        /// How many in-flight frames per link survive.
+        keep: u8,
+    },
+    /// Pause `node` for `ms` milliseconds (only with [`SimConfig::time`]): it receives,
+    /// sends, fires and serves nothing while time runs on.
+    Pause {
+        /// Which node.
+        node: u8,
+        /// How long.
+        ms: u16,
+    },
+    /// Crash `node` (only with [`SimConfig::time`]; nodes have no durability): its engine,
+    /// copies, homed regions, operations and sessions are gone; it stays down for `ms`
+    /// milliseconds, then restarts as a new incarnation (a greater epoch) with no regions.
+    Crash {
+        /// Which node.
+        node: u8,
+        /// How long it stays down.
+        ms: u16,
+    },
 }
 
 /// A planted session-layer bug, to prove the simulator catches it.
@@ -179,6 +245,9 @@ pub struct SimConfig {
     pub break_percent: u32,
     /// A planted session-layer bug.
     pub session_fault: Option<SessionFault>,
+    /// Virtual time, leases, fences, cuts and pauses (needs [`sessions`](Self::sessions);
+    /// `None`: no clock, as before). Deletes are not honoured with it.
+    pub time: Option<TimeConfig>,
 }
 
 impl Default for SimConfig {
@@ -196,6 +265,7 @@ impl Default for SimConfig {
             sessions: true,
             break_percent: 0,
             session_fault: None,
+            time: None,
         }
     }
 }
@@ -229,6 +299,46 @@ pub struct SimReport {
     pub frames_lost: u64,
     /// Duplicate frames the receivers dropped.
     pub duplicates_dropped: u64,
+    /// Virtual time elapsed, in milliseconds (with [`SimConfig::time`]).
+    pub virtual_ms: u64,
+    /// Time steps.
+    pub ticks: u64,
+    /// Cuts of a node or group.
+    pub cuts: u64,
+    /// Pauses of a node.
+    pub pauses: u64,
+    /// Fences (a node declared a silent peer failed).
+    pub fences: u64,
+    /// Fences learned by the fenced node at a handshake.
+    pub fenced_learned: u64,
+    /// Pings answered.
+    pub pings: u64,
+    /// Accesses released because their lease had lapsed (they wait for a renewal).
+    pub lease_waits: u64,
+    /// Accesses that gave up waiting for a lease (a typed error).
+    pub lease_timeouts: u64,
+    /// Operations failed with [`OpError::Fenced`].
+    pub fenced_errors: u64,
+    /// Probes of a possible read hit against the model (no stale read).
+    pub stale_checks: u64,
+    /// Copies a home lost to a fence ([`Event::CopyLost`]).
+    pub lost_copies: u64,
+    /// Regions whose latest writes were lost with such a copy (rule 4).
+    pub lost_writes: u64,
+    /// Accesses in progress on copies their home reclaimed.
+    pub orphaned: u64,
+    /// Frames of retired sessions dropped by their receiver.
+    pub void_frames: u64,
+    /// The longest time from healing every fault to quiescence (virtual ms).
+    pub max_recovery_ms: u64,
+    /// Crashes (each followed by a restart as a new incarnation).
+    pub crashes: u64,
+    /// Restarts learned by peers at a handshake.
+    pub restarts_learned: u64,
+    /// Regions lost with their crashed home.
+    pub regions_lost: u64,
+    /// Operations failed because their region's home crashed (a typed error).
+    pub lost_region_errors: u64,
 }
 
 impl SimReport {
@@ -247,6 +357,26 @@ impl SimReport {
         self.breaks += o.breaks;
         self.frames_lost += o.frames_lost;
         self.duplicates_dropped += o.duplicates_dropped;
+        self.virtual_ms += o.virtual_ms;
+        self.ticks += o.ticks;
+        self.cuts += o.cuts;
+        self.pauses += o.pauses;
+        self.fences += o.fences;
+        self.fenced_learned += o.fenced_learned;
+        self.pings += o.pings;
+        self.lease_waits += o.lease_waits;
+        self.lease_timeouts += o.lease_timeouts;
+        self.fenced_errors += o.fenced_errors;
+        self.stale_checks += o.stale_checks;
+        self.lost_copies += o.lost_copies;
+        self.lost_writes += o.lost_writes;
+        self.orphaned += o.orphaned;
+        self.void_frames += o.void_frames;
+        self.max_recovery_ms = self.max_recovery_ms.max(o.max_recovery_ms);
+        self.crashes += o.crashes;
+        self.restarts_learned += o.restarts_learned;
+        self.regions_lost += o.regions_lost;
+        self.lost_region_errors += o.lost_region_errors;
     }
 }
 
@@ -313,49 +443,25 @@ struct Held {
     region: usize,
     access: Access,
     wrote: Option<u64>,
+    /// Its home reclaimed the copy (a fence): it no longer counts, its write is lost.
+    orphaned: bool,
 }
 
 #[derive(Default)]
 struct RegionModel {
-    /// The value of the latest completed write.
+    /// The value of the latest completed write (that was not lost).
     value: u64,
+    /// The value the home's copy holds: written there, or brought back by a recall or flush
+    /// with data.
+    home_value: u64,
+    /// Who completed the latest write.
+    last_writer: Option<usize>,
     readers: u32,
     writer: Option<usize>,
     delete_issued: bool,
     deleted: bool,
-}
-
-/// One ordered link's session: the sender's and the receiver's halves and the connection
-/// between them.
-struct SimSession {
-    send: SendSession,
-    recv: RecvSession,
-    /// Whether a connection is up.
-    connected: bool,
-    /// Frames written on the current connection, not delivered yet.
-    wire: VecDeque<(u64, Arc<Vec<u8>>)>,
-    /// Frames of broken connections still draining.
-    old: VecDeque<(u64, Arc<Vec<u8>>)>,
-    /// The highest number written on any connection (for [`SessionFault::ResumeAfterWritten`]).
-    written: u64,
-}
-
-impl SimSession {
-    fn new() -> Self {
-        SimSession {
-            send: SendSession::new(SessionLimits::new(wire::MAX_FRAME_LEN, usize::MAX / 4)),
-            recv: RecvSession::new(SessionEpoch::new(1, 0)),
-            connected: false,
-            wire: VecDeque::new(),
-            old: VecDeque::new(),
-            written: 0,
-        }
-    }
-
-    /// Whether a delivery step on this link can do anything.
-    fn has_work(&self) -> bool {
-        !self.wire.is_empty() || !self.old.is_empty() || self.send.unacked_len() > 0
-    }
+    /// Its home crashed (without durability): the region is gone.
+    lost: bool,
 }
 
 /// A simulated cluster. See the [module docs](self).
@@ -366,6 +472,20 @@ pub struct Sim {
     links: Vec<VecDeque<Message>>,
     /// `sessions[from * n + to]` (with sessions).
     sessions: Vec<SimSession>,
+    /// `mine[a * n + b]`: node a's session epoch towards b (its generation counts fences).
+    mine: Vec<SessionEpoch>,
+    /// `known[a * n + b]`: the newest session epoch node a heard from b.
+    known: Vec<Option<SessionEpoch>>,
+    /// Global virtual time (ns).
+    global: u64,
+    /// Clocks, liveness and faults (with [`SimConfig::time`]).
+    time: Option<TimeState>,
+    /// Regions whose copy a home reported lost since the last reset (see `time.rs`).
+    copy_lost: Vec<usize>,
+    /// When an operation last completed or was granted (global ns).
+    progress_at: u64,
+    /// The pair a home is resetting (home, peer): the only time it may lose a copy.
+    resetting: Option<(usize, usize)>,
     regions: Vec<RegionId>,
     model: Vec<RegionModel>,
     maps: Vec<Vec<MapState>>,
@@ -380,21 +500,31 @@ pub struct Sim {
 
 type Check = Result<(), SimFailure>;
 
+fn engine_config(cfg: &SimConfig) -> EngineConfig {
+    EngineConfig {
+        unmapped_capacity: cfg.unmapped_capacity,
+        on_drain: None,
+        max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
+        fault: cfg.fault,
+    }
+}
+
 impl Sim {
     /// Builds the cluster and creates its regions (each mapped at its home).
     pub fn new(cfg: SimConfig) -> Self {
+        Self::with_seed(cfg, 0)
+    }
+
+    /// [`Sim::new`], with clocks and latencies drawn from `seed`.
+    fn with_seed(cfg: SimConfig, seed: u64) -> Self {
         assert!((2..=255).contains(&cfg.nodes), "2 to 255 nodes");
+        assert!(
+            cfg.time.is_none() || cfg.sessions,
+            "time and faults need the session layer"
+        );
         let n = cfg.nodes;
         let mut engines: Vec<Engine> = (0..n)
-            .map(|i| {
-                let config = EngineConfig {
-                    unmapped_capacity: cfg.unmapped_capacity,
-                    on_drain: None,
-                    max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
-                    fault: cfg.fault,
-                };
-                Engine::new(NodeId(i as u32), config)
-            })
+            .map(|i| Engine::new(NodeId(i as u32), engine_config(&cfg)))
             .collect();
         let mut maps: Vec<Vec<MapState>> = (0..n).map(|_| Vec::new()).collect();
         let mut regions = Vec::new();
@@ -413,7 +543,7 @@ impl Sim {
                 });
             }
         }
-        Sim {
+        let mut sim = Sim {
             links: (0..n * n).map(|_| VecDeque::new()).collect(),
             sessions: (0..n * n).map(|_| SimSession::new()).collect(),
             model: (0..cfg.regions).map(|_| RegionModel::default()).collect(),
@@ -427,13 +557,22 @@ impl Sim {
             trace: VecDeque::new(),
             seed: None,
             report: SimReport::default(),
+            mine: vec![SessionEpoch::new(1, 0); n * n],
+            known: vec![None; n * n],
+            global: 0,
+            time: cfg.time.clone().map(|t| TimeState::new(t, n, seed)),
+            copy_lost: Vec::new(),
+            progress_at: 0,
+            resetting: None,
             cfg,
-        }
+        };
+        sim.start_liveness();
+        sim
     }
 
     /// Runs `steps` random choices from `seed`, then quiesces and checks the end state.
     pub fn run_random(cfg: SimConfig, seed: u64, steps: u64) -> Result<SimReport, SimFailure> {
-        let mut sim = Sim::new(cfg);
+        let mut sim = Sim::with_seed(cfg, seed);
         sim.seed = Some(seed);
         let mut rng = SmallRng::seed_from_u64(seed);
         for _ in 0..steps {
@@ -457,6 +596,47 @@ impl Sim {
 
     /// A random choice, weighted toward realistic mixes (reads > writes > the rest).
     pub fn random_choice(&self, rng: &mut SmallRng) -> Choice {
+        if let Some(t) = &self.time {
+            let x = rng.random_range(0..1_000_000u32);
+            let peer_timeout = t.cfg.liveness.peer_timeout.as_millis() as u64;
+            // Half the faults shorter than the peer timeout, half longer.
+            let mut length = || -> u16 {
+                let ms = if rng.random() {
+                    rng.random_range(peer_timeout / 20..=peer_timeout * 9 / 10)
+                } else {
+                    rng.random_range(peer_timeout * 6 / 5..=peer_timeout * 3)
+                };
+                ms.clamp(1, u64::from(u16::MAX)) as u16
+            };
+            if x < t.cfg.cut_per_million {
+                let ms = length();
+                return Choice::Cut {
+                    node: rng.random(),
+                    size: rng.random(),
+                    ms,
+                    keep: rng.random(),
+                };
+            }
+            if x < t.cfg.cut_per_million + t.cfg.pause_per_million {
+                let ms = length();
+                return Choice::Pause {
+                    node: rng.random(),
+                    ms,
+                };
+            }
+            if x < t.cfg.cut_per_million + t.cfg.pause_per_million + t.cfg.crash_per_million {
+                let ms = length();
+                return Choice::Crash {
+                    node: rng.random(),
+                    ms,
+                };
+            }
+            if rng.random_range(0..100u32) < t.cfg.tick_percent {
+                return Choice::Tick {
+                    ms: rng.random_range(1..=t.cfg.max_tick_ms.max(1)) as u16,
+                };
+            }
+        }
         if self.cfg.sessions && rng.random_range(0..100u32) < self.cfg.break_percent {
             return Choice::Break {
                 link: rng.random(),
@@ -542,13 +722,16 @@ impl Sim {
                 }
                 let node = node as usize % self.cfg.nodes;
                 let region = region as usize % self.regions.len();
-                self.start(node, region, kind)
+                self.start(node, region, kind, true)
             }
             Choice::End { index } => {
-                if self.held.is_empty() {
+                let running: Vec<usize> = (0..self.held.len())
+                    .filter(|&i| !self.is_paused(self.held[i].node))
+                    .collect();
+                if running.is_empty() {
                     return Ok(());
                 }
-                self.end(index as usize % self.held.len())
+                self.end(running[index as usize % running.len()])
             }
             Choice::Break { link, keep } => {
                 if !self.cfg.sessions {
@@ -557,137 +740,36 @@ impl Sim {
                 self.break_link(link as usize % self.sessions.len(), keep as usize);
                 Ok(())
             }
+            Choice::Tick { ms } => self.tick(u64::from(ms)),
+            Choice::Cut {
+                node,
+                size,
+                ms,
+                keep,
+            } => {
+                self.cut(
+                    node as usize % self.cfg.nodes,
+                    size as usize,
+                    u64::from(ms),
+                    keep as usize,
+                );
+                Ok(())
+            }
+            Choice::Pause { node, ms } => {
+                self.pause(node as usize % self.cfg.nodes, u64::from(ms));
+                Ok(())
+            }
+            Choice::Crash { node, ms } => self.crash(node as usize % self.cfg.nodes, u64::from(ms)),
         }
     }
 
-    /// Whether any link has something to deliver (or a session something to re-send).
+    /// Whether any link has something to deliver now (or a session something to re-send).
     fn network_busy(&self) -> bool {
         if self.cfg.sessions {
-            self.sessions.iter().any(SimSession::has_work)
+            self.links_actionable()
         } else {
             self.links.iter().any(|l| !l.is_empty())
         }
-    }
-
-    fn break_link(&mut self, link: usize, keep: usize) {
-        let s = &mut self.sessions[link];
-        if !s.connected {
-            return;
-        }
-        let keep = keep % (s.wire.len() + 1);
-        let lost = s.wire.len() - keep;
-        let kept: Vec<_> = s.wire.drain(..).take(keep).collect();
-        s.old.extend(kept);
-        s.connected = false;
-        s.send.on_disconnected();
-        self.report.breaks += 1;
-        self.report.frames_lost += lost as u64;
-        let (from, to) = (link / self.cfg.nodes, link % self.cfg.nodes);
-        self.note(format!(
-            "n{from} -> n{to}: connection broken, {lost} frames lost, {keep} still draining"
-        ));
-    }
-
-    /// One step of a session link: (re)connect, or write and deliver a frame (from a broken
-    /// connection still draining, or the current one), or acknowledge.
-    fn deliver_session(&mut self, pick: usize) -> Check {
-        let live: Vec<usize> = (0..self.sessions.len())
-            .filter(|&l| self.sessions[l].has_work())
-            .collect();
-        if live.is_empty() {
-            return Ok(());
-        }
-        let link = live[pick % live.len()];
-        let entropy = pick / live.len();
-        let (from, to) = (link / self.cfg.nodes, link % self.cfg.nodes);
-        let fault = self.cfg.session_fault;
-        let s = &mut self.sessions[link];
-        // Frames of a broken connection may arrive before or after the new connection's.
-        let from_old = !s.old.is_empty()
-            && (entropy & 1 == 1 || !s.send.wants_write() && s.connected && s.wire.is_empty());
-        let frame = if from_old {
-            s.old.pop_front()
-        } else if !s.connected {
-            let resume_at = match fault {
-                Some(SessionFault::ResumeAfterWritten) => s.written.min(s.send.last_seq()),
-                _ => s.recv.delivered(),
-            };
-            match s.send.on_connected(SessionEpoch::new(1, 0), resume_at) {
-                Ok(Resume::Resume) => {}
-                other => {
-                    return Err(
-                        self.fail(format!("n{from} -> n{to}: reconnect answered {other:?}"))
-                    );
-                }
-            }
-            s.connected = true;
-            let line = format!("n{from} -> n{to}: connected, resuming after {resume_at}");
-            self.note(line);
-            return Ok(());
-        } else {
-            // Write everything pending: a later break can lose any suffix of it. Some steps
-            // only write, so that several frames are in flight at once.
-            let wrote = s.send.wants_write();
-            while let Some(w) = s.send.next_to_write() {
-                s.written = s.written.max(w.0);
-                s.wire.push_back(w);
-            }
-            if wrote && entropy & 4 == 4 {
-                return Ok(());
-            }
-            s.wire.pop_front()
-        };
-        let Some((seq, frame)) = frame else {
-            // Everything written was delivered: the acknowledgement arrives.
-            let delivered = s.recv.delivered();
-            if let Err(v) = s.send.on_ack(delivered) {
-                return Err(self.fail(format!("n{from} -> n{to}: {v}")));
-            }
-            return Ok(());
-        };
-        let accepted = match (fault, s.recv.accept(seq)) {
-            (Some(SessionFault::DeliverDuplicates), Ok(Delivery::Duplicate)) => {
-                Ok(Delivery::Deliver)
-            }
-            (Some(SessionFault::ResumeAfterWritten), Err(_)) if seq > s.recv.delivered() => {
-                // The old transport had no numbers: whatever arrives is delivered.
-                s.recv = RecvSession::new(SessionEpoch::new(1, 0));
-                for _ in 0..seq - 1 {
-                    let _ = s.recv.accept(s.recv.delivered() + 1);
-                }
-                s.recv.accept(seq)
-            }
-            (_, r) => r,
-        };
-        if entropy & 2 == 2 && s.connected {
-            let delivered = s.recv.delivered();
-            if let Err(v) = s.send.on_ack(delivered) {
-                return Err(self.fail(format!("n{from} -> n{to}: {v}")));
-            }
-        }
-        match accepted {
-            Ok(Delivery::Deliver) => {}
-            Ok(Delivery::Duplicate) => {
-                self.report.duplicates_dropped += 1;
-                self.note(format!("n{from} -> n{to}: duplicate #{seq} dropped"));
-                return Ok(());
-            }
-            Err(v) => return Err(self.fail(format!("n{from} -> n{to}: session: {v}"))),
-        }
-        let msg = wire::decode_frame(&frame)
-            .map_err(|e| self.fail(format!("n{from} -> n{to}: decode #{seq}: {e}")))?;
-        self.report.messages += 1;
-        if matches!(msg, Message::Contend { .. }) {
-            self.report.contends += 1;
-        }
-        self.note(format!(
-            "n{from} -> n{to} #{seq}: {}",
-            describe_message(&msg)
-        ));
-        if let Err(v) = self.engines[to].handle_message(NodeId(from as u32), msg) {
-            return Err(self.fail(format!("n{to} reports {v}")));
-        }
-        self.collect(to)
     }
 
     fn deliver(&mut self, pick: usize) -> Check {
@@ -729,6 +811,7 @@ impl Sim {
     fn node_load(&self, node: usize) -> usize {
         self.pending.values().filter(|p| p.node == node).count()
             + self.held.iter().filter(|h| h.node == node).count()
+            + self.lease_waits_of(node)
     }
 
     fn busy_on(&self, node: usize, region: usize) -> bool {
@@ -739,6 +822,7 @@ impl Sim {
                 .held
                 .iter()
                 .any(|h| h.node == node && h.region == region)
+            || self.lease_waiting(node, region)
     }
 
     /// The priority of access `op`: pseudo-random, a few values so they collide and order.
@@ -751,6 +835,20 @@ impl Sim {
     }
 
     fn cancel(&mut self, node: usize, region: usize) -> Check {
+        if let Some(t) = &mut self.time
+            && let Some(i) = t
+                .lease_waits
+                .iter()
+                .position(|w| w.node == node && w.region == region)
+        {
+            t.lease_waits.remove(i);
+            self.report.cancelled += 1;
+            self.note(format!(
+                "n{node}: cancel an access to {} waiting for its lease",
+                self.regions[region]
+            ));
+            return Ok(());
+        }
         let Some((&op, p)) = self
             .pending
             .iter()
@@ -772,11 +870,15 @@ impl Sim {
         self.collect(node)
     }
 
-    fn start(&mut self, node: usize, region: usize, kind: OpKind) -> Check {
+    /// Starts an operation (`bounded`: only if the node has room for one more).
+    fn start(&mut self, node: usize, region: usize, kind: OpKind, bounded: bool) -> Check {
+        if self.is_paused(node) {
+            return Ok(());
+        }
         if kind == OpKind::Cancel {
             return self.cancel(node, region);
         }
-        if self.node_load(node) >= self.cfg.max_ops_per_node {
+        if bounded && self.node_load(node) >= self.cfg.max_ops_per_node {
             return Ok(());
         }
         let id = self.regions[region];
@@ -809,7 +911,7 @@ impl Sim {
                             },
                         );
                     }
-                    Err(e) => self.expect_deleted(region, e)?,
+                    Err(e) => self.expect_failure(region, e)?,
                 }
                 return self.collect(node);
             }
@@ -831,7 +933,7 @@ impl Sim {
                             },
                         );
                     }
-                    Err(e) => self.expect_deleted(region, e)?,
+                    Err(e) => self.expect_failure(region, e)?,
                 }
                 self.collect(node)
             }
@@ -851,6 +953,7 @@ impl Sim {
                 // Keep at least half the regions alive so a run keeps exercising the protocol.
                 let issued = self.model.iter().filter(|m| m.delete_issued).count();
                 if !self.cfg.deletes
+                    || self.time.is_some()
                     || self.model[region].delete_issued
                     || 2 * (issued + 1) > self.regions.len()
                 {
@@ -893,6 +996,13 @@ impl Sim {
             cell.try_read().map(|g| Access::from_read(g, cell))
         };
         if let Some(access) = hit {
+            if !self.lease_ok(node, region) {
+                // Acquired, then checked: the lease lapsed, so the copy is not used.
+                drop(access);
+                self.engines[node].process_drained();
+                self.start_lease_wait(node, region, write);
+                return self.collect(node);
+            }
             self.report.hits += 1;
             self.note(format!(
                 "n{node}: {} {id} hit",
@@ -921,6 +1031,12 @@ impl Sim {
                         "n{node}: access to {id} granted at once but sent a message"
                     )));
                 }
+                if !self.lease_ok(node, region) {
+                    drop(access);
+                    self.engines[node].process_drained();
+                    self.start_lease_wait(node, region, write);
+                    return self.collect(node);
+                }
                 self.report.hits += 1;
                 self.note(format!(
                     "n{node}: {} {id} granted by the engine",
@@ -940,7 +1056,7 @@ impl Sim {
                 };
                 self.pending.insert(op, PendingOp { node, region, kind });
             }
-            Err(e) => self.expect_deleted(region, e)?,
+            Err(e) => self.expect_failure(region, e)?,
         }
         self.collect(node)
     }
@@ -980,6 +1096,24 @@ impl Sim {
         }
     }
 
+    /// An operation failed: only a deletion or (with faults) a fence, or the crash of the
+    /// region's home (which loses it), may do that.
+    fn expect_failure(&mut self, region: usize, e: OpError) -> Check {
+        match e {
+            OpError::Fenced(id) if self.time.is_some() && id == self.regions[region] => {
+                self.report.fenced_errors += 1;
+                Ok(())
+            }
+            OpError::HomeRestarted(id) | OpError::NoSuchRegion(id)
+                if self.model[region].lost && id == self.regions[region] =>
+            {
+                self.report.lost_region_errors += 1;
+                Ok(())
+            }
+            e => self.expect_deleted(region, e),
+        }
+    }
+
     fn expect_deleted(&mut self, region: usize, e: OpError) -> Check {
         match e {
             OpError::Deleted(_) if self.model[region].delete_issued => {
@@ -993,6 +1127,11 @@ impl Sim {
     fn granted(&mut self, node: usize, region: usize, mut access: Access) -> Check {
         let id = self.regions[region];
         let m = &self.model[region];
+        if m.lost && id.home.0 as usize == node {
+            return Err(self.fail(format!(
+                "n{node}: access to {id} granted by its home after it crashed and lost it"
+            )));
+        }
         if m.deleted {
             return Err(self.fail(format!(
                 "n{node}: access to {id} granted after its delete completed"
@@ -1039,6 +1178,7 @@ impl Sim {
             region,
             access,
             wrote,
+            orphaned: false,
         });
         Ok(())
     }
@@ -1046,6 +1186,21 @@ impl Sim {
     fn end(&mut self, index: usize) -> Check {
         let held = self.held.swap_remove(index);
         let id = self.regions[held.region];
+        if held.orphaned {
+            let node = held.node;
+            self.note(format!(
+                "n{node}: end {:?} of {id} (orphaned: its home reclaimed the copy{})",
+                held.access.mode(),
+                if held.wrote.is_some() {
+                    ", the write is lost"
+                } else {
+                    ""
+                }
+            ));
+            drop(held);
+            self.engines[node].process_drained();
+            return self.collect(node);
+        }
         let seen = held.access.with_value(|v: &SimValue| v.value);
         let latest = self.model[held.region].value;
         if held.wrote.is_none() && seen != latest {
@@ -1063,14 +1218,24 @@ impl Sim {
             Some(new) => {
                 m.value = new;
                 m.writer = None;
+                m.last_writer = Some(held.node);
+                if id.home.0 as usize == held.node {
+                    m.home_value = new;
+                }
                 self.report.writes += 1;
             }
         }
         let node = held.node;
+        let region = held.region;
+        let wrote = held.wrote.is_some();
         self.note(format!("n{node}: end {:?} of {id}", held.access.mode()));
         drop(held);
         self.engines[node].process_drained();
-        self.collect(node)
+        self.collect(node)?;
+        if wrote {
+            self.probe_region(region)?;
+        }
+        Ok(())
     }
 
     /// Moves an engine's output into the network and handles its completions.
@@ -1082,15 +1247,15 @@ impl Sim {
                 return Err(self.fail(format!("n{node} sent {:?} to {}", t.msg, t.to)));
             }
             if self.cfg.sessions {
-                let frame = wire::encode(&t.msg)
-                    .map_err(|e| self.fail(format!("encode {:?}: {e}", t.msg)))?;
-                if let Err(e) = self.sessions[node * n + to].send.push(frame) {
-                    return Err(self.fail(format!("n{node} -> n{to}: {e}")));
-                }
+                self.send(node, to, &t.msg)?;
             } else {
                 self.links[node * n + to].push_back(t.msg);
             }
         }
+        let mut again = false;
+        // Accesses granted and released at once for want of a lease: the engine may report
+        // them wanted in the same batch.
+        let mut released: Vec<usize> = Vec::new();
         while let Some(event) = self.engines[node].poll_event() {
             let (op, outcome) = match event {
                 Event::Granted { op, access } => (op, Ok(Some(access))),
@@ -1099,8 +1264,10 @@ impl Sim {
                     self.note(format!("n{node}: {region} wanted by priority {priority}"));
                     self.report.wanted += 1;
                     let r = self.regions.iter().position(|&id| id == region);
-                    let holds = r
-                        .is_some_and(|r| self.held.iter().any(|h| h.node == node && h.region == r));
+                    let holds = r.is_some_and(|r| {
+                        released.contains(&r)
+                            || self.held.iter().any(|h| h.node == node && h.region == r)
+                    });
                     if !holds || priority == PRIORITY_NONE {
                         return Err(self.fail(format!(
                             "n{node}: Wanted {{ {region}, priority {priority} }} without a local \
@@ -1110,9 +1277,43 @@ impl Sim {
                     continue;
                 }
                 Event::CopyLost { region } => {
-                    return Err(self.fail(format!("n{node}: copy of {region} lost")));
+                    let Some(r) = self.regions.iter().position(|&id| id == region) else {
+                        return Err(self.fail(format!("n{node}: copy of unknown {region} lost")));
+                    };
+                    // Only a reset of the pair (a fence or a restart) may lose a copy, and only
+                    // the writes of the peer whose session ended.
+                    let Some((home, peer)) = self.resetting.filter(|&(h, _)| {
+                        self.time.is_some() && h == node && region.home.0 as usize == node
+                    }) else {
+                        return Err(self.fail(format!("n{node}: copy of {region} lost")));
+                    };
+                    let m = &self.model[r];
+                    if m.value != m.home_value && m.last_writer != Some(peer) {
+                        let w = m.last_writer;
+                        return Err(self.fail(format!(
+                            "n{home} lost its copy of {region} held by n{peer}, but the latest write is {}'s",
+                            w.map_or("nobody".to_string(), |w| format!("n{w}"))
+                        )));
+                    }
+                    self.report.lost_copies += 1;
+                    self.copy_lost.push(r);
+                    let m = &mut self.model[r];
+                    if m.value != m.home_value {
+                        // The latest writes lived only in the lost copy (rule 4).
+                        let (lost, back) = (m.value, m.home_value);
+                        m.value = back;
+                        m.last_writer = None;
+                        self.report.lost_writes += 1;
+                        self.note(format!(
+                            "n{node}: copy of {region} lost: value {lost} lost, {back} is current again"
+                        ));
+                    } else {
+                        self.note(format!("n{node}: copy of {region} lost (no write lost)"));
+                    }
+                    continue;
                 }
             };
+            self.progress_at = self.global;
             let Some(p) = self.pending.remove(&op) else {
                 return Err(self.fail(format!("n{node}: completion of unknown op {op}")));
             };
@@ -1140,6 +1341,14 @@ impl Sim {
                             "op {op}: granted {access:?}, wanted {want:?} of {id}"
                         )));
                     }
+                    if !self.lease_ok(node, p.region) {
+                        drop(access);
+                        self.engines[node].process_drained();
+                        self.start_lease_wait(node, p.region, p.kind == PendingKind::Write);
+                        released.push(p.region);
+                        again = true;
+                        continue;
+                    }
                     self.report.misses += 1;
                     self.granted(node, p.region, access)?;
                 }
@@ -1153,41 +1362,48 @@ impl Sim {
                 }
                 (PendingKind::Map, Err(e)) => {
                     self.maps[node][p.region] = MapState::Unmapped;
-                    self.expect_deleted(p.region, e)?;
+                    self.expect_failure(p.region, e)?;
                 }
                 (PendingKind::Flush, Ok(None)) => {}
                 (PendingKind::Delete, Ok(None)) => self.model[p.region].deleted = true,
-                (_, Err(e)) => self.expect_deleted(p.region, e)?,
+                (_, Err(e)) => self.expect_failure(p.region, e)?,
                 (kind, Ok(other)) => {
                     return Err(self.fail(format!("op {op} ({kind:?}) completed with {other:?}")));
                 }
             }
+        }
+        if again {
+            // Accesses released for want of a lease may have let the engine move on.
+            return self.collect(node);
         }
         Ok(())
     }
 
     /// Ends every access and delivers every message until nothing moves, then checks that
     /// every operation completed and that directories, caches and values agree.
+    ///
+    /// With [`SimConfig::time`], every cut and pause ends first, time runs on while anything
+    /// waits (an operation, a lease, a protocol message, a fence not yet learned), and then
+    /// every node reads every region. Once every fault healed, the cluster may never go
+    /// [`TimeConfig::recovery_bound`] without completing an operation while any is left:
+    /// no region stays blocked.
     pub fn quiesce(&mut self, rng: &mut SmallRng) -> Check {
-        let limit = 200_000 + 100 * self.report.steps;
-        let mut rounds = 0u64;
-        loop {
-            rounds += 1;
-            if rounds > limit {
-                return Err(self.fail(format!("livelock: no quiescence after {limit} steps")));
+        self.heal_all();
+        self.drain(rng)?;
+        if self.time.is_some() {
+            for _ in 0..2 {
+                for node in 0..self.cfg.nodes {
+                    for r in 0..self.regions.len() {
+                        if !self.busy_on(node, r) {
+                            self.start(node, r, OpKind::Read, false)?;
+                        }
+                    }
+                }
+                self.drain(rng)?;
             }
-            if !self.held.is_empty() {
-                self.report.steps += 1;
-                let i = rng.random_range(0..self.held.len());
-                self.end(i)?;
-                continue;
-            }
-            if self.network_busy() {
-                self.report.steps += 1;
-                self.deliver(rng.random::<u32>() as usize)?;
-                continue;
-            }
-            break;
+            let healed = self.time.as_ref().and_then(|t| t.healed_at).unwrap_or(0);
+            self.report.max_recovery_ms = (self.global - healed) / 1_000_000;
+            self.report.virtual_ms = self.global / 1_000_000;
         }
         if !self.pending.is_empty() {
             let stuck: Vec<String> = self
@@ -1208,12 +1424,79 @@ impl Sim {
         self.check_agreement()
     }
 
+    /// Ends accesses, delivers messages and (with time) lets time run until nothing moves.
+    fn drain(&mut self, rng: &mut SmallRng) -> Check {
+        let limit = 200_000 + 100 * self.report.steps;
+        let mut rounds = 0u64;
+        loop {
+            rounds += 1;
+            if rounds > limit {
+                return Err(self.fail(format!("livelock: no quiescence after {limit} steps")));
+            }
+            if !self.held.is_empty() {
+                self.report.steps += 1;
+                let i = rng.random_range(0..self.held.len());
+                self.end(i)?;
+                continue;
+            }
+            if self.network_busy() {
+                self.report.steps += 1;
+                self.deliver(rng.random::<u32>() as usize)?;
+                continue;
+            }
+            if let Some(t) = &self.time {
+                let due = self.next_due();
+                // Pings and pongs never stop: wait only for what the protocol needs.
+                let waiting = !self.pending.is_empty()
+                    || !t.lease_waits.is_empty()
+                    || self.sessions.iter().any(SimSession::protocol_unacked)
+                    || !self.sessions_settled();
+                if waiting {
+                    let healed = t.healed_at.unwrap_or(0);
+                    let bound = t.cfg.recovery_bound();
+                    let since = healed.max(self.progress_at);
+                    if Duration::from_nanos(self.global - since) > bound {
+                        let what: Vec<String> = self
+                            .pending
+                            .iter()
+                            .map(|(op, p)| {
+                                format!(
+                                    "op {op}: n{} {:?} {}",
+                                    p.node, p.kind, self.regions[p.region]
+                                )
+                            })
+                            .chain(t.lease_waits.iter().map(|w| {
+                                format!(
+                                    "n{} waits for a lease on {}",
+                                    w.node, self.regions[w.region]
+                                )
+                            }))
+                            .collect();
+                        return Err(self.fail(format!(
+                            "blocked: no progress for {bound:?} after every fault healed (sessions settled: {}): {}",
+                            self.sessions_settled(),
+                            what.join("; ")
+                        )));
+                    }
+                    let ms = due
+                        .map_or(5, |d| d.saturating_sub(self.global).div_ceil(1_000_000))
+                        .clamp(1, 5);
+                    self.report.steps += 1;
+                    self.tick(ms)?;
+                    continue;
+                }
+            }
+            break;
+        }
+        Ok(())
+    }
+
     fn check_agreement(&mut self) -> Check {
         for r in 0..self.regions.len() {
             let id = self.regions[r];
             let home = id.home.0 as usize;
             let snapshot = self.engines[home].inspect(id);
-            if self.model[r].deleted {
+            if self.model[r].deleted || self.model[r].lost {
                 if snapshot.is_some() {
                     return Err(self.fail(format!(
                         "{id} was deleted but its home still has it: {snapshot:?}"
@@ -1329,239 +1612,5 @@ impl Sim {
     /// The engines (for inspection).
     pub fn engines(&self) -> &[Engine] {
         &self.engines
-    }
-}
-
-fn prio(priority: u64) -> String {
-    if priority == PRIORITY_NONE {
-        String::new()
-    } else {
-        format!(" p{priority}")
-    }
-}
-
-/// A one-line description of a message for logs and traces (`GetShared r0.1`, …).
-pub fn describe_message(msg: &Message) -> String {
-    let region = msg.region().map(|r| r.to_string()).unwrap_or_default();
-    let detail = match msg {
-        Message::Data { grant, image, .. } => match image {
-            Some(i) => format!(" {grant:?} v{} ({} bytes)", i.version, i.bytes.len()),
-            None => format!(" {grant:?} upgrade"),
-        },
-        Message::RecallAck { image, .. } | Message::Flush { image, .. } => match image {
-            Some(i) => format!(" with data v{}", i.version),
-            None => String::new(),
-        },
-        Message::Recall { kind, priority, .. } => format!(" {kind:?}{}", prio(*priority)),
-        Message::GetShared { priority, .. } | Message::GetExclusive { priority, .. } => {
-            prio(*priority)
-        }
-        Message::Contend { priority, .. } => format!(" p{priority}"),
-        Message::Refused { reason, .. } => format!(" {reason:?}"),
-        Message::Hello {
-            cluster_id,
-            node,
-            epoch,
-            generation,
-            peer_epoch,
-            peer_generation,
-        } => format!(
-            "{node} cluster {cluster_id:#x} epoch {epoch}.{generation} (peer {peer_epoch}.{peer_generation})"
-        ),
-        Message::HelloAck {
-            epoch,
-            generation,
-            received,
-        } => format!(" epoch {epoch}.{generation} received {received}"),
-        Message::Ack { received } => format!(" {received}"),
-        Message::Ping { nonce } | Message::Pong { nonce } => format!(" {nonce}"),
-        Message::TxCommit {
-            txid,
-            writes,
-            deletes,
-        } => format!(
-            "tx {txid}: {} writes, {} deletes",
-            writes.len(),
-            deletes.len()
-        ),
-        Message::TxPrepare {
-            txid,
-            coordinator,
-            writes,
-            deletes,
-        } => format!(
-            "tx {txid} (coordinator {coordinator}): {} writes, {} deletes",
-            writes.len(),
-            deletes.len()
-        ),
-        Message::TxReply { txid, ok, reason } => {
-            if *ok {
-                format!("tx {txid}: ok")
-            } else {
-                format!("tx {txid}: refused: {reason}")
-            }
-        }
-        Message::TxDecide { txid, commit } => {
-            format!("tx {txid}: {}", if *commit { "commit" } else { "abort" })
-        }
-        Message::TxDone { txid } | Message::TxInquire { txid } => format!("tx {txid}"),
-        _ => String::new(),
-    };
-    format!("{} {region}{detail}", msg.kind_name())
-}
-
-/// Engines joined by per-link FIFO queues that the caller drives message by message: for
-/// scripted scenarios (tests of specific races, examples). Deterministic: [`settle`](Self::settle)
-/// delivers links in a fixed order.
-pub struct Network {
-    engines: Vec<Engine>,
-    links: BTreeMap<(usize, usize), VecDeque<Message>>,
-    events: Vec<Vec<Event>>,
-}
-
-impl Network {
-    /// `n` engines with ids 0..n and the given configuration.
-    pub fn new(n: usize, config: EngineConfig) -> Self {
-        Network {
-            engines: (0..n)
-                .map(|i| Engine::new(NodeId(i as u32), config.clone()))
-                .collect(),
-            links: BTreeMap::new(),
-            events: (0..n).map(|_| Vec::new()).collect(),
-        }
-    }
-
-    /// Node `i`'s engine. Call [`pump`](Self::pump) after driving it directly.
-    pub fn engine(&mut self, i: usize) -> &mut Engine {
-        &mut self.engines[i]
-    }
-
-    /// Replaces node `i`'s engine (e.g. to give it another configuration).
-    pub fn replace_engine(&mut self, i: usize, engine: Engine) {
-        self.engines[i] = engine;
-    }
-
-    /// Moves node `i`'s output onto the links and into its event list.
-    pub fn pump(&mut self, i: usize) {
-        while let Some(t) = self.engines[i].poll_transmit() {
-            self.links
-                .entry((i, t.to.0 as usize))
-                .or_default()
-                .push_back(t.msg);
-        }
-        while let Some(e) = self.engines[i].poll_event() {
-            self.events[i].push(e);
-        }
-    }
-
-    /// The next message on link `from → to`.
-    pub fn peek(&self, from: usize, to: usize) -> Option<&Message> {
-        self.links.get(&(from, to)).and_then(|l| l.front())
-    }
-
-    /// Messages in flight on link `from → to`.
-    pub fn in_flight(&self, from: usize, to: usize) -> usize {
-        self.links.get(&(from, to)).map_or(0, |l| l.len())
-    }
-
-    /// Delivers the head of link `from → to` and returns it.
-    ///
-    /// # Panics
-    /// If nothing is in flight there or the receiver reports a protocol violation.
-    pub fn deliver(&mut self, from: usize, to: usize) -> Message {
-        let msg = self
-            .links
-            .get_mut(&(from, to))
-            .and_then(|l| l.pop_front())
-            .unwrap_or_else(|| panic!("nothing in flight n{from} -> n{to}"));
-        self.engines[to]
-            .handle_message(NodeId(from as u32), msg.clone())
-            .unwrap_or_else(|v| panic!("protocol violation: {v}"));
-        self.pump(to);
-        msg
-    }
-
-    /// Delivers everything (lowest link first) until nothing is in flight; returns what was
-    /// delivered, as `(from, to, message)`.
-    pub fn settle(&mut self) -> Vec<(usize, usize, Message)> {
-        let mut delivered = Vec::new();
-        while let Some((&(from, to), _)) = self.links.iter().find(|(_, l)| !l.is_empty()) {
-            let msg = self.deliver(from, to);
-            delivered.push((from, to, msg));
-        }
-        delivered
-    }
-
-    /// Takes the grant of `op` at node `node`, if it happened.
-    pub fn granted(&mut self, node: usize, op: OpId) -> Option<Access> {
-        let pos = self.events[node]
-            .iter()
-            .position(|e| matches!(e, Event::Granted { op: o, .. } if *o == op))?;
-        match self.events[node].remove(pos) {
-            Event::Granted { access, .. } => Some(access),
-            _ => None,
-        }
-    }
-
-    /// Takes the completion of `op` at node `node`, if it happened.
-    pub fn completed(&mut self, node: usize, op: OpId) -> Option<Result<(), OpError>> {
-        let pos = self.events[node]
-            .iter()
-            .position(|e| matches!(e, Event::Completed { op: o, .. } if *o == op))?;
-        match self.events[node].remove(pos) {
-            Event::Completed { result, .. } => Some(result),
-            _ => None,
-        }
-    }
-
-    /// Takes the [`Event::Wanted`] reports of node `node` so far, as `(region, priority)`.
-    pub fn take_wanted(&mut self, node: usize) -> Vec<(RegionId, u64)> {
-        let mut wanted = Vec::new();
-        self.events[node].retain(|e| match e {
-            Event::Wanted { region, priority } => {
-                wanted.push((*region, *priority));
-                false
-            }
-            _ => true,
-        });
-        wanted
-    }
-
-    /// Takes the [`Event::CopyLost`] reports of node `node` so far.
-    pub fn take_lost(&mut self, node: usize) -> Vec<RegionId> {
-        let mut lost = Vec::new();
-        self.events[node].retain(|e| match e {
-            Event::CopyLost { region } => {
-                lost.push(*region);
-                false
-            }
-            _ => true,
-        });
-        lost
-    }
-
-    /// Whether node `node` has an event (of any kind) for `op` not yet taken.
-    pub fn has_event_for(&self, node: usize, op: OpId) -> bool {
-        self.events[node].iter().any(|e| e.op() == Some(op))
-    }
-
-    /// Restarts node `i` as `engine` (its next incarnation): messages in flight to or from it
-    /// are lost, its untaken events are dropped, and every other engine is told
-    /// ([`Engine::peer_restarted`]) before anything else happens.
-    pub fn restart(&mut self, i: usize, engine: Engine) {
-        self.links.retain(|&(from, to), _| from != i && to != i);
-        self.events[i].clear();
-        self.engines[i] = engine;
-        for n in 0..self.engines.len() {
-            if n != i {
-                self.engines[n].peer_restarted(NodeId(i as u32));
-                self.pump(n);
-            }
-        }
-    }
-
-    /// The protocol state of `id` at `node`.
-    pub fn inspect(&self, node: usize, id: RegionId) -> Option<EntrySnapshot> {
-        self.engines[node].inspect(id)
     }
 }
