@@ -37,6 +37,15 @@
 //! transactions wait for (it is never wounded). Plain writes are coherent but not durable:
 //! they reach the log only when a later transaction commits the region.
 //!
+//! # Dropped transactions
+//! The future of [`Node::transaction`] may be dropped at any await (a `timeout`, a `select!`,
+//! an aborted task, a panic in the closure). The attempt is then aborted as if the closure had
+//! failed: the before-images are restored, every lock is released, a wait in the lock table is
+//! withdrawn, and the regions it created are deleted (by a spawned task). A commit that has
+//! begun runs in a task of its own and ends (committed or aborted) on its own, never half
+//! applied; the dropped caller just does not learn the outcome. Its commit also checks that
+//! every lease on the copies it holds is still valid (DESIGN.md §6, rule 2), or it retries.
+//!
 //! # Commit protocol (`txn/commit.rs`)
 //!
 //! **Without a data dir** committing only releases the locks: the transaction is atomic and
@@ -492,7 +501,15 @@ impl Tx {
             return Ok(a);
         }
         node.locks().wait(region, shared);
+        // If this future is dropped while it waits, the lock table must forget the wait and the
+        // hold (the transaction never got the region).
+        let waiting = WaitGuard {
+            node,
+            region,
+            shared,
+        };
         let r = node.run_access(region, mode, shared).await;
+        std::mem::forget(waiting);
         node.locks().stop_waiting(region, shared);
         match r {
             Ok(a) => Ok(a),
@@ -552,13 +569,24 @@ impl Tx {
     /// Returns the regions to delete after a commit and the regions created (to delete after
     /// an abort).
     fn release(&self, commit: bool) -> (Vec<RegionId>, Vec<RegionId>) {
-        let mut st = self.inner.state.lock();
+        self.inner.release(commit)
+    }
+
+    fn is_doomed(&self) -> bool {
+        self.inner.state.lock().doomed.is_some() || self.inner.shared.is_wounded()
+    }
+}
+
+impl TxInner {
+    /// See [`Tx::release`].
+    fn release(&self, commit: bool) -> (Vec<RegionId>, Vec<RegionId>) {
+        let mut st = self.state.lock();
         st.finished = true;
         let held = std::mem::take(&mut st.held);
         let deletes = std::mem::take(&mut st.deletes);
         drop(st);
         let mut created = Vec::new();
-        let locks = self.inner.node.locks();
+        let locks = self.node.locks();
         for mut h in held {
             if !commit
                 && let (Some(before), Some(access)) = (&h.before, h.access.as_mut())
@@ -571,13 +599,58 @@ impl Tx {
                 created.push(h.region);
             }
             drop(h.access.take());
-            locks.release(h.region, &self.inner.shared);
+            locks.release(h.region, &self.shared);
         }
         (if commit { deletes } else { Vec::new() }, created)
     }
+}
 
-    fn is_doomed(&self) -> bool {
-        self.inner.state.lock().doomed.is_some() || self.inner.shared.is_wounded()
+/// A transaction dropped before it ended (its future was dropped by a timeout, a `select!`, an
+/// aborted task, or a panic in the closure) is aborted here: before-images restored, locks
+/// released, and the regions it created deleted (by a spawned task, if a runtime is there). A
+/// commit that had begun runs in its own task, which holds the transaction until it ends.
+impl Drop for TxInner {
+    fn drop(&mut self) {
+        if self.state.get_mut().finished {
+            return;
+        }
+        let (_, created) = self.release(false);
+        debug!(node = %self.node.id(), "a transaction was dropped before it ended: aborted");
+        if created.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let node = self.node.clone();
+                rt.spawn(async move {
+                    for id in created {
+                        if let Err(e) = node.delete(id).await {
+                            debug!(region = %id, "deleting a region a dropped transaction created: {e}");
+                        }
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    regions = created.len(),
+                    "a transaction dropped outside a runtime leaves the regions it created"
+                );
+            }
+        }
+    }
+}
+
+/// Undoes a lock-table wait and hold when an acquisition's future is dropped.
+struct WaitGuard<'a> {
+    node: &'a Node,
+    region: RegionId,
+    shared: &'a Arc<TxShared>,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.node.locks().stop_waiting(self.region, self.shared);
+        self.node.locks().release(self.region, self.shared);
     }
 }
 
@@ -654,7 +727,7 @@ pub(crate) async fn settle<T, E: From<Error>>(
     let node = tx.inner.node.clone();
     let counters = node.tx_counters();
     match result {
-        Ok(value) => match commit::commit(tx).await {
+        Ok(value) => match commit_in_own_task(tx).await {
             Ok(()) => {
                 counters.committed.fetch_add(1, Ordering::Relaxed);
                 return Settled::Done(Ok(value));
@@ -678,6 +751,19 @@ pub(crate) async fn settle<T, E: From<Error>>(
     }
     counters.retried.fetch_add(1, Ordering::Relaxed);
     Settled::Retry
+}
+
+/// Commits in a task of its own: if the caller's future is dropped, the commit still
+/// finishes (or aborts) as a whole, never half applied.
+async fn commit_in_own_task(tx: &Tx) -> Result<(), CommitFailure> {
+    let committing = tx.clone();
+    tokio::spawn(async move { commit::commit(&committing).await })
+        .await
+        .unwrap_or_else(|e| {
+            Err(CommitFailure::Fatal(Error::ProtocolViolation(format!(
+                "the commit task failed: {e}"
+            ))))
+        })
 }
 
 /// Aborts: restores, releases, deletes what the transaction created.
