@@ -189,3 +189,38 @@ async fn a_panic_in_the_closure_undoes_its_writes() {
     assert_eq!(h.start_read().await.unwrap().n, 6);
     cluster.shutdown().await;
 }
+
+/// A closure that swallows the error of a doomed transaction (here: its region changed
+/// between its read and its write) and returns `Ok` must not commit: the read lock was let go.
+/// The commit refuses and the transaction runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doomed_transaction_whose_closure_swallowed_the_error_does_not_commit() {
+    let cluster = Cluster::local(2).await.unwrap();
+    let a = cluster.node(0).clone();
+    let h = a.create(Counter { n: 0 }).await.unwrap();
+    let at1 = cluster.node(1).map::<Counter>(h.id()).await.unwrap();
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    a.transaction(async |tx| {
+        let first = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        let _seen = tx.read(&h).await?.n;
+        if first {
+            // Node 1 queues a write behind this read; the upgrade below lets it in first.
+            let at1 = at1.clone();
+            tokio::spawn(async move {
+                at1.start_write().await.unwrap().n = 100;
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = tx.write(&h).await.map(|_| ());
+            assert!(matches!(r, Err(Error::Wounded)), "{r:?}");
+            return Ok(()); // the error is swallowed
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        attempts.into_inner() >= 2,
+        "a doomed attempt committed after its closure swallowed the error"
+    );
+    cluster.shutdown().await;
+}

@@ -398,6 +398,14 @@ impl Durability {
 pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
     let node = tx.inner.node.clone();
     tx.inner.shared.begin_commit();
+    // A doomed transaction (wounded, or a region changed under an upgrade) may have let a lock
+    // go even if its closure swallowed the error and returned `Ok`: it must not commit.
+    if tx.is_doomed() {
+        super::abort(tx).await;
+        return Err(CommitFailure::Retry(
+            "the transaction was doomed before its commit".into(),
+        ));
+    }
     // The commit is the transaction's serialization point: every copy it holds must still be
     // under a valid lease now, or its home may have reclaimed it (DESIGN.md §6, rule 2).
     if let Some(home) = tx.held_homes().into_iter().find(|&h| !node.lease_valid(h)) {
