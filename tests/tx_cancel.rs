@@ -224,3 +224,79 @@ async fn a_doomed_transaction_whose_closure_swallowed_the_error_does_not_commit(
     );
     cluster.shutdown().await;
 }
+
+/// A transaction that read a copy of a home which then restarted must not commit on that read
+/// (issue 9), even without leases (`peer_timeout = None`): the read lock died with the home's
+/// old incarnation, and another transaction may have written the region since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_holding_a_copy_of_a_restarted_home_does_not_commit() {
+    let base = std::env::temp_dir().join(format!("crl-tx-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dirs = base.clone();
+    let mut cluster = Cluster::local_with(3, move |c| {
+        c.peer_timeout = None;
+        c.data_dir = Some(dirs.join(format!("n{}", c.node.0)));
+    })
+    .await
+    .unwrap();
+    let a = cluster.node(0).create(Counter { n: 1 }).await.unwrap().id();
+    let b = cluster.node(1).create(Counter { n: 0 }).await.unwrap().id();
+    let n1 = cluster.node(1).clone();
+    let (read_done, read_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_on, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let txn = tokio::spawn(async move {
+        let (ha, hb) = (
+            n1.map::<Counter>(a).await.unwrap(),
+            n1.map::<Counter>(b).await.unwrap(),
+        );
+        let signals = parking_lot::Mutex::new(Some((read_done, go_rx)));
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        n1.transaction(async |tx| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let seen = tx.read(&ha).await?.n;
+            tx.write(&hb).await?.n = seen;
+            let first = signals.lock().take();
+            if let Some((read_done, go_rx)) = first {
+                // Home 0 restarts and `a` is written meanwhile; nothing of this transaction
+                // blocks afterwards, so only its commit can notice.
+                read_done.send(()).unwrap();
+                go_rx.await.unwrap();
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        let committed = hb.start_read().await.unwrap().n;
+        (attempts.into_inner(), committed)
+    });
+    read_rx.await.unwrap();
+    cluster.restart(0).await.unwrap();
+    // Node 2 commits a = 2 at the new incarnation of home 0.
+    let n2 = cluster.node(2).clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Until node 2 learns of the restart, what it asks fails with `HomeRestarted`.
+        let r = match n2.map::<Counter>(a).await {
+            Ok(h2) => {
+                n2.transaction(async |tx| {
+                    tx.write(&h2).await?.n = 2;
+                    Ok::<_, Error>(())
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    }
+    go_on.send(()).unwrap();
+    let (attempts, committed) = txn.await.unwrap();
+    assert_eq!(
+        committed, 2,
+        "committed a read of `a` from before its home restarted ({attempts} attempts)"
+    );
+    cluster.shutdown().await;
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -1154,6 +1154,11 @@ fn forget_incarnation(node: &Node, peer: NodeId, reconnect: bool, reset: PeerRes
     {
         let mut st = inner.state.lock();
         st.engine.peer_reset(peer, reset);
+        // Transactions here that hold copies of its regions lost those locks with the session.
+        let doomed = inner.locks.home_reset(peer);
+        if doomed > 0 {
+            info!(node = %inner.id, %peer, doomed, "transactions holding the peer's regions must retry");
+        }
         st.flush(&inner.transport, &inner.locks);
         if reconnect {
             // Under the engine lock: nothing meant for the old incarnation can be queued
@@ -1508,10 +1513,14 @@ impl Cluster {
         &self.ca
     }
 
-    /// Shuts every node down.
+    /// Shuts every node down, all at once.
     pub async fn shutdown(&self) {
+        // All at once: each node's transport waits (bounded) for its connections to close.
+        let mut stopping = tokio::task::JoinSet::new();
         for node in &self.nodes {
-            node.shutdown().await;
+            let node = node.clone();
+            stopping.spawn(async move { node.shutdown().await });
         }
+        while stopping.join_next().await.is_some() {}
     }
 }

@@ -398,9 +398,11 @@ impl Durability {
 pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
     let node = tx.inner.node.clone();
     tx.inner.shared.begin_commit();
-    // A doomed transaction (wounded, or a region changed under an upgrade) may have let a lock
-    // go even if its closure swallowed the error and returned `Ok`: it must not commit.
-    if tx.is_doomed() {
+    // A doomed transaction (one of its operations failed: wounded, a region changed under an
+    // upgrade, a home restarted) may have let a lock go even if its closure swallowed the
+    // error and returned `Ok`: it must not commit. (A wound no operation observed stops
+    // nothing: the transaction still holds every lock, and committing releases them.)
+    if tx.has_failed_operation() || tx.inner.shared.lost_a_lock() {
         super::abort(tx).await;
         return Err(CommitFailure::Retry(
             "the transaction was doomed before its commit".into(),

@@ -51,6 +51,8 @@ pub(crate) struct TxShared {
     pub(crate) priority: u64,
     wounded: AtomicBool,
     committing: AtomicBool,
+    /// A home of a region it holds restarted or was fenced: its lock on that region is gone.
+    lost_a_lock: AtomicBool,
     wake: Notify,
 }
 
@@ -60,6 +62,7 @@ impl TxShared {
             priority,
             wounded: AtomicBool::new(false),
             committing: AtomicBool::new(false),
+            lost_a_lock: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -73,6 +76,11 @@ impl TxShared {
             self.wake.notify_waiters();
         }
         true
+    }
+
+    /// Whether a home of a region it holds restarted or was fenced since it took the lock.
+    pub(crate) fn lost_a_lock(&self) -> bool {
+        self.lost_a_lock.load(Ordering::Acquire)
     }
 
     /// Whether the transaction was wounded.
@@ -115,6 +123,26 @@ pub(crate) struct LockTable {
 }
 
 impl LockTable {
+    /// The session with `home` ended (it restarted, or a fence): every local transaction that
+    /// holds one of its regions lost that lock with the old session. Each is marked (its commit
+    /// refuses) and wounded (it aborts at its next blocking point); returns how many.
+    pub(crate) fn home_reset(&self, home: NodeId) -> usize {
+        let regions = self.regions.lock();
+        let mut n = 0;
+        for (region, locks) in regions.iter() {
+            if region.home != home {
+                continue;
+            }
+            for h in &locks.holders {
+                if !h.lost_a_lock.swap(true, Ordering::AcqRel) {
+                    n += 1;
+                }
+                h.wound();
+            }
+        }
+        n
+    }
+
     /// Wounds the holders of `region` younger than `priority`; returns how many.
     pub(crate) fn wound_younger(&self, region: RegionId, priority: u64) -> usize {
         let regions = self.regions.lock();

@@ -575,6 +575,11 @@ impl Tx {
     fn is_doomed(&self) -> bool {
         self.inner.state.lock().doomed.is_some() || self.inner.shared.is_wounded()
     }
+
+    /// Whether one of its operations failed in a way that dooms it (see `doom`).
+    fn has_failed_operation(&self) -> bool {
+        self.inner.state.lock().doomed.is_some()
+    }
 }
 
 impl TxInner {
