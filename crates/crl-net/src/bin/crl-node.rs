@@ -8,7 +8,9 @@
 //! crl-node log repair --data-dir D --cut-at GEN:OFFSET              # cuts the log there, keeping a copy
 //! ```
 //!
-//! The cluster file's format is described in `crl_net::config`; the log's rules (torn tail
+//! `run` logs to stderr through `tracing-subscriber`; `RUST_LOG` filters it (default `info`,
+//! for example `RUST_LOG=crl_net=debug`). The cluster file's format is described in
+//! `crl_net::config`; the log's rules (torn tail
 //! versus corruption) in `crl_core::durable`. Exit codes: 0 on success (and on a clean
 //! shutdown after SIGINT/SIGTERM, and for `log verify` on a log that recovery accepts), 1 on
 //! a runtime error such as a bad configuration, or corruption found by `log verify`, 2 on a
@@ -337,7 +339,19 @@ fn create_dir(what: &str, dir: &Path) -> Result<(), Failure> {
     })
 }
 
+/// Sends the library's `tracing` events to stderr, filtered by `RUST_LOG` (default `info`):
+/// warnings such as fences, lost copies or refused peers reach the operator.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run_node(args: &RunArgs) -> Result<(), Failure> {
+    init_logging();
     let config = NodeConfig::from_file(&args.config, NodeId(args.id))
         .map_err(|e| Failure::new(format!("crl-node: bad configuration: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
