@@ -221,6 +221,12 @@ impl Durability {
             Message::TxReply { txid, ok, reason } => {
                 let mut voting = self.voting.lock();
                 if let Some(v) = voting.get_mut(&txid) {
+                    if !v.waiting.contains(&from) {
+                        // Not a participant, or one that has voted already: an authenticated
+                        // peer still may not decide another node's transaction.
+                        warn!(%from, txid, ok, "ignoring a vote from a node that owes none");
+                        return;
+                    }
                     if !ok {
                         if let Some(r) = v.reply.take() {
                             let _ = r.send(Err(format!("{from} voted no: {reason}")));
@@ -297,9 +303,16 @@ impl Durability {
             );
         };
         if coordinator != from {
+            warn!(%from, txid, %coordinator, "refusing a prepare for another coordinator");
             return refuse(format!(
                 "prepare from {from} names coordinator {coordinator}"
             ));
+        }
+        if writes.is_empty() && deletes.is_empty() {
+            // Nothing to make durable: a correct coordinator never sends one, and storing it
+            // would let any peer grow this node's log and in-doubt table for free.
+            warn!(%from, txid, "refusing an empty prepare");
+            return refuse("an empty prepare".into());
         }
         let me = node.id();
         let regions: Vec<RegionId> = writes
@@ -565,3 +578,93 @@ async fn finish(tx: &Tx, node: &Node) -> Result<(), CommitFailure> {
 
 /// How often a restarting participant asks again about its in-doubt transactions.
 pub(crate) const IN_DOUBT_RESEND: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    //! Hostile transaction messages from authenticated peers (issue 9): refused and logged,
+    //! never stored or obeyed.
+    use super::*;
+    use crate::node::Cluster;
+
+    async fn durable_cluster(name: &str) -> (Cluster, std::path::PathBuf) {
+        let base = std::env::temp_dir().join(format!("crl-hostile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dirs = base.clone();
+        let cluster = Cluster::local_with(3, move |c| {
+            c.data_dir = Some(dirs.join(format!("n{}", c.node.0)));
+        })
+        .await
+        .unwrap();
+        (cluster, base)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_prepare_is_refused_and_not_logged() {
+        let (cluster, base) = durable_cluster("empty").await;
+        let (n0, n1) = (cluster.node(0), cluster.node(1));
+        for txid in 1..=20 {
+            n1.send(
+                n0.id(),
+                Message::TxPrepare {
+                    txid,
+                    coordinator: n1.id(),
+                    writes: Vec::new(),
+                    deletes: Vec::new(),
+                },
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let prepared = n0.durability().unwrap().prepared.lock().len();
+        assert_eq!(
+            prepared, 0,
+            "empty prepares were stored as in-doubt transactions"
+        );
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vote_from_a_node_outside_the_transaction_is_ignored() {
+        let (cluster, base) = durable_cluster("vote").await;
+        let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+        let d = n0.durability().unwrap();
+        let txid = d.next_txid();
+        let (reply, mut votes) = oneshot::channel();
+        d.voting.lock().insert(
+            txid,
+            Voting {
+                waiting: [n1.id()].into_iter().collect(),
+                reply: Some(reply),
+            },
+        );
+        // Node 2 is not a participant: its "no" must not abort the transaction.
+        n2.send(
+            n0.id(),
+            Message::TxReply {
+                txid,
+                ok: false,
+                reason: "not mine to say".into(),
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            votes.try_recv().is_err(),
+            "a non-participant's vote decided the transaction"
+        );
+        n1.send(
+            n0.id(),
+            Message::TxReply {
+                txid,
+                ok: true,
+                reason: String::new(),
+            },
+        );
+        let vote = tokio::time::timeout(Duration::from_secs(5), votes)
+            .await
+            .expect("the participant's vote")
+            .unwrap();
+        assert_eq!(vote, Ok(()));
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
