@@ -1296,30 +1296,10 @@ impl<T: Region> Handle<T> {
         {
             return Ok(g);
         }
-        let id = self.id();
-        let deadline = tokio::time::Instant::now() + self.inner.node.inner.op_timeout;
-        loop {
-            let g = match self
-                .inner
-                .node
-                .run_op("read", id, |engine, op| {
-                    Ok(granted(engine.start_read(id, op)?))
-                })
-                .await?
-            {
-                Outcome::Granted(access) => access.read(&self.inner.cell),
-                Outcome::Done(r) => {
-                    return Err(r.err().map(Error::from).unwrap_or(Error::ProtocolViolation(
-                        "read completed without access".into(),
-                    )));
-                }
-            };
-            if self.lease_valid() {
-                return Ok(g);
-            }
-            drop(g);
-            self.inner.node.wait_for_lease("read", id, deadline).await?;
-        }
+        Ok(self
+            .slow_access(AccessMode::Read)
+            .await?
+            .read(&self.inner.cell))
     }
 
     /// Starts a write: at once if this node holds the only copy (a hit), otherwise after
@@ -1331,32 +1311,45 @@ impl<T: Region> Handle<T> {
         {
             return Ok(g);
         }
+        Ok(self
+            .slow_access(AccessMode::Write)
+            .await?
+            .write(&self.inner.cell))
+    }
+
+    /// A miss: the access through the engine, used only under a valid lease from the home
+    /// (checked after it is granted; a lapsed one is waited for, within the op timeout).
+    async fn slow_access(&self, mode: AccessMode) -> Result<Access, Error> {
+        let what = match mode {
+            AccessMode::Read => "read",
+            AccessMode::Write => "write",
+        };
         let id = self.id();
         let deadline = tokio::time::Instant::now() + self.inner.node.inner.op_timeout;
         loop {
-            let g = match self
+            let access = match self
                 .inner
                 .node
-                .run_op("write", id, |engine, op| {
-                    Ok(granted(engine.start_write(id, op)?))
+                .run_op(what, id, |engine, op| {
+                    Ok(granted(match mode {
+                        AccessMode::Read => engine.start_read(id, op)?,
+                        AccessMode::Write => engine.start_write(id, op)?,
+                    }))
                 })
                 .await?
             {
-                Outcome::Granted(access) => access.write(&self.inner.cell),
+                Outcome::Granted(access) => access,
                 Outcome::Done(r) => {
-                    return Err(r.err().map(Error::from).unwrap_or(Error::ProtocolViolation(
-                        "write completed without access".into(),
-                    )));
+                    return Err(r.err().map(Error::from).unwrap_or_else(|| {
+                        Error::ProtocolViolation(format!("{what} completed without access"))
+                    }));
                 }
             };
             if self.lease_valid() {
-                return Ok(g);
+                return Ok(access);
             }
-            drop(g);
-            self.inner
-                .node
-                .wait_for_lease("write", id, deadline)
-                .await?;
+            drop(access);
+            self.inner.node.wait_for_lease(what, id, deadline).await?;
         }
     }
 
