@@ -450,3 +450,105 @@ async fn durable_transactions_recover_from_a_long_cut() {
         "nodes 0 and 2 were blocked for {stall:?}"
     );
 }
+
+/// A writer that homes none of the regions it wrote is cut off in the middle of its commit,
+/// with the homes prepared (the CI run of 2026-11-25 caught this in
+/// `durable_transactions_recover_from_a_long_cut`): the homes must not wait for the cut to
+/// heal. Before the fix the writer decided, so a prepared home held the regions for the
+/// writer until it came back (2PC blocking on a client); now a home decides, and the others
+/// resolve with it as soon as they fenced the silent writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cut_off_mid_commit_blocks_no_home() {
+    const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+    const CUT: Duration = Duration::from_secs(20);
+    let base = std::env::temp_dir().join(format!("crl-cuts-mid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dirs = base.clone();
+    let cluster = Cluster::local_with(3, move |c| {
+        c.op_timeout = OP_TIMEOUT;
+        c.peer_timeout = Some(PEER_TIMEOUT);
+        c.data_dir = Some(dirs.join(format!("n{}", c.node.0)));
+        if c.node.0 == 1 {
+            c.tx_fault = Some(crl::net::txn::TxFault::StallMidCommit(Duration::from_secs(
+                1,
+            )));
+        }
+    })
+    .await
+    .unwrap();
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    let a = n0.create(Account { balance: 0 }).await.unwrap().id();
+    let b = cluster
+        .node(2)
+        .create(Account { balance: 0 })
+        .await
+        .unwrap()
+        .id();
+    let writer = {
+        let n1 = n1.clone();
+        tokio::spawn(async move {
+            let (ha, hb) = (n1.map::<Account>(a).await?, n1.map::<Account>(b).await?);
+            n1.transaction(async |tx| {
+                tx.write(&ha).await?.balance += 10;
+                tx.write(&hb).await?.balance += 10;
+                Ok::<_, Error>(())
+            })
+            .await
+        })
+    };
+    // The writer holds both regions, its prepares are out, and it stalls: cut it off.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.faults(1).cut();
+    let cut_at = Instant::now();
+    // Node 0 moves money between the same two accounts: it must get both regions back long
+    // before the cut heals (after the fence, at about 1.1 × the peer timeout).
+    let (ha, hb) = (
+        n0.map::<Account>(a).await.unwrap(),
+        n0.map::<Account>(b).await.unwrap(),
+    );
+    let took = loop {
+        let r = n0
+            .transaction(async |tx| {
+                tx.write(&ha).await?.balance += 1;
+                tx.write(&hb).await?.balance += 1;
+                Ok::<_, Error>(())
+            })
+            .await;
+        if r.is_ok() {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < CUT,
+            "node 0 could not commit until the cut healed: {r:?}"
+        );
+    };
+    let blocked_within = PEER_TIMEOUT * 2 + OP_TIMEOUT * 2;
+    println!("node 0 committed {took:?} into the cut of the writer");
+    tokio::time::sleep(CUT.saturating_sub(cut_at.elapsed())).await;
+    cluster.faults(1).heal();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the cut-off writer's transaction ended")
+        .unwrap();
+    println!("the cut-off writer's transaction ended with {outcome:?}");
+    let (va, vb) = n0
+        .transaction(async |tx| {
+            Ok::<_, Error>((tx.read(&ha).await?.balance, tx.read(&hb).await?.balance))
+        })
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+    let _ = std::fs::remove_dir_all(&base);
+    assert_eq!(
+        va, vb,
+        "the writer's transaction was applied at one home only"
+    );
+    assert!(va == 1 || va == 11, "unexpected balances {va}");
+    if outcome.is_ok() {
+        assert_eq!(va, 11, "an acknowledged commit was lost");
+    }
+    assert!(
+        took < blocked_within,
+        "node 0 was blocked for {took:?} by a cut-off writer (bound {blocked_within:?})"
+    );
+}

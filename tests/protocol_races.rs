@@ -882,6 +882,7 @@ fn transaction_messages_are_not_engine_messages() {
             txid: 1,
             writes: vec![],
             deletes: vec![],
+            participants: vec![],
         },
         Message::TxDecide {
             txid: 1,

@@ -192,6 +192,21 @@ pub enum Error {
         /// How long it waited.
         after: Duration,
     },
+    /// A transaction handed to a deciding home (it wrote nothing homed at this node) got no
+    /// answer in time: it **may have committed**. Its locks stay held until the answer
+    /// arrives (the node keeps asking); read the regions again to learn the outcome before
+    /// retrying a write that is not idempotent.
+    #[error(
+        "commit of transaction {txid:#x}: no outcome from deciding home {decider} after {after:?} (it may have committed)"
+    )]
+    CommitOutcomeUnknown {
+        /// The transaction.
+        txid: u64,
+        /// The home that decides it.
+        decider: NodeId,
+        /// How long the commit waited.
+        after: Duration,
+    },
     /// After a restart, transactions prepared here stayed in doubt: their coordinators did not
     /// answer in time. The node refuses to serve their regions with a guessed outcome.
     #[error("{count} transaction(s) still in doubt after {after:?} (coordinators unreachable)")]
@@ -378,6 +393,7 @@ impl Node {
         socket: Arc<dyn quinn::AsyncUdpSocket>,
     ) -> Result<Node, Error> {
         let id = config.node;
+        let vote_timeout = config.op_timeout;
         // Recover first: the epoch goes into every hello.
         let (durability, recovered) = match &config.data_dir {
             Some(dir) => {
@@ -398,7 +414,10 @@ impl Node {
                     "recovered in {:?}",
                     rec.report.elapsed
                 );
-                (Some(Arc::new(Durability::new(store, id))), Some(rec))
+                (
+                    Some(Arc::new(Durability::new(store, id, vote_timeout))),
+                    Some(rec),
+                )
             }
             None => (None, None),
         };
@@ -1062,20 +1081,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                             match &inner.durability {
                                 Some(d) => {
                                     d.handle(&node, from, msg);
-                                    if restarting.contains_key(&from) && d.prepared_by(from) == 0 {
-                                        let (reset, held) = restarting
-                                            .remove(&from)
-                                            .unwrap_or((PeerReset::Restarted, Vec::new()));
-                                        forget_incarnation(&node, from, false, reset);
-                                        for msg in held {
-                                            // A recall ack answers a recall meant for the old
-                                            // incarnation's copy, which the line above counted
-                                            // as acknowledged already.
-                                            if !matches!(msg, Message::RecallAck { .. }) {
-                                                handle_protocol(&inner, from, msg);
-                                            }
-                                        }
-                                    }
+                                    release_resolved(&node, d, &mut restarting);
                                 }
                                 None => refuse_transaction(&node, from, msg),
                             }
@@ -1102,7 +1108,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                             let waiting = inner
                                 .durability
                                 .as_ref()
-                                .map_or(0, |d| d.prepared_by(peer));
+                                .map_or(0, |d| d.holding(peer));
                             // Leases and pings start again only once the transport has
                             // dropped the old session (`restart_handled`, in both branches
                             // below): a ping queued before would be dropped with it.
@@ -1116,14 +1122,15 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                     let _engine = inner.state.lock();
                                     inner.transport.restart_handled(peer);
                                 }
-                                // Transactions it coordinated are prepared here: until it says
-                                // how they ended, the regions they wrote must keep their old
-                                // owner (the restarted peer), or the home would serve contents
-                                // that miss a committed write. Its messages wait meanwhile.
-                                info!(node = %inner.id, %peer, waiting, "resolving its prepared transactions first");
+                                // Transactions it wrote are prepared (or being decided) here:
+                                // until their coordinator says how they ended, the regions they
+                                // wrote must keep their old holder (the peer's old session), or
+                                // the home would serve contents that miss a committed write.
+                                // Its messages wait meanwhile.
+                                info!(node = %inner.id, %peer, waiting, "resolving the transactions it wrote first");
                                 restarting.entry(peer).or_insert((reset, Vec::new()));
                                 if let Some(d) = &inner.durability {
-                                    d.inquire_prepared_by(&node, peer);
+                                    d.inquire_after_reset(&node, peer);
                                 }
                             }
                             if let Some(l) = &inner.liveness {
@@ -1137,12 +1144,47 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                     }
                 }
             }
+            _ = async { match &inner.durability {
+                Some(d) => d.resolved().await,
+                None => std::future::pending().await,
+            } } => {
+                if let Some(d) = &inner.durability {
+                    release_resolved(&node, d, &mut restarting);
+                }
+            }
             _ = inner.drained.notified() => {
                 let mut st = inner.state.lock();
                 st.engine.process_drained();
                 st.flush(&inner.transport, &inner.locks);
             }
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Forgets the old sessions of the peers held back until the transactions they wrote were
+/// decided, once none is left, and handles their held-back messages.
+fn release_resolved(
+    node: &Node,
+    d: &Durability,
+    restarting: &mut HashMap<NodeId, (PeerReset, Vec<Message>)>,
+) {
+    let done: Vec<NodeId> = restarting
+        .keys()
+        .copied()
+        .filter(|&p| d.holding(p) == 0)
+        .collect();
+    for peer in done {
+        let Some((reset, held)) = restarting.remove(&peer) else {
+            continue;
+        };
+        forget_incarnation(node, peer, false, reset);
+        for msg in held {
+            // A recall ack answers a recall meant for the old incarnation's copy, which the
+            // line above counted as acknowledged already.
+            if !matches!(msg, Message::RecallAck { .. }) {
+                handle_protocol(&node.inner, peer, msg);
+            }
         }
     }
 }
@@ -1219,6 +1261,9 @@ async fn resend_decisions(node: Node) {
         }
         for (txid, coordinator) in d.in_doubt() {
             node.send(coordinator, Message::TxInquire { txid });
+        }
+        for (txid, decider) in d.overdue() {
+            node.send(decider, Message::TxInquire { txid });
         }
     }
 }

@@ -49,8 +49,9 @@ pub fn describe_message(msg: &Message) -> String {
             txid,
             writes,
             deletes,
+            participants,
         } => format!(
-            "tx {txid}: {} writes, {} deletes",
+            "tx {txid}: {} writes, {} deletes, participants {participants:?}",
             writes.len(),
             deletes.len()
         ),

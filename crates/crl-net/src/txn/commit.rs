@@ -36,7 +36,7 @@
 //! - **Failure of the log** (an fsync error) is fatal for that store: the commit fails with
 //!   [`Error::LogFailed`], later commits fail at once; nothing is retried silently.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,8 +53,73 @@ use crate::node::{Error, Node};
 
 /// A prepared transaction at a participant home, waiting for the decision.
 struct Prepared {
+    /// Who decides (and is asked after a crash or a fence).
     coordinator: NodeId,
+    /// Who shipped the images (holds the regions exclusively until the decision).
+    writer: NodeId,
     writes: Vec<(RegionId, Vec<u8>)>,
+}
+
+/// A transaction a writer handed to this node to decide (`TxCommit` from a writer that homes
+/// none of the regions it wrote): this node is a participant and the coordinator.
+struct Delegated {
+    writer: NodeId,
+    /// The other homes, prepared with this node as coordinator.
+    participants: Vec<NodeId>,
+    /// Participants whose vote has not arrived.
+    waiting: HashSet<NodeId>,
+    writes: Vec<(RegionId, Vec<u8>)>,
+    deletes: Vec<RegionId>,
+}
+
+/// A writer's transaction handed to a deciding home, waiting for its outcome.
+struct Awaiting {
+    decider: NodeId,
+    since: std::time::Instant,
+    reply: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Votes per transaction (voter, yes, reason), oldest transaction first.
+type EarlyVotes = (VecDeque<u64>, HashMap<u64, Vec<(NodeId, bool, String)>>);
+
+/// The most votes kept for transactions whose `TxCommit` has not arrived yet.
+const MAX_EARLY_VOTES: usize = 4096;
+/// The most transaction ids remembered as aborted by an inquiry (so that a `TxCommit` that
+/// arrives after the answer is refused).
+const MAX_PRESUMED_ABORTS: usize = 65_536;
+/// The most participants one `TxCommit` may name.
+const MAX_PARTICIPANTS: usize = 1024;
+
+/// A set of transaction ids that forgets the oldest past `cap` entries.
+struct BoundedSet {
+    cap: usize,
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl BoundedSet {
+    fn new(cap: usize) -> BoundedSet {
+        BoundedSet {
+            cap,
+            order: VecDeque::new(),
+            set: HashSet::new(),
+        }
+    }
+
+    fn insert(&mut self, txid: u64) {
+        if self.set.insert(txid) {
+            self.order.push_back(txid);
+            if self.order.len() > self.cap
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, txid: u64) -> bool {
+        self.set.contains(&txid)
+    }
 }
 
 /// Votes a coordinator waits for.
@@ -76,10 +141,26 @@ pub(crate) struct Durability {
     deciding: Mutex<HashMap<u64, HashSet<NodeId>>>,
     /// Participant, after a restart: in doubt until the coordinator answers.
     in_doubt: Mutex<HashMap<u64, NodeId>>,
+    /// Decider: transactions handed over by their writers, collecting votes.
+    delegated: Mutex<HashMap<u64, Delegated>>,
+    /// Decider: votes that arrived before their writer's `TxCommit` (bounded).
+    early_votes: Mutex<EarlyVotes>,
+    /// Coordinator or decider: the decision is being logged. An inquiry then waits for it
+    /// (the decision is sent anyway); it never presumes abort.
+    logging: Mutex<HashSet<u64>>,
+    /// Transactions answered "abort" to an inquiry while this node had no record of them: a
+    /// `TxCommit` for one of them that arrives later is refused.
+    presumed_aborted: Mutex<BoundedSet>,
+    /// Writer: transactions handed to a deciding home, waiting for the outcome.
+    awaiting: Mutex<HashMap<u64, Awaiting>>,
+    /// Wakes the driver when a transaction that held a peer's incarnation is resolved.
+    resolved: tokio::sync::Notify,
+    /// How long a decider waits for the votes of a delegated transaction.
+    vote_timeout: Duration,
 }
 
 impl Durability {
-    pub(crate) fn new(store: DurableStore, node: NodeId) -> Durability {
+    pub(crate) fn new(store: DurableStore, node: NodeId, vote_timeout: Duration) -> Durability {
         let epoch = store.epoch();
         Durability {
             store,
@@ -91,7 +172,20 @@ impl Durability {
             voting: Mutex::new(HashMap::new()),
             deciding: Mutex::new(HashMap::new()),
             in_doubt: Mutex::new(HashMap::new()),
+            delegated: Mutex::new(HashMap::new()),
+            early_votes: Mutex::new((VecDeque::new(), HashMap::new())),
+            logging: Mutex::new(HashSet::new()),
+            presumed_aborted: Mutex::new(BoundedSet::new(MAX_PRESUMED_ABORTS)),
+            awaiting: Mutex::new(HashMap::new()),
+            resolved: tokio::sync::Notify::new(),
+            vote_timeout,
         }
+    }
+
+    /// Resolves when a transaction that held a peer's incarnation was decided (the driver
+    /// then checks [`holding`](Self::holding) again).
+    pub(crate) async fn resolved(&self) {
+        self.resolved.notified().await
     }
 
     pub(crate) fn store(&self) -> &DurableStore {
@@ -117,6 +211,7 @@ impl Durability {
                 d.txid,
                 Prepared {
                     coordinator: d.coordinator,
+                    writer: d.coordinator,
                     writes: d.writes,
                 },
             );
@@ -132,30 +227,68 @@ impl Durability {
         self.in_doubt.lock().iter().map(|(&t, &c)| (t, c)).collect()
     }
 
-    /// How many transactions coordinated by `coordinator` are prepared here, undecided.
-    pub(crate) fn prepared_by(&self, coordinator: NodeId) -> usize {
-        self.prepared
+    /// How many undecided transactions here were written by `writer` (prepared here, or
+    /// handed here to decide): until they are decided, the regions they wrote must keep
+    /// `writer` as their holder even if its session ended, or this home would serve contents
+    /// that miss a committed write.
+    pub(crate) fn holding(&self, writer: NodeId) -> usize {
+        let prepared = self
+            .prepared
             .lock()
             .values()
-            .filter(|p| p.coordinator == coordinator)
-            .count()
+            .filter(|p| p.writer == writer)
+            .count();
+        let delegated = self
+            .delegated
+            .lock()
+            .values()
+            .filter(|d| d.writer == writer)
+            .count();
+        prepared + delegated
     }
 
-    /// `coordinator` restarted: its transactions prepared here are in doubt until it answers
-    /// (asked now, and again every second).
-    pub(crate) fn inquire_prepared_by(&self, node: &Node, coordinator: NodeId) {
-        let txids: Vec<u64> = self
+    /// `peer`'s session ended (it restarted, or one of the two fenced the other): the
+    /// transactions prepared here that it wrote or decides are in doubt until their
+    /// coordinator answers (asked now, and again every second). Transactions this node handed
+    /// to `peer` to decide are asked about too: an answer sent on the old session is lost.
+    pub(crate) fn inquire_after_reset(&self, node: &Node, peer: NodeId) {
+        let asks: Vec<(u64, NodeId)> = self
             .prepared
             .lock()
             .iter()
-            .filter(|(_, p)| p.coordinator == coordinator)
-            .map(|(&t, _)| t)
+            .filter(|(_, p)| p.coordinator == peer || p.writer == peer)
+            .map(|(&t, p)| (t, p.coordinator))
             .collect();
-        let mut doubt = self.in_doubt.lock();
-        for txid in txids {
-            doubt.insert(txid, coordinator);
+        {
+            let mut doubt = self.in_doubt.lock();
+            for &(txid, coordinator) in &asks {
+                doubt.insert(txid, coordinator);
+            }
+        }
+        for (txid, coordinator) in asks {
             node.send(coordinator, Message::TxInquire { txid });
         }
+        let handed: Vec<u64> = self
+            .awaiting
+            .lock()
+            .iter()
+            .filter(|(_, a)| a.decider == peer)
+            .map(|(&t, _)| t)
+            .collect();
+        for txid in handed {
+            node.send(peer, Message::TxInquire { txid });
+        }
+    }
+
+    /// Transactions this writer handed to a deciding home and has waited for longer than the
+    /// decider's vote timeout (its answer may have been lost with a session).
+    pub(crate) fn overdue(&self) -> Vec<(u64, NodeId)> {
+        self.awaiting
+            .lock()
+            .iter()
+            .filter(|(_, a)| a.since.elapsed() > self.vote_timeout)
+            .map(|(&t, a)| (t, a.decider))
+            .collect()
     }
 
     /// The decisions this coordinator still has to deliver.
@@ -218,30 +351,13 @@ impl Durability {
                 writes,
                 deletes,
             } => self.on_prepare(node, from, txid, coordinator, writes, deletes),
-            Message::TxReply { txid, ok, reason } => {
-                let mut voting = self.voting.lock();
-                if let Some(v) = voting.get_mut(&txid) {
-                    if !v.waiting.contains(&from) {
-                        // Not a participant, or one that has voted already: an authenticated
-                        // peer still may not decide another node's transaction.
-                        warn!(%from, txid, ok, "ignoring a vote from a node that owes none");
-                        return;
-                    }
-                    if !ok {
-                        if let Some(r) = v.reply.take() {
-                            let _ = r.send(Err(format!("{from} voted no: {reason}")));
-                        }
-                    } else {
-                        v.waiting.remove(&from);
-                        if v.waiting.is_empty()
-                            && let Some(r) = v.reply.take()
-                        {
-                            let _ = r.send(Ok(()));
-                        }
-                    }
+            Message::TxReply { txid, ok, reason } => self.on_reply(node, from, txid, ok, reason),
+            Message::TxDecide { txid, commit } => {
+                if self.answer_awaiting(node, from, txid, commit, String::new()) {
+                    return;
                 }
+                self.on_decide(node, from, txid, commit)
             }
-            Message::TxDecide { txid, commit } => self.on_decide(node, from, txid, commit),
             Message::TxDone { txid } => {
                 let mut deciding = self.deciding.lock();
                 if let Some(waiting) = deciding.get_mut(&txid) {
@@ -252,35 +368,340 @@ impl Durability {
                     }
                 }
             }
-            Message::TxInquire { txid } => {
-                if self.deciding.lock().contains_key(&txid) {
-                    node.send(from, Message::TxDecide { txid, commit: true });
-                } else if self.voting.lock().contains_key(&txid) {
-                    // Still collecting votes: the decision goes to every participant anyway.
-                } else {
-                    // Presumed abort: a commit is always logged before it is announced.
-                    node.send(
-                        from,
-                        Message::TxDecide {
-                            txid,
-                            commit: false,
-                        },
-                    );
-                }
-            }
-            Message::TxCommit { txid, .. } => {
-                // This version commits remote writes with two-phase commit only.
-                node.send(
-                    from,
-                    Message::TxReply {
-                        txid,
-                        ok: false,
-                        reason: "one-phase remote commit is not supported".into(),
-                    },
-                );
-            }
+            Message::TxInquire { txid } => self.on_inquire(node, from, txid),
+            Message::TxCommit {
+                txid,
+                writes,
+                deletes,
+                participants,
+            } => self.on_delegated_commit(node, from, txid, writes, deletes, participants),
             other => warn!(%from, "not a transaction message: {other:?}"),
         }
+    }
+
+    /// A vote (`TxReply` from a participant), or a deciding home's refusal of a transaction
+    /// this node handed to it.
+    fn on_reply(self: &Arc<Self>, node: &Node, from: NodeId, txid: u64, ok: bool, reason: String) {
+        if !ok && self.answer_awaiting(node, from, txid, false, reason.clone()) {
+            return;
+        }
+        {
+            let mut voting = self.voting.lock();
+            if let Some(v) = voting.get_mut(&txid) {
+                if !v.waiting.contains(&from) {
+                    // Not a participant, or one that has voted already: an authenticated
+                    // peer still may not decide another node's transaction.
+                    warn!(%from, txid, ok, "ignoring a vote from a node that owes none");
+                    return;
+                }
+                if !ok {
+                    if let Some(r) = v.reply.take() {
+                        let _ = r.send(Err(format!("{from} voted no: {reason}")));
+                    }
+                } else {
+                    v.waiting.remove(&from);
+                    if v.waiting.is_empty()
+                        && let Some(r) = v.reply.take()
+                    {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                return;
+            }
+        }
+        let all_voted = {
+            let mut delegated = self.delegated.lock();
+            match delegated.get_mut(&txid) {
+                Some(d) if !d.waiting.contains(&from) => {
+                    warn!(%from, txid, ok, "ignoring a vote from a node that owes none");
+                    return;
+                }
+                Some(d) => {
+                    if ok {
+                        d.waiting.remove(&from);
+                        Some(d.waiting.is_empty())
+                    } else {
+                        None
+                    }
+                }
+                None => {
+                    // The writer's TxCommit may still be on its way (another link): keep
+                    // the vote, within a bound. A vote for a transaction already decided or
+                    // forgotten is kept too, and ages out.
+                    if !self.presumed_aborted.lock().contains(txid) {
+                        let mut early = self.early_votes.lock();
+                        let (order, votes) = &mut *early;
+                        if !votes.contains_key(&txid) {
+                            order.push_back(txid);
+                            if order.len() > MAX_EARLY_VOTES
+                                && let Some(old) = order.pop_front()
+                            {
+                                votes.remove(&old);
+                            }
+                        }
+                        votes.entry(txid).or_default().push((from, ok, reason));
+                    }
+                    return;
+                }
+            }
+        };
+        match all_voted {
+            None => self.abort_delegated(node, txid, format!("{from} voted no: {reason}")),
+            Some(true) => self.decide_delegated(node, txid),
+            Some(false) => {}
+        }
+    }
+
+    /// The outcome of a transaction this node handed to `from` to decide; false if there is
+    /// no such transaction (the message is for another role).
+    fn answer_awaiting(
+        &self,
+        node: &Node,
+        from: NodeId,
+        txid: u64,
+        commit: bool,
+        reason: String,
+    ) -> bool {
+        let reply = {
+            let mut awaiting = self.awaiting.lock();
+            match awaiting.get(&txid) {
+                Some(a) if a.decider == from => awaiting.remove(&txid).and_then(|a| a.reply),
+                _ => return false,
+            }
+        };
+        if commit {
+            // The decider forgets the transaction once everyone, the writer too, knows.
+            node.send(from, Message::TxDone { txid });
+        }
+        if let Some(r) = reply {
+            let _ = r.send(if commit {
+                Ok(())
+            } else if reason.is_empty() {
+                Err(format!("{from} decided abort"))
+            } else {
+                Err(reason)
+            });
+        }
+        true
+    }
+
+    /// What was decided? Answered only from what this node knows for sure: a transaction
+    /// still voting or being logged gets no answer yet (its decision will be sent anyway).
+    fn on_inquire(&self, node: &Node, from: NodeId, txid: u64) {
+        // States move forward only (voting → logging → deciding, each entered before the
+        // previous is left), so checking them in that order never misses a transaction that
+        // is moving on meanwhile.
+        if self.voting.lock().contains_key(&txid)
+            || self.delegated.lock().contains_key(&txid)
+            || self.logging.lock().contains(&txid)
+        {
+            return;
+        }
+        if self.deciding.lock().contains_key(&txid) {
+            node.send(from, Message::TxDecide { txid, commit: true });
+            return;
+        }
+        // Presumed abort: a commit is always logged before it is announced. Remembered, so
+        // that a TxCommit still on its way is refused.
+        self.presumed_aborted.lock().insert(txid);
+        self.early_votes.lock().1.remove(&txid);
+        node.send(
+            from,
+            Message::TxDecide {
+                txid,
+                commit: false,
+            },
+        );
+    }
+
+    /// A writer hands this node a transaction to decide: this node's own part, and the other
+    /// participants (prepared by the writer, voting to this node).
+    fn on_delegated_commit(
+        self: &Arc<Self>,
+        node: &Node,
+        from: NodeId,
+        txid: u64,
+        writes: Vec<TxImage>,
+        deletes: Vec<RegionId>,
+        participants: Vec<NodeId>,
+    ) {
+        let refuse = |reason: String| {
+            warn!(%from, txid, "refusing a transaction to decide: {reason}");
+            node.send(
+                from,
+                Message::TxReply {
+                    txid,
+                    ok: false,
+                    reason,
+                },
+            );
+        };
+        let me = node.id();
+        if writes.is_empty() && deletes.is_empty() {
+            return refuse("a commit with no part at its decider".into());
+        }
+        let others: HashSet<NodeId> = participants.iter().copied().collect();
+        if participants.len() > MAX_PARTICIPANTS
+            || others.len() != participants.len()
+            || others.contains(&me)
+            || others.contains(&from)
+        {
+            return refuse(format!("bad participants {participants:?}"));
+        }
+        if self.presumed_aborted.lock().contains(txid) {
+            return refuse(format!("{me} answered an inquiry about it: aborted"));
+        }
+        if self.prepared.lock().contains_key(&txid)
+            || self.voting.lock().contains_key(&txid)
+            || self.delegated.lock().contains_key(&txid)
+            || self.logging.lock().contains(&txid)
+            || self.deciding.lock().contains_key(&txid)
+        {
+            return refuse("the transaction id is in use".into());
+        }
+        let regions: Vec<RegionId> = writes
+            .iter()
+            .map(|w| w.region)
+            .chain(deletes.iter().copied())
+            .collect();
+        if let Some(bad) = node.with_engine(|engine| {
+            regions
+                .iter()
+                .copied()
+                .find(|&r| r.home != me || !engine.holds_exclusive(r, from))
+        }) {
+            return refuse(format!(
+                "{from} does not hold {bad} exclusively here (stale copy?)"
+            ));
+        }
+        let mut waiting = others;
+        let mut no = None;
+        for (voter, ok, reason) in self.early_votes.lock().1.remove(&txid).unwrap_or_default() {
+            if waiting.contains(&voter) {
+                if ok {
+                    waiting.remove(&voter);
+                } else {
+                    no.get_or_insert(format!("{voter} voted no: {reason}"));
+                }
+            }
+        }
+        let all_voted = waiting.is_empty();
+        self.delegated.lock().insert(
+            txid,
+            Delegated {
+                writer: from,
+                participants,
+                waiting,
+                writes: writes.into_iter().map(|w| (w.region, w.bytes)).collect(),
+                deletes,
+            },
+        );
+        if let Some(why) = no {
+            return self.abort_delegated(node, txid, why);
+        }
+        if all_voted {
+            return self.decide_delegated(node, txid);
+        }
+        let (this, node2, after) = (self.clone(), node.clone(), self.vote_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            this.abort_delegated(&node2, txid, format!("votes timed out after {after:?}"));
+        });
+    }
+
+    /// Every vote of a delegated transaction is yes: log the decision with this node's part,
+    /// then announce it (participants, and the writer).
+    fn decide_delegated(self: &Arc<Self>, node: &Node, txid: u64) {
+        let d = {
+            let mut delegated = self.delegated.lock();
+            let Some(d) = delegated.remove(&txid) else {
+                return;
+            };
+            // Entered before `delegated` is left: an inquiry never sees neither.
+            self.logging.lock().insert(txid);
+            d
+        };
+        let mut told: Vec<NodeId> = d.participants.clone();
+        told.push(d.writer);
+        let record = LogRecord::Commit {
+            txid,
+            writes: d.writes.clone(),
+            deletes: d.deletes.clone(),
+            participants: told.clone(),
+        };
+        let (this, node2) = (self.clone(), node.clone());
+        self.store.append(
+            record,
+            Box::new(move |res| {
+                match res {
+                    Ok(()) => {
+                        node2.with_engine(|engine| {
+                            for (region, bytes) in &d.writes {
+                                if let Err(e) = engine.install_master(*region, bytes) {
+                                    warn!(%region, txid, "installing a committed image: {e}");
+                                }
+                            }
+                        });
+                        this.deciding
+                            .lock()
+                            .insert(txid, told.iter().copied().collect());
+                        this.logging.lock().remove(&txid);
+                        for &to in &told {
+                            node2.send(to, Message::TxDecide { txid, commit: true });
+                        }
+                        debug!(txid, writer = %d.writer, ?d.participants, "delegated commit decided");
+                    }
+                    Err(e) => {
+                        this.logging.lock().remove(&txid);
+                        for &p in &d.participants {
+                            node2.send(
+                                p,
+                                Message::TxDecide {
+                                    txid,
+                                    commit: false,
+                                },
+                            );
+                        }
+                        node2.send(
+                            d.writer,
+                            Message::TxReply {
+                                txid,
+                                ok: false,
+                                reason: format!("the decider's log failed: {e}"),
+                            },
+                        );
+                    }
+                }
+                this.resolved.notify_one();
+            }),
+        );
+    }
+
+    /// Aborts a delegated transaction that is still collecting votes (a no, a timeout, a
+    /// participant that restarted); nothing if it was decided meanwhile.
+    fn abort_delegated(&self, node: &Node, txid: u64, why: String) {
+        let Some(d) = self.delegated.lock().remove(&txid) else {
+            return;
+        };
+        debug!(txid, writer = %d.writer, "delegated transaction aborted: {why}");
+        for &p in &d.participants {
+            node.send(
+                p,
+                Message::TxDecide {
+                    txid,
+                    commit: false,
+                },
+            );
+        }
+        node.send(
+            d.writer,
+            Message::TxReply {
+                txid,
+                ok: false,
+                reason: why,
+            },
+        );
+        self.resolved.notify_one();
     }
 
     fn on_prepare(
@@ -292,9 +713,13 @@ impl Durability {
         writes: Vec<TxImage>,
         deletes: Vec<RegionId>,
     ) {
+        let me = node.id();
+        // The vote goes to the coordinator: the writer itself, or the home it handed the
+        // decision to (which must be another node).
         let refuse = |reason: String| {
+            let to = if coordinator == me { from } else { coordinator };
             node.send(
-                from,
+                to,
                 Message::TxReply {
                     txid,
                     ok: false,
@@ -302,10 +727,10 @@ impl Durability {
                 },
             );
         };
-        if coordinator != from {
-            warn!(%from, txid, %coordinator, "refusing a prepare for another coordinator");
+        if coordinator == me {
+            warn!(%from, txid, "refusing a prepare that names this node its coordinator");
             return refuse(format!(
-                "prepare from {from} names coordinator {coordinator}"
+                "prepare from {from} names {me}, a participant, as its coordinator"
             ));
         }
         if writes.is_empty() && deletes.is_empty() {
@@ -314,7 +739,11 @@ impl Durability {
             warn!(%from, txid, "refusing an empty prepare");
             return refuse("an empty prepare".into());
         }
-        let me = node.id();
+        if self.prepared.lock().contains_key(&txid) {
+            // Sessions drop duplicates, so this is another node's transaction id.
+            warn!(%from, txid, "refusing a prepare whose transaction id is in use here");
+            return refuse("the transaction id is in use".into());
+        }
         let regions: Vec<RegionId> = writes
             .iter()
             .map(|w| w.region)
@@ -336,6 +765,7 @@ impl Durability {
             txid,
             Prepared {
                 coordinator,
+                writer: from,
                 writes: writes.clone(),
             },
         );
@@ -352,7 +782,7 @@ impl Durability {
                     Ok(()) => (true, String::new()),
                     Err(e) => (false, e.to_string()),
                 };
-                node2.send(from, Message::TxReply { txid, ok, reason });
+                node2.send(coordinator, Message::TxReply { txid, ok, reason });
             }),
         );
     }
@@ -378,6 +808,7 @@ impl Durability {
                 }
             });
         }
+        self.resolved.notify_one();
         let node2 = node.clone();
         self.store.append(
             LogRecord::Decide { txid, commit },
@@ -392,6 +823,17 @@ impl Durability {
     /// prepared here, see the driver): votes it owed will never come; decisions it had not
     /// confirmed are sent again.
     pub(crate) fn peer_restarted(&self, node: &Node, peer: NodeId) {
+        let orphaned: Vec<u64> = self
+            .delegated
+            .lock()
+            .iter()
+            .filter(|(_, d)| d.waiting.contains(&peer))
+            .map(|(&t, _)| t)
+            .collect();
+        for txid in orphaned {
+            self.abort_delegated(node, txid, format!("{peer} restarted before voting"));
+        }
+        self.inquire_after_reset(node, peer);
         for v in self.voting.lock().values_mut() {
             if v.waiting.contains(&peer)
                 && let Some(r) = v.reply.take()
@@ -472,6 +914,11 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
         return finish(tx, &node).await; // read-only
     }
     let txid = durability.next_txid();
+    if local.is_empty() && creates.is_empty() && local_deletes.is_empty() {
+        // Nothing of this transaction lives here: a home decides it, so that this node being
+        // cut off or fenced never leaves prepared regions waiting for it.
+        return commit_delegated(tx, &node, durability, txid, remote).await;
+    }
     let participants: Vec<NodeId> = remote.keys().copied().collect();
     if !remote.is_empty() {
         // Phase 1: prepare at every other home.
@@ -495,6 +942,14 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
             );
         }
         let outcome = tokio::time::timeout(node.op_timeout(), votes).await;
+        if let Some(super::TxFault::StallMidCommit(d)) = node.tx_fault() {
+            tokio::time::sleep(d).await;
+        }
+        if matches!(outcome, Ok(Ok(Ok(())))) {
+            // Entered before `voting` is left: an inquiry never sees neither, so it never
+            // presumes abort while the commit record is being written.
+            durability.logging.lock().insert(txid);
+        }
         durability.voting.lock().remove(&txid);
         let failure = match outcome {
             Ok(Ok(Ok(()))) => None,
@@ -536,6 +991,7 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
         participants: participants.clone(),
     });
     if let Err(e) = durability.append_all(records).await {
+        durability.logging.lock().remove(&txid);
         for &home in &participants {
             node.send(
                 home,
@@ -553,6 +1009,7 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
             .deciding
             .lock()
             .insert(txid, participants.iter().copied().collect());
+        durability.logging.lock().remove(&txid);
         // Before the locks are released: FIFO links then deliver the decision ahead of any
         // later message about these regions.
         for &home in &participants {
@@ -561,6 +1018,91 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
         debug!(txid, ?participants, "two-phase commit decided");
     }
     finish(tx, &node).await
+}
+
+/// Commits a transaction that wrote nothing homed here: the lowest-numbered home it wrote
+/// decides. Every other home is prepared with that home as its coordinator and votes to it;
+/// the decider logs its own part with the decision (one phase if it is the only home) and
+/// tells the participants and this node. This node logs nothing, so its failure blocks no
+/// home: a participant whose writer went silent asks the decider.
+async fn commit_delegated(
+    tx: &Tx,
+    node: &Node,
+    durability: &Arc<Durability>,
+    txid: u64,
+    mut remote: BTreeMap<NodeId, (Vec<TxImage>, Vec<RegionId>)>,
+) -> Result<(), CommitFailure> {
+    let Some((decider, (writes, deletes))) = remote.pop_first() else {
+        return finish(tx, node).await;
+    };
+    let participants: Vec<NodeId> = remote.keys().copied().collect();
+    let (reply, mut outcome) = oneshot::channel();
+    durability.awaiting.lock().insert(
+        txid,
+        Awaiting {
+            decider,
+            since: std::time::Instant::now(),
+            reply: Some(reply),
+        },
+    );
+    for (&home, (writes, deletes)) in &remote {
+        node.send(
+            home,
+            Message::TxPrepare {
+                txid,
+                coordinator: decider,
+                writes: writes.clone(),
+                deletes: deletes.clone(),
+            },
+        );
+    }
+    if let Some(super::TxFault::StallMidCommit(d)) = node.tx_fault() {
+        tokio::time::sleep(d).await;
+    }
+    node.send(
+        decider,
+        Message::TxCommit {
+            txid,
+            writes,
+            deletes,
+            participants,
+        },
+    );
+    // The decider answers within its vote timeout plus a log write, unless the link to it
+    // fails; then the outcome is asked again on the next session (`inquire_after_reset`).
+    let patience = node.op_timeout() * 2;
+    match tokio::time::timeout(patience, &mut outcome).await {
+        Ok(Ok(Ok(()))) => finish(tx, node).await,
+        Ok(Ok(Err(why))) => {
+            super::abort(tx).await;
+            Err(CommitFailure::Retry(why))
+        }
+        Ok(Err(_)) => {
+            durability.awaiting.lock().remove(&txid);
+            super::abort(tx).await;
+            Err(CommitFailure::Fatal(Error::ShutDown))
+        }
+        Err(_) => {
+            // Maybe committed: keep every lock (restoring the before-images could undo a
+            // committed write; keeping the new ones could publish an aborted one) until the
+            // decider's answer arrives, then finish or abort. The caller learns it now.
+            let (tx, node) = (tx.clone(), node.clone());
+            tokio::spawn(async move {
+                match outcome.await {
+                    Ok(Ok(())) => {
+                        let _ = finish(&tx, &node).await;
+                    }
+                    _ => super::abort(&tx).await,
+                }
+            });
+            warn!(txid, %decider, "no outcome from the deciding home after {patience:?}");
+            Err(CommitFailure::Fatal(Error::CommitOutcomeUnknown {
+                txid,
+                decider,
+                after: patience,
+            }))
+        }
+    }
 }
 
 /// Releases the locks of a committed transaction and carries out its deletes.

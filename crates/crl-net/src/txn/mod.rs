@@ -104,13 +104,17 @@ use tracing::debug;
 use crate::node::{Error, Handle, Node};
 use locks::TxShared;
 
-/// A planted bug for the serializability checker's own test: the transaction layer breaks
-/// the strict two-phase locking rule. Never set it outside that test.
+/// Planted faults for the transaction layer's own tests. Never set one outside a test.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxFault {
-    /// Reads release their lock as soon as the value has been read (not two-phase).
+    /// A planted bug for the serializability checker's test: reads release their lock as
+    /// soon as the value has been read (not two-phase).
     ReleaseReadsEarly,
+    /// A slow writer, not a bug: a two-phase commit stalls this long once the participants
+    /// were sent their prepares, before the decision is made, so that a test can cut the
+    /// writer off while homes are prepared.
+    StallMidCommit(std::time::Duration),
 }
 
 /// How a transaction ended, for statistics.
