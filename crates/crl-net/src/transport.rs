@@ -542,13 +542,21 @@ impl Transport {
         self.inner
             .endpoint
             .close(close_code::SHUTDOWN.into(), b"shutdown");
+        // Let go of the accepted connections: each keeps the endpoint's socket.
+        for link in self.inner.links.values() {
+            drop(std::mem::take(&mut *link.accepted.lock()));
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
         // Release the address now (handles may keep the endpoint alive for a while): a node
-        // restarted in the same process binds it again.
-        if let Ok(spare) = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-            && let Err(e) = self.inner.endpoint.rebind(spare)
-        {
-            debug!("releasing the endpoint's socket: {e}");
+        // restarted in the same process binds it again. Twice: quinn keeps the socket it
+        // replaced (`prev_socket`) until traffic arrives on the new one, which after a
+        // shutdown may be never; the second rebind replaces that one too.
+        for _ in 0..2 {
+            if let Ok(spare) = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                && let Err(e) = self.inner.endpoint.rebind(spare)
+            {
+                debug!("releasing the endpoint's socket: {e}");
+            }
         }
     }
 }
@@ -764,7 +772,12 @@ async fn read_stream(
         return;
     }
     debug!(peer = %from, %epoch, received, "peer authenticated; session resumed");
-    link.accepted.lock().push(conn.clone());
+    {
+        // Closed connections go (a peer that reconnects often must not grow the list).
+        let mut accepted = link.accepted.lock();
+        accepted.retain(|c| c.close_reason().is_none());
+        accepted.push(conn.clone());
+    }
     tokio::spawn(
         run_acker(
             inner.clone(),

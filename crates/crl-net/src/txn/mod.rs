@@ -59,27 +59,45 @@
 //! - **Local commit.** If every region written lives at the committing node, one `Commit`
 //!   record (plus a `Create` for each region created) is appended and fsynced, then the locks
 //!   are released.
-//! - **Two-phase commit.** If some written region lives elsewhere, the committing node is the
-//!   coordinator. (1) It sends `TxPrepare` with the new images to each other home; the home
-//!   checks that its directory lists the coordinator as the exclusive holder of every region
-//!   concerned (so a copy that went stale, e.g. because the home restarted, is refused), logs
-//!   a `Prepare` record, fsyncs and votes yes. (2) With every vote yes, the coordinator logs
-//!   its own part and the decision in one `Commit` record naming the participants and fsyncs:
-//!   this is the commit point. (3) It sends `TxDecide` to the participants *before*
-//!   releasing its locks; since links are FIFO, each home installs the committed image as its
-//!   master copy before any later message about the region arrives, logs `Decide`, and
-//!   answers `TxDone`; once all have, the coordinator logs `Forget`. A no vote or a timeout
-//!   aborts: `TxDecide{commit: false}` to every participant, before-images restored.
-//! - **Crashes.** A participant that restarts with a `Prepare` and no `Decide` (in doubt)
-//!   asks the coordinator (`TxInquire`) before serving anything; the coordinator answers
-//!   commit if its log has the `Commit` record, abort if it has no record of the transaction
-//!   (presumed abort: it never decides commit without logging it first), and stays silent
-//!   while still collecting votes (its decision will be sent anyway). A coordinator that
-//!   restarts re-sends `TxDecide` for every committed transaction not yet forgotten. Decisions
-//!   are idempotent. A home that sees a coordinator come back with a new epoch while
-//!   transactions it coordinated are prepared here first asks it how they ended (holding back
-//!   its other messages), and only then forgets the regions the old incarnation held:
-//!   otherwise it would serve a master copy that misses a committed write.
+//! - **Two-phase commit.** If some written region lives elsewhere and some lives here, the
+//!   committing node is the coordinator. (1) It sends `TxPrepare` with the new images to each
+//!   other home; the home checks that its directory lists the writer as the exclusive holder
+//!   of every region concerned (so a copy that went stale, e.g. because the home restarted, is
+//!   refused), logs a `Prepare` record, fsyncs and votes yes. (2) With every vote yes, the
+//!   coordinator logs its own part and the decision in one `Commit` record naming the
+//!   participants and fsyncs: this is the commit point. (3) It sends `TxDecide` to the
+//!   participants *before* releasing its locks; since links are FIFO, each home installs the
+//!   committed image as its master copy before any later message about the region arrives,
+//!   logs `Decide`, and answers `TxDone`; once all have, the coordinator logs `Forget`. A no
+//!   vote or a timeout aborts: `TxDecide{commit: false}` to every participant, before-images
+//!   restored.
+//! - **A home decides for a writer that homes nothing it wrote.** Then the lowest-numbered
+//!   home written is the coordinator instead: the writer sends the other homes `TxPrepare`
+//!   naming that home, and that home `TxCommit` with its own part and the list of
+//!   participants. The participants vote to the deciding home, which logs its part with the
+//!   decision (one phase if it is the only home: one fsync in all), installs it, and sends
+//!   `TxDecide` to the participants and to the writer; it forgets the transaction once all of
+//!   them, the writer too, confirmed. So the writer, often a client that can be cut off or
+//!   fenced at any moment, never holds a decision that homes wait for: a home that fences a
+//!   silent writer while one of its transactions is prepared asks the deciding home and goes
+//!   on (`tests/cuts.rs`, `a_writer_cut_off_mid_commit_blocks_no_home`). If the writer gets no
+//!   answer within twice the operation timeout, the commit fails with
+//!   [`Error::CommitOutcomeUnknown`] (it *may* have committed); the transaction keeps its
+//!   locks until the answer arrives (the writer asks again), then finishes or aborts.
+//! - **Crashes and fences.** A participant that restarts with a `Prepare` and no `Decide` (in
+//!   doubt) asks the coordinator (`TxInquire`) before serving anything; the coordinator
+//!   answers commit if its log has the `Commit` record, abort if it has no record of the
+//!   transaction (presumed abort: it never decides commit without logging it first, and it
+//!   remembers, within a bound, the transactions it answered abort so that a `TxCommit` still
+//!   on its way is refused), and stays silent while still collecting votes or writing the
+//!   `Commit` record (its decision will be sent anyway). A coordinator that restarts re-sends
+//!   `TxDecide` for every committed transaction not yet forgotten. Decisions are idempotent.
+//!   A home whose session with a writer ends (the writer restarted or was fenced) while
+//!   transactions it wrote are prepared or being decided here first asks their coordinators
+//!   how they ended (holding back the writer's other messages), and only then forgets the
+//!   regions the old session held: otherwise it would serve a master copy that misses a
+//!   committed write. Still open: if the *coordinator* is cut off, its prepared participants
+//!   wait for it (two-phase commit's blocking case), bounded only by the cut.
 //! - **Failure of the log** (an fsync error) is fatal for that store: the commit fails with
 //!   [`Error::LogFailed`], later commits fail at once; nothing is retried silently.
 //!

@@ -1,0 +1,44 @@
+//! Shutting a node down releases its address at once, even while handles keep the node
+//! alive and peers keep sending to it: `Cluster::restart` binds the same port again. (Found
+//! as a flaky `AddrInUse` from `Cluster::restart` in `tests/leases.rs`: quinn keeps the socket
+//! an endpoint was rebound away from until traffic arrives on the new one.)
+
+use std::time::Duration;
+
+use crl::{Cluster, Region};
+
+#[derive(Region, Clone, Debug)]
+struct Cell {
+    value: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_down_node_releases_its_address_at_once() {
+    let cluster = Cluster::local_with(3, |c| c.peer_timeout = Some(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    // Connections in both directions, and a handle that keeps node 0 alive.
+    let id = cluster
+        .node(0)
+        .create(Cell { value: 1 })
+        .await
+        .unwrap()
+        .id();
+    for n in 1..3 {
+        let h = cluster.node(n).map::<Cell>(id).await.unwrap();
+        assert_eq!(h.start_read().await.unwrap().value, 1);
+    }
+    let kept = cluster.node(0).clone();
+    let addr = kept.local_addr();
+    kept.shutdown().await;
+    // Peers keep pinging the address meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bound = std::net::UdpSocket::bind(addr);
+    assert!(
+        bound.is_ok(),
+        "{addr} is still in use after shutdown: {:?}",
+        bound.err()
+    );
+    drop(kept);
+    cluster.shutdown().await;
+}
