@@ -172,13 +172,19 @@ fn kind(e: &Error) -> &'static str {
         Error::WrongType { .. } => "WrongType",
         Error::NotMapped(_) => "NotMapped",
         Error::ProtocolViolation(_) => "ProtocolViolation",
+        Error::CommitOutcomeUnknown { .. } => "CommitOutcomeUnknown",
+        Error::LogFailed(_) => "LogFailed",
         _ => "Other",
     }
 }
 
-/// Errors after which the transaction may or may not have committed.
+/// Errors after which the transaction may or may not have committed (what
+/// [`Error::maybe_committed`] says, by name).
 fn outcome_unknown(kind: &str) -> bool {
-    matches!(kind, "TimedOut" | "HomeUnreachable" | "ShutDown")
+    matches!(
+        kind,
+        "TimedOut" | "HomeUnreachable" | "ShutDown" | "CommitOutcomeUnknown" | "LogFailed"
+    )
 }
 
 async fn node_run(args: &NodeArgs) -> Res<()> {

@@ -59,7 +59,19 @@ use crate::txn::{TxFault, TxStats};
 const MAX_OPS_IN_FLIGHT: usize = 4096;
 
 /// What can go wrong with a node operation.
+///
+/// New variants may come in later versions (`#[non_exhaustive]`): classify with
+/// [`is_retryable`](Error::is_retryable) and [`maybe_committed`](Error::maybe_committed)
+/// rather than by listing variants.
+///
+/// **The rule for transactions.** `Node::transaction` retries conflicts itself; an `Err` it
+/// returns means the transaction did *not* commit, unless `maybe_committed()` is true: then
+/// it may have (the outcome was decided where this node could not learn it in time). Before
+/// retrying such a transaction, read what it wrote, or make it idempotent (for example by
+/// recording its id in a region it writes), as with any database whose commit reply can be
+/// lost.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The region was deleted.
     #[error("region {0} was deleted")]
@@ -216,6 +228,41 @@ pub enum Error {
         /// How long recovery waited.
         after: Duration,
     },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again later: a conflict, a timeout, an
+    /// unreachable, restarted or fencing home, a commit that timed out. False for errors that
+    /// will not change by waiting (a deleted or mistyped region, a bad configuration, a shut
+    /// down node, a failed log) and for [`CommitOutcomeUnknown`](Error::CommitOutcomeUnknown),
+    /// which must be resolved by reading first (see [`maybe_committed`](Error::maybe_committed)).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::TimedOut { .. }
+                | Error::HomeUnreachable { .. }
+                | Error::Wounded
+                | Error::Conflict { .. }
+                | Error::HomeRestarted(_)
+                | Error::Fenced(_)
+                | Error::CommitTimedOut { .. }
+        )
+    }
+
+    /// Whether a transaction that returned this error may nonetheless have committed: its
+    /// commit was under way when the node lost sight of the outcome (a timeout or an
+    /// unreachable home during the commit, a shutdown, a failed log, no answer from the
+    /// deciding home). Every other error means it did not commit.
+    pub fn maybe_committed(&self) -> bool {
+        matches!(
+            self,
+            Error::TimedOut { .. }
+                | Error::HomeUnreachable { .. }
+                | Error::ShutDown
+                | Error::LogFailed(_)
+                | Error::CommitOutcomeUnknown { .. }
+        )
+    }
 }
 
 impl From<OpError> for Error {
