@@ -8,7 +8,7 @@
 #
 # Each step first installs what it lacks (rustup targets; as root on Debian: qemu-user and the
 # gcc cross compilers, which ring's build needs), so a rerun installs nothing. The cluster
-# program is crates/crl-hetero; every node checks every other node's values and exits non-zero
+# program is tools/crl-hetero; every node checks every other node's values and exits non-zero
 # on any mismatch. Cross-compiler and runner settings are environment variables set here, not
 # global cargo configuration.
 set -euo pipefail
