@@ -24,18 +24,20 @@ use crl_core::engine::{ReadGuard, WriteGuard};
 use crl_core::{Region, RegionId};
 use tokio::runtime::Runtime;
 
-use crate::node::{self, Error, NodeStats};
+use crate::cluster;
+use crate::error::Error;
+use crate::node::{self, NodeStats};
 use crate::txn;
 
 /// A local cluster driven from plain threads.
 pub struct Cluster {
     rt: Arc<Runtime>,
-    inner: node::Cluster,
+    inner: cluster::Cluster,
     nodes: Vec<Node>,
 }
 
 impl Cluster {
-    /// Starts `n` nodes on 127.0.0.1 (see [`node::Cluster::local`]).
+    /// Starts `n` nodes on 127.0.0.1 (see [`cluster::Cluster::local`]).
     pub fn local(n: usize) -> Result<Cluster, Error> {
         let rt = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
@@ -45,7 +47,7 @@ impl Cluster {
                 .build()
                 .map_err(|e| Error::Transport(crate::transport::TransportError::Endpoint(e)))?,
         );
-        let inner = rt.block_on(node::Cluster::local(n))?;
+        let inner = rt.block_on(cluster::Cluster::local(n))?;
         let nodes = inner
             .nodes()
             .iter()

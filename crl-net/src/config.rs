@@ -106,7 +106,7 @@ pub struct NodeConfig {
     pub tx_max_attempts: u32,
     /// A planted bug for the serializability checker's own test; `None` in real use.
     #[doc(hidden)]
-    pub tx_fault: Option<crate::txn::TxFault>,
+    pub tx_fault: Option<TxFault>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -516,6 +516,19 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
         tx_fault: None,
     })
+}
+
+/// Planted faults for the transaction layer's own tests. Never set one outside a test.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxFault {
+    /// A planted bug for the serializability checker's test: reads release their lock as
+    /// soon as the value has been read (not two-phase).
+    ReleaseReadsEarly,
+    /// A slow writer, not a bug: a two-phase commit stalls this long once the participants
+    /// were sent their prepares, before the decision is made, so that a test can cut the
+    /// writer off while homes are prepared.
+    StallMidCommit(std::time::Duration),
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 //! - `blocking`: the same API for programs without an async runtime.
 
 pub mod blocking;
+pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod fault;
 pub mod frame;
 pub mod liveness;
@@ -22,6 +24,8 @@ pub mod tls;
 pub mod transport;
 pub mod txn;
 
+pub use cluster::Cluster;
 pub use config::NodeConfig;
-pub use node::{Cluster, Error, Handle, Node, NodeStats};
+pub use error::Error;
+pub use node::{Handle, Node, NodeStats};
 pub use txn::{Tx, TxRead, TxStats, TxWrite};

@@ -49,7 +49,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::{CommitFailure, Tx};
-use crate::node::{Error, Node};
+use crate::error::Error;
+use crate::node::Node;
 
 /// A prepared transaction at a participant home, waiting for the decision.
 struct Prepared {
@@ -1126,7 +1127,7 @@ mod tests {
     //! Hostile transaction messages from authenticated peers (issue 9): refused and logged,
     //! never stored or obeyed.
     use super::*;
-    use crate::node::Cluster;
+    use crate::cluster::Cluster;
 
     async fn durable_cluster(name: &str) -> (Cluster, std::path::PathBuf) {
         let base = std::env::temp_dir().join(format!("crl-hostile-{name}-{}", std::process::id()));

@@ -119,21 +119,11 @@ use crl_core::{CodecError, NodeId, Region, RegionId};
 use parking_lot::Mutex;
 use tracing::debug;
 
-use crate::node::{Error, Handle, Node};
+use crate::error::Error;
+use crate::node::{Handle, Node};
 use locks::TxShared;
 
-/// Planted faults for the transaction layer's own tests. Never set one outside a test.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxFault {
-    /// A planted bug for the serializability checker's test: reads release their lock as
-    /// soon as the value has been read (not two-phase).
-    ReleaseReadsEarly,
-    /// A slow writer, not a bug: a two-phase commit stalls this long once the participants
-    /// were sent their prepares, before the decision is made, so that a test can cut the
-    /// writer off while homes are prepared.
-    StallMidCommit(std::time::Duration),
-}
+pub use crate::config::TxFault;
 
 /// How a transaction ended, for statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
