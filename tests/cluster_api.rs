@@ -196,3 +196,38 @@ fn blocking_facade_from_plain_threads() {
     ));
     c.shutdown();
 }
+
+/// `NodeStats::hits` counts accesses served by the local copy, on every thread, and nothing
+/// else: a miss is not a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_are_counted_on_every_thread() {
+    let cluster = cluster(2).await;
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    let h = n0.create(Counter { value: 7 }).await.unwrap();
+    let before = n0.stats().hits;
+    for _ in 0..50 {
+        assert_eq!(h.start_read().await.unwrap().value, 7);
+    }
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    assert_eq!(h.try_read().expect("a hit at the home").value, 7);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    h.start_write().await.unwrap().value = 8;
+    assert_eq!(n0.stats().hits - before, 50 + 100 + 1);
+    // The first read at another node is a miss, not a hit.
+    let remote = n1.map::<Counter>(h.id()).await.unwrap();
+    let (hits, misses) = (n1.stats().hits, n1.stats().engine.misses);
+    assert_eq!(remote.start_read().await.unwrap().value, 8);
+    assert_eq!(n1.stats().hits, hits, "a miss was counted as a hit");
+    assert!(n1.stats().engine.misses > misses);
+    cluster.shutdown().await;
+}

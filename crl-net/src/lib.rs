@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod frame;
+mod hits;
 pub mod liveness;
 pub mod node;
 pub mod tls;

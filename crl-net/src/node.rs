@@ -46,6 +46,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{NodeConfig, TxFault};
 use crate::error::Error;
+use crate::hits::HitCounter;
 use crate::liveness::{LeaseSlot, LivenessDriver, LivenessStats};
 use crate::transport::{
     Inbound, PeerStats, SessionEnd, Transport, TransportError, TransportSettings,
@@ -62,6 +63,9 @@ const MAX_OPS_IN_FLIGHT: usize = 4096;
 pub struct NodeStats {
     /// This node.
     pub node: NodeId,
+    /// Accesses (`start_read`, `start_write`, `try_read`) served by the local copy with no
+    /// message: hits. Counted per thread, so counting costs the hit path no shared write.
+    pub hits: u64,
     /// The protocol engine's counters (misses, messages, recalls, evictions).
     pub engine: EngineStats,
     /// Traffic per peer.
@@ -128,6 +132,8 @@ pub struct NameTable {
 
 struct NodeInner {
     id: NodeId,
+    /// Accesses served by the local copy (hits), counted per thread.
+    hits: HitCounter,
     cluster_id: u64,
     state: Mutex<EngineState>,
     transport: Transport,
@@ -306,6 +312,7 @@ impl Node {
             );
         }
         let inner = Arc::new(NodeInner {
+            hits: HitCounter::new(),
             id,
             cluster_id: config.cluster_id,
             state: Mutex::new(EngineState {
@@ -528,6 +535,7 @@ impl Node {
     pub fn stats(&self) -> NodeStats {
         NodeStats {
             node: self.inner.id,
+            hits: self.inner.hits.total(),
             engine: self.inner.state.lock().engine.stats().clone(),
             peers: self.inner.transport.peer_stats(),
             violations: self.inner.violations.load(Ordering::Relaxed),
@@ -1154,6 +1162,7 @@ impl<T: Region> Handle<T> {
         if let Some(g) = self.inner.cell.try_read()
             && self.lease_valid()
         {
+            self.inner.node.inner.hits.hit();
             return Ok(g);
         }
         Ok(self
@@ -1169,6 +1178,7 @@ impl<T: Region> Handle<T> {
         if let Some(g) = self.inner.cell.try_write()
             && self.lease_valid()
         {
+            self.inner.node.inner.hits.hit();
             return Ok(g);
         }
         Ok(self
@@ -1216,7 +1226,9 @@ impl<T: Region> Handle<T> {
     /// A read if it is a hit (a valid copy, under a valid lease from its home), without
     /// waiting; `None` otherwise.
     pub fn try_read(&self) -> Option<ReadGuard<'_, T>> {
-        self.inner.cell.try_read().filter(|_| self.lease_valid())
+        let g = self.inner.cell.try_read().filter(|_| self.lease_valid())?;
+        self.inner.node.inner.hits.hit();
+        Some(g)
     }
 
     /// Writes the local copy back to the region's home and drops it (a no-op at the home).
