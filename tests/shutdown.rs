@@ -42,3 +42,42 @@ async fn a_shut_down_node_releases_its_address_at_once() {
     drop(kept);
     cluster.shutdown().await;
 }
+
+/// Dropping every clone, handle and transaction of a node stops it, as a quinn endpoint closes
+/// when dropped: its address is free again soon after, without a call to `shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_stops_the_node() {
+    let cluster = Cluster::local(2).await.unwrap();
+    let addrs: Vec<_> = cluster.nodes().iter().map(|n| n.local_addr()).collect();
+    let id = cluster
+        .node(0)
+        .create(Cell { value: 1 })
+        .await
+        .unwrap()
+        .id();
+    let h = cluster.node(1).map::<Cell>(id).await.unwrap();
+    assert_eq!(h.start_read().await.unwrap().value, 1);
+    cluster
+        .node(1)
+        .transaction(async |tx| {
+            tx.write(&h).await?.value = 2;
+            Ok::<_, crl::Error>(())
+        })
+        .await
+        .unwrap();
+    drop(h);
+    drop(cluster);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for addr in addrs {
+        loop {
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} is still in use 10 s after every handle of its node was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

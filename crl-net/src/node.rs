@@ -42,7 +42,7 @@ use crl_core::wire::Message;
 use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{NodeConfig, TxFault};
 use crate::error::Error;
@@ -173,9 +173,40 @@ pub(crate) struct TxCounters {
 }
 
 /// A running crl node. Cheap to clone; every clone drives the same node.
+///
+/// The node runs until [`shutdown`](Node::shutdown) or until the program drops the last of
+/// its clones, handles and transactions (as a quinn endpoint closes when dropped): then it
+/// stops in the background, its connections close and its address is free again.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,
+    /// Shared by every clone the program holds (and by its handles and transactions); the
+    /// node's own tasks and name tables hold none, so the last drop stops the node.
+    _user: Option<Arc<StopWhenDropped>>,
+}
+
+/// Stops the node when the program's last `Node` (or handle, or transaction) is dropped.
+struct StopWhenDropped(std::sync::Weak<NodeInner>);
+
+impl Drop for StopWhenDropped {
+    fn drop(&mut self) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        if *inner.shutdown.borrow() {
+            return;
+        }
+        let node = Node { inner, _user: None };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                debug!(node = %node.id(), "every handle was dropped: stopping the node");
+                rt.spawn(async move { node.shutdown().await });
+            }
+            // No runtime to finish on: stop at once, without waiting for the peers to
+            // acknowledge the close.
+            Err(_) => node.stop_now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -341,7 +372,8 @@ impl Node {
             recovery_report,
             liveness,
         });
-        let node = Node { inner };
+        // The node's own: what it keeps (tasks, name tables) must not keep it running.
+        let node = Node { inner, _user: None };
         let span = info_span!("node", node = %id);
         tokio::spawn(drive(node.inner.clone(), inbound).instrument(span.clone()));
         if node.inner.durability.is_some() {
@@ -368,7 +400,19 @@ impl Node {
             t
         };
         node.inner.name_tables.lock().insert(id, table);
-        Ok(node)
+        let user = Some(Arc::new(StopWhenDropped(Arc::downgrade(&node.inner))));
+        Ok(Node {
+            _user: user,
+            ..node
+        })
+    }
+
+    /// The same node, holding none of the program's share (for what the node keeps itself).
+    fn internal(&self) -> Node {
+        Node {
+            inner: self.inner.clone(),
+            _user: None,
+        }
     }
 
     /// After a restart: asks the coordinators of the transactions prepared here what they
@@ -521,7 +565,10 @@ impl Node {
         if let Some(h) = self.inner.name_tables.lock().get(&shard) {
             return Ok(h.clone());
         }
-        let h = self.map::<NameTable>(name_table_id(shard)).await?;
+        let h = self
+            .internal()
+            .map::<NameTable>(name_table_id(shard))
+            .await?;
         Ok(self
             .inner
             .name_tables
@@ -559,18 +606,33 @@ impl Node {
     /// Stops the node: pending and later operations fail with [`Error::ShutDown`], connections
     /// close. Copies held only here are lost (plain writes are not durable).
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        self.inner.admission.close();
-        self.inner.name_tables.lock().clear();
-        {
-            let mut st = self.inner.state.lock();
-            st.waiters.clear();
-            st.engine.revoke_all();
-        }
+        self.stop_local();
         self.inner.transport.shutdown().await;
         if let Some(d) = &self.inner.durability {
             d.store().close();
         }
+    }
+
+    /// What [`shutdown`](Self::shutdown) does, without a runtime: the connections are closed
+    /// without waiting for the peers to acknowledge.
+    fn stop_now(&self) {
+        self.stop_local();
+        self.inner.transport.close_now();
+        if let Some(d) = &self.inner.durability {
+            d.store().close();
+        }
+    }
+
+    /// Fails pending and later operations and revokes every local access.
+    fn stop_local(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner.admission.close();
+        // Dropped outside the lock: the handles unmap through the engine.
+        let tables = std::mem::take(&mut *self.inner.name_tables.lock());
+        drop(tables);
+        let mut st = self.inner.state.lock();
+        st.waiters.clear();
+        st.engine.revoke_all();
     }
 
     /// Sends `msg` to `to` in order with the engine's own messages.
@@ -861,6 +923,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
     let mut shutdown = inner.shutdown.subscribe();
     let node = Node {
         inner: inner.clone(),
+        _user: None,
     };
     // Protocol messages held back while in-doubt transactions are resolved after a restart.
     let mut held_back: Vec<(NodeId, Message)> = Vec::new();

@@ -536,6 +536,18 @@ impl Transport {
             .collect()
     }
 
+    /// Closes the endpoint and every connection at once (no wait for the peers), for a stop
+    /// outside any runtime. The socket goes when the last task holding the endpoint ends.
+    pub fn close_now(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner
+            .endpoint
+            .close(close_code::SHUTDOWN.into(), b"shutdown");
+        for link in self.inner.links.values() {
+            drop(std::mem::take(&mut *link.accepted.lock()));
+        }
+    }
+
     /// Stops sending and accepting, closes the endpoint and waits (bounded) for it to idle.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
