@@ -96,3 +96,36 @@ async fn opposite_order_transfers_do_not_deadlock_and_conserve_money() -> Result
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A transaction refuses a handle mapped on another node with a clear error (its locks would
+/// be that node's, outside the transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_of_another_node_is_refused() {
+    let cluster = crl::Cluster::local(2).await.unwrap();
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    let id = n0.create(Account { balance: 0 }).await.unwrap().id();
+    let foreign = n1.map::<Account>(id).await.unwrap();
+    let r = n0
+        .transaction(async |tx| {
+            tx.write(&foreign).await?.balance += 1;
+            Ok::<_, crl::Error>(())
+        })
+        .await;
+    match r {
+        Err(crl::Error::ForeignHandle {
+            handle_node,
+            tx_node,
+            ..
+        }) => {
+            assert_eq!((handle_node, tx_node), (n1.id(), n0.id()));
+        }
+        other => panic!("expected ForeignHandle, got {other:?}"),
+    }
+    let r = n0
+        .transaction(async |tx| Ok::<_, crl::Error>(tx.read(&foreign).await?.balance))
+        .await;
+    assert!(matches!(r, Err(crl::Error::ForeignHandle { .. })), "{r:?}");
+    // Nothing was written.
+    assert_eq!(foreign.start_read().await.unwrap().balance, 0);
+    cluster.shutdown().await;
+}

@@ -121,6 +121,19 @@ pub enum Error {
     /// A guard of this transaction on the region is still alive.
     #[error("region {0} is already borrowed by this transaction (drop the other guard first)")]
     TxBorrowed(RegionId),
+    /// A transaction was given a handle mapped on another node (every handle a transaction
+    /// uses must come from the node that runs it: map the region there).
+    #[error(
+        "region {region} was mapped on {handle_node}, not on {tx_node}, which runs this transaction"
+    )]
+    ForeignHandle {
+        /// The region.
+        region: RegionId,
+        /// The node the handle belongs to.
+        handle_node: NodeId,
+        /// The node running the transaction.
+        tx_node: NodeId,
+    },
     /// The transaction has already committed or aborted.
     #[error("the transaction has already ended")]
     TxFinished,

@@ -407,6 +407,11 @@ impl Node {
         })
     }
 
+    /// Whether `other` drives the same node (not merely one with the same id).
+    pub(crate) fn same_node(&self, other: &Node) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The same node, holding none of the program's share (for what the node keeps itself).
     fn internal(&self) -> Node {
         Node {

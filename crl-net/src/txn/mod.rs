@@ -302,6 +302,19 @@ impl Tx {
     }
 
     /// Fails if the transaction cannot go on (wounded, doomed or finished).
+    /// A handle mapped on another node cannot take part: its locks would be that node's.
+    fn check_handle<T: Region>(&self, h: &Handle<T>) -> Result<(), Error> {
+        if h.node().same_node(&self.inner.node) {
+            Ok(())
+        } else {
+            Err(Error::ForeignHandle {
+                region: h.id(),
+                handle_node: h.node().id(),
+                tx_node: self.inner.node.id(),
+            })
+        }
+    }
+
     fn check_live(&self) -> Result<(), Error> {
         let mut st = self.inner.state.lock();
         if st.finished {
@@ -337,6 +350,7 @@ impl Tx {
     /// ends. Reading a region this transaction writes gives its written value.
     pub async fn read<'t, T: Region>(&'t self, h: &Handle<T>) -> Result<TxRead<'t, T>, Error> {
         self.check_live()?;
+        self.check_handle(h)?;
         let region = h.id();
         if let Some(access) = self.take_held(region)? {
             return Ok(TxRead {
@@ -370,6 +384,7 @@ impl Tx {
     /// transaction ends, and the region is restored if it aborts.
     pub async fn write<'t, T: Region>(&'t self, h: &Handle<T>) -> Result<TxWrite<'t, T>, Error> {
         self.check_live()?;
+        self.check_handle(h)?;
         let region = h.id();
         let upgrade = {
             let mut st = self.inner.state.lock();
