@@ -637,5 +637,41 @@ impl<K: Ord + Clone + Debug, M: Model> Model for Keyed<K, M> {
 /// A map of registers: [`Register`]s keyed by `K`, each checked on its own.
 pub type RegisterMap<K, V> = Keyed<K, Register<V>>;
 
+/// One operation on a [`RegisterMap`].
+pub type RegisterMapOp<K, V> = Operation<(K, RegisterInput<V>), RegisterOutput<V>>;
+
+/// Removes from a register-map history the writes that never returned and whose value no
+/// returned read of the same key saw; returns how many. It changes no verdict: such a write
+/// may be left out by the search anyway, and any linearization that places it stays one
+/// without it (no read sees its value, so the next operation on its key that observes the
+/// state is a write, which overwrites it). It keeps the search from trying every place for
+/// writes that cannot matter, which after a process pause or kill (hundreds of writes left
+/// open to the end of the history) can exhaust the step budget.
+pub fn drop_unobserved_pending_writes<K, V>(history: &mut Vec<RegisterMapOp<K, V>>) -> usize
+where
+    K: Eq + Hash + Clone,
+    V: Eq + Hash + Clone,
+{
+    let seen: HashSet<(K, V)> = history
+        .iter()
+        .filter_map(|op| match (&op.input, &op.ret) {
+            (
+                (k, RegisterInput::Read),
+                Some(Return {
+                    output: RegisterOutput::Value(v),
+                    ..
+                }),
+            ) => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    let before = history.len();
+    history.retain(|op| match (&op.input, &op.ret) {
+        ((k, RegisterInput::Write(v)), None) => seen.contains(&(k.clone(), v.clone())),
+        _ => true,
+    });
+    before - history.len()
+}
+
 #[cfg(test)]
 mod tests;

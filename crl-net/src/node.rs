@@ -381,6 +381,27 @@ impl Node {
         }
         // Peers learn the (new) epoch now and drop what they knew of an earlier incarnation.
         node.inner.transport.announce();
+        // A start that fails from here on stops what it started (tasks, socket, store lock).
+        if let Err(e) = node.finish_start(recovering, has_name_table, epoch).await {
+            warn!(node = %id, "start failed: {e}");
+            node.shutdown().await;
+            return Err(e);
+        }
+        let user = Some(Arc::new(StopWhenDropped(Arc::downgrade(&node.inner))));
+        Ok(Node {
+            _user: user,
+            ..node
+        })
+    }
+
+    /// The end of a start: in-doubt transactions resolved, the name table in place.
+    async fn finish_start(
+        &self,
+        recovering: bool,
+        has_name_table: bool,
+        epoch: u64,
+    ) -> Result<(), Error> {
+        let (node, id) = (self, self.inner.id);
         if recovering {
             node.resolve_in_doubt().await?;
         }
@@ -400,11 +421,7 @@ impl Node {
             t
         };
         node.inner.name_tables.lock().insert(id, table);
-        let user = Some(Arc::new(StopWhenDropped(Arc::downgrade(&node.inner))));
-        Ok(Node {
-            _user: user,
-            ..node
-        })
+        Ok(())
     }
 
     /// Whether `other` drives the same node (not merely one with the same id).

@@ -620,3 +620,73 @@ fn lincheck_large_history_single_key_heavy_overlap() {
     let history = unkeyed(&big_history(4, 1_000, 1, 8, 60));
     assert!(verdict(&history).is_linearizable());
 }
+
+type RegOp = Operation<(u8, RegisterInput<u64>), RegisterOutput<u64>>;
+
+fn kw(client: u64, key: u8, v: u64, call: u64, ret: u64) -> RegOp {
+    Operation::completed(
+        client,
+        (key, RegisterInput::Write(v)),
+        call,
+        RegisterOutput::Written,
+        ret,
+    )
+}
+
+fn kr(client: u64, key: u8, v: u64, call: u64, ret: u64) -> RegOp {
+    Operation::completed(
+        client,
+        (key, RegisterInput::Read),
+        call,
+        RegisterOutput::Value(v),
+        ret,
+    )
+}
+
+fn pending_w(client: u64, key: u8, v: u64, call: u64) -> RegOp {
+    Operation::pending(client, (key, RegisterInput::Write(v)), call)
+}
+
+/// Hundreds of open writes nobody read (a paused process's) are dropped, and the verdict stays
+/// what it is: linearizable histories pass within a small budget, a stale read is still caught.
+#[test]
+fn unobserved_pending_writes_are_dropped_without_changing_the_verdict() {
+    let model = RegisterMap::new(Register::new(0u64));
+    let core = |stale: bool| {
+        let mut h = vec![
+            kw(1, 0, 10, 0, 10),
+            kr(2, 0, 10, 20, 30),
+            kw(1, 0, 11, 40, 50),
+            // An open write that *was* observed: must stay.
+            pending_w(3, 0, 12, 45),
+            kr(2, 0, 12, 60, 70),
+            kr(2, 0, if stale { 11 } else { 12 }, 80, 90),
+            kw(1, 1, 20, 0, 10),
+        ];
+        for i in 0..300 {
+            h.push(pending_w(100 + i, 0, 1_000 + i, 5 + i % 50));
+        }
+        h
+    };
+    let mut ok = core(false);
+    assert!(matches!(
+        check_with_budget(&model, &ok, 20_000).unwrap(),
+        Outcome::Unknown { .. }
+    ));
+    assert_eq!(drop_unobserved_pending_writes(&mut ok), 300);
+    assert_eq!(
+        ok.len(),
+        7,
+        "the observed open write and every completed op stay"
+    );
+    assert_eq!(
+        check_with_budget(&model, &ok, 20_000).unwrap(),
+        Outcome::Linearizable
+    );
+    let mut bad = core(true);
+    drop_unobserved_pending_writes(&mut bad);
+    assert!(matches!(
+        check(&model, &bad).unwrap(),
+        Outcome::Violation(_)
+    ));
+}

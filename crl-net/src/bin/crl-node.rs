@@ -52,6 +52,48 @@ enum Command {
     /// Checks or repairs a stopped node's write-ahead log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Lists or resolves the unfinished transactions in a stopped node's log.
+    #[command(subcommand)]
+    Txn(TxnCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TxnCommand {
+    /// Lists the transactions prepared here and undecided (in doubt: the node asks their
+    /// coordinator at start, and fails to start if it cannot), and those committed here as
+    /// coordinator that some participant has not confirmed.
+    List {
+        /// The node's data directory (`data_dir` in the cluster file).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Records the outcome of an in-doubt transaction, as its coordinator would have. Look
+    /// the outcome up in the coordinator's log first (`txn list` there): a committed
+    /// transaction is listed there until every participant confirmed; one it has no record
+    /// of was aborted.
+    Resolve {
+        /// The node's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The transaction id, as `txn list` prints it (hex with 0x, or decimal).
+        #[arg(long, value_name = "TXID", value_parser = parse_txid)]
+        txid: u64,
+        /// Commit it (apply its prepared writes).
+        #[arg(long, conflicts_with = "abort", required_unless_present = "abort")]
+        commit: bool,
+        /// Abort it (drop its prepared writes).
+        #[arg(long)]
+        abort: bool,
+    },
+}
+
+/// Parses a transaction id: `0x…` hex or decimal.
+fn parse_txid(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("bad transaction id {s:?}: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +190,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Cert(cert)) => run_cert(cert),
         Some(Command::Log(log)) => run_log(log),
+        Some(Command::Txn(txn)) => run_txn(txn),
         Some(Command::Run(args)) => run_node(&args),
         None => match (cli.config, cli.id) {
             (Some(config), Some(id)) => run_node(&RunArgs { config, id }),
@@ -220,6 +263,47 @@ fn run_cert(cert: CertCommand) -> Result<(), Failure> {
                     println!("wrote {}", file.display());
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+fn run_txn(cmd: TxnCommand) -> Result<(), Failure> {
+    use crl_net::txn::admin;
+    match cmd {
+        TxnCommand::List { data_dir } => {
+            let l = admin::list(&data_dir).map_err(|e| {
+                Failure::new(format!("crl-node txn list: {}: {e}", data_dir.display()))
+            })?;
+            println!("in doubt: {}", l.in_doubt.len());
+            for t in &l.in_doubt {
+                println!(
+                    "  {:#x}: coordinator {}, {} writes, {} deletes",
+                    t.txid, t.coordinator, t.writes, t.deletes
+                );
+            }
+            println!(
+                "committed here, not confirmed by every participant: {}",
+                l.committed.len()
+            );
+            for t in &l.committed {
+                println!("  {:#x}: participants {:?}", t.txid, t.participants);
+            }
+            Ok(())
+        }
+        TxnCommand::Resolve {
+            data_dir,
+            txid,
+            commit,
+            abort: _,
+        } => {
+            admin::resolve(&data_dir, txid, commit).map_err(|e| {
+                Failure::new(format!("crl-node txn resolve: {}: {e}", data_dir.display()))
+            })?;
+            println!(
+                "transaction {txid:#x} resolved: {}",
+                if commit { "commit" } else { "abort" }
+            );
             Ok(())
         }
     }

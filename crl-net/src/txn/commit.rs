@@ -1210,4 +1210,67 @@ mod tests {
         cluster.shutdown().await;
         let _ = std::fs::remove_dir_all(&base);
     }
+
+    /// A participant whose coordinator is gone fails to start with `InDoubt`, releasing its
+    /// address and its store; an operator lists the transaction and resolves it, and the node
+    /// starts (issue 9: the failed start leaked its tasks, socket and data-dir lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_doubt_participant_fails_to_start_cleanly_and_an_operator_resolves_it() {
+        let base = std::env::temp_dir().join(format!("crl-indoubt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dirs = base.clone();
+        let mut cluster = Cluster::local_with(2, move |c| {
+            c.op_timeout = Duration::from_millis(300);
+            c.data_dir = Some(dirs.join(format!("n{}", c.node.0)));
+        })
+        .await
+        .unwrap();
+        let addr = cluster.node(0).local_addr();
+        let dir0 = base.join("n0");
+        cluster.shutdown().await;
+        // Node 0's log gets a prepare from coordinator n1, which is down for good.
+        let txid = 0x1234;
+        {
+            let (store, _) =
+                DurableStore::open(crl_core::durable::StoreConfig::new(dir0.clone())).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            store.append(
+                LogRecord::Prepare {
+                    txid,
+                    coordinator: NodeId(1),
+                    writes: Vec::new(),
+                    deletes: Vec::new(),
+                },
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv().unwrap().unwrap();
+            store.close();
+        }
+        match cluster.restart(0).await {
+            Err(Error::InDoubt { count: 1, .. }) => {}
+            other => panic!("expected InDoubt, got {other:?}"),
+        }
+        // Everything the failed start took is free again.
+        std::net::UdpSocket::bind(addr).expect("the failed start kept its address");
+        let listing = super::super::admin::list(&dir0).expect("the failed start kept the store");
+        assert_eq!(listing.in_doubt.len(), 1);
+        assert_eq!(listing.in_doubt[0].txid, txid);
+        assert_eq!(listing.in_doubt[0].coordinator, NodeId(1));
+        assert!(matches!(
+            super::super::admin::resolve(&dir0, txid + 1, false),
+            Err(super::super::admin::ResolveError::NotInDoubt(_))
+        ));
+        super::super::admin::resolve(&dir0, txid, false).unwrap();
+        assert!(
+            super::super::admin::list(&dir0)
+                .unwrap()
+                .in_doubt
+                .is_empty()
+        );
+        cluster.restart(0).await.expect("starts once resolved");
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

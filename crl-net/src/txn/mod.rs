@@ -103,6 +103,7 @@
 //!
 //! [`NodeConfig::tx_max_attempts`]: crate::NodeConfig::tx_max_attempts
 
+pub mod admin;
 pub(crate) mod commit;
 pub(crate) mod locks;
 
