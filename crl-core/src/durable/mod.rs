@@ -493,7 +493,7 @@ pub enum StoreError {
         /// The maximum, [`MAX_RECORD_BYTES`].
         max: usize,
     },
-    /// Another store has the directory open.
+    /// Another store has the directory open (its lock was still held after a wait of 2 s).
     #[error("store directory {} is in use by another store", dir.display())]
     Locked {
         /// The directory.
