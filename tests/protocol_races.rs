@@ -943,3 +943,89 @@ fn a_fenced_requester_asks_again_while_its_withdrawn_request_is_still_served() {
     let a = net.granted(1, 3).expect("the new request is served");
     assert_eq!(get(&a), 1);
 }
+
+/// A transaction at n1 deletes X (homed at n0) while holding its only copy, and n2's write is
+/// already being served at the home (waiting for n1's recall). The delete goes first: n2
+/// learns `Deleted`, never gets X. (Enqueued like a plain request, the delete came after n2's
+/// write, which then committed to a deleted region.)
+#[test]
+fn a_committed_delete_from_the_owner_goes_before_requests_waiting_for_it() {
+    let mut net = Network::new(3, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    net.map(1, id);
+    net.map(2, id);
+    let mut w = net.access(1, id, 1, true);
+    set(&mut w, 2);
+    assert!(matches!(
+        net.engine(2).start_write(id, 2).unwrap(),
+        Start::Queued
+    ));
+    net.pump(2);
+    net.settle();
+    assert!(net.granted(2, 2).is_none(), "n1's access defers the recall");
+    // The commit: the delete is done here and sent home before the access ends.
+    net.engine(1).delete_committed(id);
+    net.pump(1);
+    assert_eq!(
+        net.engine(1).start_read(id, 3).unwrap_err(),
+        OpError::Deleted(id),
+        "the writer's node knows at once"
+    );
+    end(&mut net, 1, w);
+    net.settle();
+    assert_eq!(net.completed(2, 2), Some(Err(OpError::Deleted(id))));
+    assert_eq!(
+        net.engine(0).start_read(id, 4).unwrap_err(),
+        OpError::Deleted(id)
+    );
+    assert!(net.inspect(0, id).is_none());
+}
+
+/// At the home, a delete decided by a transaction goes before the local requests waiting.
+#[test]
+fn a_committed_delete_at_the_home_goes_before_local_requests() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let cell = net.engine(0).create(Counter { value: 1 });
+    let id = cell.id();
+    let w = net.access(0, id, 1, true);
+    assert!(matches!(
+        net.engine(0).start_write(id, 2).unwrap(),
+        Start::Queued
+    ));
+    net.engine(0).delete_committed(id);
+    end(&mut net, 0, w);
+    net.settle();
+    assert_eq!(net.completed(0, 2), Some(Err(OpError::Deleted(id))));
+}
+
+/// A prepared region is held at its home: the owner's copy is recalled, but nobody (the
+/// home's own code included) gets the region until the hold ends, so the decision is
+/// installed before anything later reads or writes it.
+#[test]
+fn a_held_region_is_served_only_after_the_hold_ends() {
+    let mut net = Network::new(3, EngineConfig::default());
+    let cell = net.engine(0).create(Counter { value: 1 });
+    let id = cell.id();
+    net.map(1, id);
+    net.map(2, id);
+    let mut w = net.access(1, id, 1, true);
+    set(&mut w, 2);
+    end(&mut net, 1, w);
+    net.engine(0).hold(id).unwrap();
+    assert!(matches!(
+        net.engine(2).start_read(id, 2).unwrap(),
+        Start::Queued
+    ));
+    net.pump(2);
+    net.settle();
+    assert_eq!(net.cache_state(1, id), CacheState::Shared, "recalled");
+    assert!(net.granted(2, 2).is_none(), "served while held");
+    assert!(cell.try_write().is_none() && cell.try_read().is_none());
+    net.engine(0).release_hold(id);
+    net.pump(0);
+    net.settle();
+    let r = net.granted(2, 2).expect("granted once the hold ends");
+    assert_eq!(get(&r), 2);
+    drop(r);
+    assert_eq!(cell.try_read().expect("home hit again").value, 2);
+}

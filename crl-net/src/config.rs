@@ -529,6 +529,10 @@ pub enum TxFault {
     /// were sent their prepares, before the decision is made, so that a test can cut the
     /// writer off while homes are prepared.
     StallMidCommit(std::time::Duration),
+    /// A slow link, not a bug: a home deciding a transaction tells this participant of a
+    /// commit this much later than everyone else, so that a test can check that the
+    /// participant serves the regions it prepared to nobody meanwhile.
+    DelayDecisionTo(NodeId, std::time::Duration),
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crl_core::durable::{DurableStore, StoreConfig};
+use crl_core::durable::{DurableStore, LogRecord, StoreConfig};
 use crl_core::engine::{
     Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, PeerReset,
     Progress, ReadGuard, RegionCell, Start, WriteGuard,
@@ -90,6 +90,8 @@ enum Outcome {
 struct EngineState {
     engine: Engine,
     waiters: HashMap<OpId, oneshot::Sender<Outcome>>,
+    /// The node's log, if it has a data dir: deletes of regions homed here are recorded.
+    store: Option<DurableStore>,
 }
 
 impl EngineState {
@@ -111,6 +113,22 @@ impl EngineState {
                 }
                 Event::CopyLost { region } => {
                     warn!(%region, "a restarted peer held this region modified: its unlogged changes are lost");
+                    continue;
+                }
+                Event::Deleted { region } => {
+                    // Written with the next group commit (the delete is answered now: a crash
+                    // of this home before that fsync brings the region back; a transaction's
+                    // delete is in its commit records already).
+                    if let Some(store) = &self.store {
+                        store.append(
+                            LogRecord::Delete { region },
+                            Box::new(move |res| {
+                                if let Err(e) = res {
+                                    warn!(%region, "logging a delete failed: {e}");
+                                }
+                            }),
+                        );
+                    }
                     continue;
                 }
                 _ => continue,
@@ -349,6 +367,7 @@ impl Node {
             state: Mutex::new(EngineState {
                 engine,
                 waiters: HashMap::new(),
+                store: durability.as_ref().map(|d| d.store().clone()),
             }),
             transport,
             members,
@@ -528,7 +547,10 @@ impl Node {
     }
 
     /// Deletes region `id` everywhere. Later accesses on any node fail with
-    /// [`Error::Deleted`]. Deleting a deleted region succeeds.
+    /// [`Error::Deleted`]. Deleting a deleted region succeeds. A home with a data dir logs the
+    /// delete with its next group commit, after answering (a crash in between can bring the
+    /// region back); [`Tx::delete`](crate::txn::Tx::delete) is durable when its commit
+    /// returns.
     pub async fn delete(&self, id: RegionId) -> Result<(), Error> {
         let outcome = self
             .run_op("delete", id, |engine, op| {
@@ -1172,6 +1194,9 @@ async fn resend_decisions(node: Node) {
         }
         for (txid, decider) in d.overdue() {
             node.send(decider, Message::TxInquire { txid });
+        }
+        for (txid, coordinator) in d.unanswered() {
+            node.send(coordinator, Message::TxInquire { txid });
         }
     }
 }

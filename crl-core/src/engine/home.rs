@@ -43,6 +43,8 @@ pub(crate) enum Requester {
     Local(OpId),
     /// A remote node.
     Remote(NodeId),
+    /// Nobody: a transaction's delete, decided (see [`Engine::delete_committed`]).
+    Decided,
 }
 
 impl Requester {
@@ -108,6 +110,12 @@ pub(crate) struct HomeEntry {
     pub(crate) serving: Option<Serving>,
     pub(crate) queue: VecDeque<Request>,
     pub(crate) map_count: usize,
+    /// Prepared transactions holding the region (see [`Engine::hold`]): while any does, no
+    /// request is finished and the home's own copy admits no hit.
+    pub(crate) holds: u16,
+    /// A delete that must happen before any request not yet answered (a committed
+    /// transaction's, or one from the exclusive owner).
+    pub(crate) delete_first: bool,
 }
 
 impl HomeEntry {
@@ -118,6 +126,8 @@ impl HomeEntry {
             serving: None,
             queue: VecDeque::new(),
             map_count: 1,
+            holds: 0,
+            delete_first: false,
         }
     }
 
@@ -200,8 +210,14 @@ impl Engine {
                 return;
             };
             if entry.serving.is_none() {
+                if entry.delete_first && entry.queue.front().is_none_or(|r| r.want != Want::Delete)
+                {
+                    entry.queue.push_front(Request::delete(Requester::Decided));
+                }
                 let Some(req) = entry.queue.pop_front() else {
-                    entry.permit();
+                    if entry.holds == 0 {
+                        entry.permit();
+                    }
                     return;
                 };
                 entry.cell.word().revoke();
@@ -264,10 +280,17 @@ impl Engine {
                     priority,
                 });
             }
-            if !ready || !serving.acks.is_empty() {
+            if !ready || !serving.acks.is_empty() || entry.holds > 0 {
                 return;
             }
             let serving = entry.serving.take().expect("serving");
+            if entry.delete_first && serving.req.want != Want::Delete {
+                // Not answered yet, so it may as well come after the delete (and learn it).
+                if !serving.cancelled {
+                    entry.queue.push_front(serving.req);
+                }
+                continue;
+            }
             self.home_finish(id, serving.req, serving.cancelled);
         }
     }
@@ -352,11 +375,16 @@ impl Engine {
                     },
                 );
             }
+            (Want::Read | Want::Write, Requester::Decided) => {
+                // Never made: a decided request is a delete.
+                debug!(node = %self.node, region = %id, ?req, "an access asked by nobody");
+            }
             (Want::Delete, who) => {
                 let entry = self.homes.remove(&id.seq).expect("home entry");
                 entry.cell.clear();
                 self.deleted.insert(id.seq);
                 debug!(node = %self.node, region = %id, "deleted");
+                self.events.push_back(Event::Deleted { region: id });
                 if !cancelled {
                     self.home_reply_deleted(id, who, true);
                 }
@@ -436,6 +464,44 @@ impl Engine {
     }
 
     /// Replaces the home's copy of `id` with `bytes` (see [`Engine::install_master`]).
+    /// See [`Engine::hold`].
+    pub(crate) fn home_hold(&mut self, id: RegionId) -> Result<(), OpError> {
+        if id.home != self.node {
+            return Err(OpError::NoSuchRegion(id));
+        }
+        let Some(entry) = self.homes.get_mut(&id.seq) else {
+            return Err(self.home_missing(id));
+        };
+        entry.holds = entry.holds.checked_add(1).ok_or(OpError::InUse(id))?;
+        // The home's own copy admits no hit until the decision (a queued request also
+        // revokes when it starts).
+        entry.cell.word().revoke();
+        trace!(node = %self.node, region = %id, holds = entry.holds, "held");
+        Ok(())
+    }
+
+    /// See [`Engine::release_hold`].
+    pub(crate) fn home_release_hold(&mut self, id: RegionId) {
+        let Some(entry) = self.homes.get_mut(&id.seq) else {
+            return;
+        };
+        entry.holds = entry.holds.saturating_sub(1);
+        trace!(node = %self.node, region = %id, holds = entry.holds, "hold released");
+        if entry.holds == 0 {
+            self.home_advance(id);
+        }
+    }
+
+    /// See [`Engine::delete_committed`] (the region is homed here).
+    pub(crate) fn home_delete_committed(&mut self, id: RegionId) {
+        let Some(entry) = self.homes.get_mut(&id.seq) else {
+            return;
+        };
+        entry.delete_first = true;
+        debug!(node = %self.node, region = %id, "a committed delete goes first");
+        self.home_advance(id);
+    }
+
     pub(crate) fn home_install_master(
         &mut self,
         id: RegionId,
@@ -476,6 +542,7 @@ impl Engine {
                     reason: Refusal::Deleted,
                 },
             ),
+            (Requester::Decided, _) => {}
         }
     }
 
@@ -554,7 +621,22 @@ impl Engine {
             Message::Delete { .. } => match self.home_refusal(id, None) {
                 Some(Refusal::Deleted) => self.send(from, Message::DeleteAck { region: id }),
                 Some(reason) => self.send(from, Message::Refused { region: id, reason }),
-                None => self.home_enqueue(id, Request::delete(Requester::Remote(from))),
+                None => {
+                    let entry = self.homes.get_mut(&id.seq).expect("home entry");
+                    if entry.dir == DirState::Exclusive(from) {
+                        // The owner holds the only copy: no request waiting here has been
+                        // answered since it took the region, so the delete goes first. (A
+                        // transaction's delete is sent before its writes are released: FIFO
+                        // links then never show them with the region still alive.)
+                        entry.delete_first = true;
+                        entry
+                            .queue
+                            .push_front(Request::delete(Requester::Remote(from)));
+                        self.home_advance(id);
+                    } else {
+                        self.home_enqueue(id, Request::delete(Requester::Remote(from)));
+                    }
+                }
             },
             Message::RecallAck { image, .. } => {
                 let violation = |e: &Engine, what: &str| Err(e.violation(from, Some(id), what));

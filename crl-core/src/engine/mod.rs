@@ -154,6 +154,12 @@ pub enum Event {
         /// The region.
         region: RegionId,
     },
+    /// `region`, homed here, was deleted (by anyone): a node with a log records it, so that
+    /// the region stays deleted after a restart.
+    Deleted {
+        /// The region.
+        region: RegionId,
+    },
 }
 
 impl Event {
@@ -161,7 +167,7 @@ impl Event {
     pub fn op(&self) -> Option<OpId> {
         match self {
             Event::Granted { op, .. } | Event::Completed { op, .. } => Some(*op),
-            Event::Wanted { .. } | Event::CopyLost { .. } => None,
+            Event::Wanted { .. } | Event::CopyLost { .. } | Event::Deleted { .. } => None,
         }
     }
 }
@@ -839,6 +845,52 @@ impl Engine {
     pub fn install_master(&mut self, id: RegionId, bytes: &[u8]) -> Result<(), OpError> {
         self.process_drained();
         self.home_install_master(id, bytes)
+    }
+
+    /// At the home of `id`: a prepared transaction holds the region until its decision is
+    /// known. While held, requests are started (recalls go out) but none is finished, and the
+    /// home's own copy admits no hit, so that the decision (its image installed, or its delete
+    /// done) comes before anything later sees the region. Every `hold` needs one
+    /// [`release_hold`](Self::release_hold). Fails if the region is not homed here.
+    pub fn hold(&mut self, id: RegionId) -> Result<(), OpError> {
+        self.process_drained();
+        self.home_hold(id)
+    }
+
+    /// Ends one [`hold`](Self::hold) of `id`; the last one lets the queued requests go on.
+    pub fn release_hold(&mut self, id: RegionId) {
+        self.process_drained();
+        self.home_release_hold(id);
+    }
+
+    /// A committed transaction deleted `id`, while this node holds its only copy under the
+    /// transaction's write access (or is its home). Call it before that access ends:
+    ///
+    /// - at the home, the delete is done before any request not yet answered (they then
+    ///   learn [`OpError::Deleted`]), as soon as accesses in progress and holds allow;
+    /// - at a node caching the region, the copy admits no further hit, later local accesses
+    ///   fail with [`OpError::Deleted`], and the home is sent the delete, which goes first
+    ///   there too (the sender owns the region exclusively).
+    ///
+    /// Idempotent; a region already gone is ignored.
+    pub fn delete_committed(&mut self, id: RegionId) {
+        self.process_drained();
+        if id.home == self.node {
+            self.home_delete_committed(id);
+            return;
+        }
+        let Some(entry) = self.cache.get_mut(&id) else {
+            return;
+        };
+        if entry.deleted {
+            return;
+        }
+        entry.deleted = true;
+        entry.cell.word().revoke();
+        // Its ack is still due; nobody waits for it.
+        entry.deletes.push_back(None);
+        self.send(id.home, Message::Delete { region: id });
+        self.cache_advance(id);
     }
 
     /// Recreates region `id` (homed here) at restart from stored bytes, before any local code

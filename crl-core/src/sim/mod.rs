@@ -1276,6 +1276,8 @@ impl Sim {
                     }
                     continue;
                 }
+                // Deletes are checked through the operations' own results.
+                Event::Deleted { .. } => continue,
                 Event::CopyLost { region } => {
                     let Some(r) = self.regions.iter().position(|&id| id == region) else {
                         return Err(self.fail(format!("n{node}: copy of unknown {region} lost")));

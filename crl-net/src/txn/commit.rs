@@ -59,6 +59,22 @@ struct Prepared {
     /// Who shipped the images (holds the regions exclusively until the decision).
     writer: NodeId,
     writes: Vec<(RegionId, Vec<u8>)>,
+    /// The regions it deletes if it commits.
+    deletes: Vec<RegionId>,
+    /// Whether the engine holds its regions until the decision (see `Engine::hold`); not for
+    /// a transaction found in doubt at recovery (the node serves nothing until it is decided).
+    held: bool,
+    /// When it was prepared: a decision that does not come is asked for (see `unanswered`).
+    since: std::time::Instant,
+}
+
+impl Prepared {
+    fn regions(&self) -> impl Iterator<Item = RegionId> + '_ {
+        self.writes
+            .iter()
+            .map(|(r, _)| *r)
+            .chain(self.deletes.iter().copied())
+    }
 }
 
 /// A transaction a writer handed to this node to decide (`TxCommit` from a writer that homes
@@ -214,6 +230,9 @@ impl Durability {
                     coordinator: d.coordinator,
                     writer: d.coordinator,
                     writes: d.writes,
+                    deletes: d.deletes,
+                    held: false,
+                    since: std::time::Instant::now(),
                 },
             );
         }
@@ -631,6 +650,10 @@ impl Durability {
             participants: told.clone(),
         };
         let (this, node2) = (self.clone(), node.clone());
+        // Completions run on the log's writer thread: a delayed send needs the runtime.
+        let rt = node
+            .tx_fault()
+            .and_then(|_| tokio::runtime::Handle::try_current().ok());
         self.store.append(
             record,
             Box::new(move |res| {
@@ -642,12 +665,27 @@ impl Durability {
                                     warn!(%region, txid, "installing a committed image: {e}");
                                 }
                             }
+                            for &region in &d.deletes {
+                                engine.delete_committed(region);
+                            }
                         });
                         this.deciding
                             .lock()
                             .insert(txid, told.iter().copied().collect());
                         this.logging.lock().remove(&txid);
                         for &to in &told {
+                            if let Some(super::TxFault::DelayDecisionTo(slow, by)) =
+                                node2.tx_fault()
+                                && slow == to
+                            {
+                                let node3 = node2.clone();
+                                let Some(rt) = &rt else { continue };
+                                rt.spawn(async move {
+                                    tokio::time::sleep(by).await;
+                                    node3.send(to, Message::TxDecide { txid, commit: true });
+                                });
+                                continue;
+                            }
                             node2.send(to, Message::TxDecide { txid, commit: true });
                         }
                         debug!(txid, writer = %d.writer, ?d.participants, "delegated commit decided");
@@ -762,12 +800,25 @@ impl Durability {
         }
         let writes: Vec<(RegionId, Vec<u8>)> =
             writes.into_iter().map(|w| (w.region, w.bytes)).collect();
+        // Until the decision is known here, nobody gets these regions: the writer may let
+        // them go as soon as it learns the decision, possibly before this node does (from
+        // another coordinator), and what this node serves must include the decision.
+        node.with_engine(|engine| {
+            for &r in &regions {
+                if let Err(e) = engine.hold(r) {
+                    warn!(region = %r, txid, "holding a prepared region: {e}");
+                }
+            }
+        });
         self.prepared.lock().insert(
             txid,
             Prepared {
                 coordinator,
                 writer: from,
                 writes: writes.clone(),
+                deletes: deletes.clone(),
+                held: true,
+                since: std::time::Instant::now(),
             },
         );
         let node2 = node.clone();
@@ -800,16 +851,8 @@ impl Durability {
             return;
         }
         self.in_doubt.lock().remove(&txid);
-        if commit {
-            node.with_engine(|engine| {
-                for (region, bytes) in &p.writes {
-                    if let Err(e) = engine.install_master(*region, bytes) {
-                        warn!(%region, txid, "installing a committed image: {e}");
-                    }
-                }
-            });
-        }
-        self.resolved.notify_one();
+        // Queued first: whatever is logged after the holds are released (a later commit on
+        // these regions) follows the decision in the log, and replays after it.
         let node2 = node.clone();
         self.store.append(
             LogRecord::Decide { txid, commit },
@@ -818,6 +861,39 @@ impl Durability {
                 Err(e) => warn!(txid, "logging a decision failed: {e}"),
             }),
         );
+        node.with_engine(|engine| {
+            if commit {
+                for (region, bytes) in &p.writes {
+                    if let Err(e) = engine.install_master(*region, bytes) {
+                        warn!(%region, txid, "installing a committed image: {e}");
+                    }
+                }
+                for &region in &p.deletes {
+                    engine.delete_committed(region);
+                }
+            }
+            if p.held {
+                for region in p.regions() {
+                    engine.release_hold(region);
+                }
+            }
+        });
+        self.resolved.notify_one();
+    }
+
+    /// Transactions prepared here for longer than twice the vote timeout without a decision:
+    /// the decision may never be sent (a coordinator that aborted before this prepare
+    /// arrived, from another link), so the coordinator is asked. Safe: a coordinator commits
+    /// only after this node's vote, so it cannot have forgotten a commit this node has not
+    /// confirmed; what it does not know was aborted.
+    pub(crate) fn unanswered(&self) -> Vec<(u64, NodeId)> {
+        let patience = self.vote_timeout * 2;
+        self.prepared
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.held && p.since.elapsed() > patience)
+            .map(|(&t, p)| (t, p.coordinator))
+            .collect()
     }
 
     /// A peer restarted (and the node resolved the transactions it coordinated that were
@@ -1106,16 +1182,20 @@ async fn commit_delegated(
     }
 }
 
-/// Releases the locks of a committed transaction and carries out its deletes.
+/// Releases the locks of a committed transaction, its deletes done first: while it still
+/// holds them, each deleted region is gone here and its home is told (the delete goes first
+/// there, since this node owns the region), so nobody sees the transaction's writes with a
+/// region it deleted still alive.
 async fn finish(tx: &Tx, node: &Node) -> Result<(), CommitFailure> {
-    let (deletes, _) = tx.release(true);
-    for id in deletes {
-        if let Err(e) = node.delete(id).await {
-            // The commit stands (the deletion is logged); the region will be refused at its
-            // home after a restart even if this cluster-wide delete failed now.
-            warn!(region = %id, "delete after commit: {e}");
-        }
+    let deletes = tx.inner.state.lock().deletes.clone();
+    if !deletes.is_empty() {
+        node.with_engine(|engine| {
+            for &id in &deletes {
+                engine.delete_committed(id);
+            }
+        });
     }
+    tx.release(true);
     Ok(())
 }
 

@@ -463,7 +463,8 @@ impl Tx {
     }
 
     /// Deletes `h`'s region when (and only if) the transaction commits. Takes the write lock
-    /// now, so nobody else uses the region meanwhile.
+    /// now, so nobody else uses the region meanwhile. The delete takes effect with the commit
+    /// at every node: transactions waiting for the region then fail with [`Error::Deleted`].
     pub async fn delete<T: Region>(&self, h: &Handle<T>) -> Result<(), Error> {
         drop(self.write(h).await?);
         let mut st = self.inner.state.lock();
