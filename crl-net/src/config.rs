@@ -36,7 +36,8 @@
 //!
 //! Relative paths (`ca`, `cert`, `key`, `data_dir`) are resolved against the directory that
 //! holds the cluster file (for [`NodeConfig::from_toml`], against its `base_dir`). Unknown
-//! keys are errors, as are duplicate node ids or addresses, addresses that are not
+//! keys are errors, as are node ids above [`MAX_NODE_ID`] (4095), duplicate node ids or
+//! addresses, addresses that are not
 //! `ip:port`, zero timeouts, and missing certificate files; every error names the file and
 //! the field or node at fault.
 //!
@@ -60,6 +61,11 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default [`NodeConfig::unmapped_capacity`].
 pub const DEFAULT_UNMAPPED_CAPACITY: usize = 4096;
+
+/// The largest node id: a transaction id carries its writer's whole node id in 12 bits (so
+/// that ids of different writers never collide at a home, and a home can check that a
+/// transaction is the sender's own).
+pub const MAX_NODE_ID: u32 = 4095;
 /// Default [`NodeConfig::send_buffer_bytes`]: 64 MiB per peer.
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = crl_core::session::DEFAULT_MAX_UNACKED_BYTES;
 /// Default [`NodeConfig::peer_timeout`]: 12 s.
@@ -207,6 +213,16 @@ pub enum ConfigError {
         id: u32,
         /// The ids present, comma-separated.
         listed: String,
+    },
+    /// A node id above [`MAX_NODE_ID`].
+    #[error("{file}: node id {id} is too large (node ids are 0 to {max})")]
+    NodeIdTooLarge {
+        /// The file (empty for a configuration built in code).
+        file: String,
+        /// The id.
+        id: u32,
+        /// [`MAX_NODE_ID`].
+        max: u32,
     },
     /// Two `[[node]]` entries have the same id.
     #[error("{file}: node id {id} appears in more than one [[node]] entry")]
@@ -426,6 +442,13 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
                     addr: entry.addr.clone(),
                     reason,
                 })?;
+        if entry.id > MAX_NODE_ID {
+            return Err(ConfigError::NodeIdTooLarge {
+                file: f(),
+                id: entry.id,
+                max: MAX_NODE_ID,
+            });
+        }
         if addrs.insert(entry.id, addr).is_some() {
             return Err(ConfigError::DuplicateNode {
                 file: f(),
@@ -744,6 +767,19 @@ addr = "[::1]:7002"
             e.contains("node id 1 appears in more than one [[node]] entry"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn node_id_above_the_limit() {
+        let text = FULL.replace("id = 2", "id = 4096");
+        let e = err(&text, 0);
+        assert!(
+            e.contains("node id 4096 is too large (node ids are 0 to 4095)"),
+            "{e}"
+        );
+        // 4095 is allowed (this file then fails later, on its missing certificates).
+        let e = err(&FULL.replace("id = 2", "id = 4095"), 0);
+        assert!(!e.contains("too large"), "{e}");
     }
 
     #[test]

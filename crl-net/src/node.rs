@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{NodeConfig, TxFault};
+use crate::config::{ConfigError, NodeConfig, TxFault};
 use crate::error::Error;
 use crate::hits::HitCounter;
 use crate::liveness::{LeaseSlot, LivenessDriver, LivenessStats};
@@ -263,6 +263,19 @@ impl Node {
         socket: Arc<dyn quinn::AsyncUdpSocket>,
     ) -> Result<Node, Error> {
         let id = config.node;
+        if let Some(&too_large) = config
+            .peers
+            .keys()
+            .chain([&id])
+            .find(|n| n.0 > crate::config::MAX_NODE_ID)
+        {
+            return Err(ConfigError::NodeIdTooLarge {
+                file: String::new(),
+                id: too_large.0,
+                max: crate::config::MAX_NODE_ID,
+            }
+            .into());
+        }
         let vote_timeout = config.op_timeout;
         // Recover first: the epoch goes into every hello.
         let (durability, recovered) = match &config.data_dir {
@@ -953,7 +966,7 @@ fn done(outcome: Outcome) -> Result<(), Error> {
     }
 }
 
-fn name_table_id(node: NodeId) -> RegionId {
+pub(crate) fn name_table_id(node: NodeId) -> RegionId {
     RegionId::new(node, 1)
 }
 

@@ -183,7 +183,9 @@ impl Durability {
             store,
             epoch,
             next_txid: AtomicU64::new(
-                (u64::from(node.0 & 0xfff) << 52) | ((epoch & 0xf_ffff) << 32) | 1,
+                (u64::from(node.0.min(crate::config::MAX_NODE_ID)) << 52)
+                    | ((epoch & 0xf_ffff) << 32)
+                    | 1,
             ),
             prepared: Mutex::new(HashMap::new()),
             voting: Mutex::new(HashMap::new()),
@@ -339,6 +341,12 @@ impl Durability {
 
     fn next_txid(&self) -> u64 {
         self.next_txid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The node whose transaction `txid` is (its writer: node ids fit in the top 12 bits,
+    /// see [`MAX_NODE_ID`](crate::config::MAX_NODE_ID)).
+    fn writer_of(txid: u64) -> NodeId {
+        NodeId((txid >> 52) as u32)
     }
 
     /// Appends `records` and waits until the last one is durable.
@@ -557,6 +565,12 @@ impl Durability {
             );
         };
         let me = node.id();
+        if Self::writer_of(txid) != from {
+            return refuse(format!(
+                "transaction id {txid:#x} is not {from}'s (it is {}'s)",
+                Self::writer_of(txid)
+            ));
+        }
         if writes.is_empty() && deletes.is_empty() {
             return refuse("a commit with no part at its decider".into());
         }
@@ -766,6 +780,15 @@ impl Durability {
                 },
             );
         };
+        if Self::writer_of(txid) != from {
+            // Every prepare comes from the transaction's writer: a peer may not prepare (and
+            // so hold regions under) another node's transaction id.
+            warn!(%from, txid, "refusing a prepare with another node's transaction id");
+            return refuse(format!(
+                "transaction id {txid:#x} is not {from}'s (it is {}'s)",
+                Self::writer_of(txid)
+            ));
+        }
         if coordinator == me {
             warn!(%from, txid, "refusing a prepare that names this node its coordinator");
             return refuse(format!(
@@ -1225,7 +1248,8 @@ mod tests {
     async fn an_empty_prepare_is_refused_and_not_logged() {
         let (cluster, base) = durable_cluster("empty").await;
         let (n0, n1) = (cluster.node(0), cluster.node(1));
-        for txid in 1..=20 {
+        for _ in 1..=20 {
+            let txid = n1.durability().unwrap().next_txid();
             n1.send(
                 n0.id(),
                 Message::TxPrepare {
@@ -1242,6 +1266,41 @@ mod tests {
             prepared, 0,
             "empty prepares were stored as in-doubt transactions"
         );
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// Node 1 holds a region of node 0 exclusively, so a prepare of it is well-formed, but
+    /// it uses node 2's transaction id: refused (it would collide with node 2's transaction
+    /// at node 0, and hold the region under a transaction node 2 never decides).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prepare_with_another_nodes_transaction_id_is_refused() {
+        let (cluster, base) = durable_cluster("txid").await;
+        let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+        let region = crate::node::name_table_id(n0.id());
+        let h = n1.map::<crate::node::NameTable>(region).await.expect("map");
+        drop(h.start_write().await.expect("write"));
+        let prepare = |txid| Message::TxPrepare {
+            txid,
+            coordinator: n1.id(),
+            writes: vec![TxImage {
+                region,
+                bytes: vec![0; 8],
+            }],
+            deletes: Vec::new(),
+        };
+        n1.send(n0.id(), prepare(n2.durability().unwrap().next_txid()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            n0.durability().unwrap().prepared.lock().len(),
+            0,
+            "a prepare under another node's transaction id was stored"
+        );
+        // The same prepare under node 1's own id is stored (the test can fail).
+        n1.send(n0.id(), prepare(n1.durability().unwrap().next_txid()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(n0.durability().unwrap().prepared.lock().len(), 1);
+        drop(h);
         cluster.shutdown().await;
         let _ = std::fs::remove_dir_all(&base);
     }
