@@ -660,9 +660,12 @@ fn a_cancelled_access_leaves_no_event_and_its_grant_stays_cached() {
     let id = net.engine(0).create(Counter { value: 1 }).id();
     let cell = net.map(1, id);
     assert!(start_with(&mut net, 1, id, 1, true, 3).is_none());
-    assert!(net.engine(1).cancel(1));
-    assert!(!net.engine(1).cancel(1), "a second cancel finds nothing");
-    assert!(!net.engine(1).cancel(777), "an unknown op is a no-op");
+    assert!(net.engine(1).cancel(id, 1));
+    assert!(
+        !net.engine(1).cancel(id, 1),
+        "a second cancel finds nothing"
+    );
+    assert!(!net.engine(1).cancel(id, 777), "an unknown op is a no-op");
     net.settle();
     assert!(!net.has_event_for(1, 1));
     assert_eq!(net.cache_state(1, id), CacheState::Modified);
@@ -676,8 +679,8 @@ fn a_cancelled_access_leaves_no_event_and_its_grant_stays_cached() {
     let r = cell.try_read().expect("read hit");
     assert!(start_with(&mut net, 0, id, 3, true, PRIORITY_NONE).is_none()); // served: recall n1
     assert!(start_with(&mut net, 0, id, 4, false, PRIORITY_NONE).is_none()); // queued
-    assert!(net.engine(0).cancel(4));
-    assert!(net.engine(0).cancel(3), "the request being served");
+    assert!(net.engine(0).cancel(id, 4));
+    assert!(net.engine(0).cancel(id, 3), "the request being served");
     net.settle();
     drop(r);
     net.engine(1).process_drained();
@@ -699,7 +702,7 @@ fn a_cancelled_map_is_undone() {
     let (_cell, progress) = net.engine(1).map::<Counter>(id, 1).unwrap();
     assert_eq!(progress, Progress::Pending);
     net.pump(1);
-    assert!(net.engine(1).cancel(1));
+    assert!(net.engine(1).cancel(id, 1));
     net.settle();
     assert!(!net.has_event_for(1, 1));
     assert_eq!(
@@ -718,7 +721,7 @@ fn a_cancelled_map_is_undone() {
     let ghost = RegionId::new(NodeId(0), 999);
     net.engine(1).map::<Counter>(ghost, 5).unwrap();
     net.pump(1);
-    assert!(net.engine(1).cancel(5));
+    assert!(net.engine(1).cancel(ghost, 5));
     net.settle();
     assert!(!net.has_event_for(1, 5));
     assert!(

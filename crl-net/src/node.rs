@@ -794,7 +794,7 @@ impl Node {
                     let op = op_id.load(Ordering::Relaxed);
                     let mut st = self.inner.state.lock();
                     st.waiters.remove(&op);
-                    st.engine.cancel(op);
+                    st.engine.cancel(region, op);
                     st.flush(&self.inner.transport, &self.inner.locks);
                     return Err(Error::Wounded);
                 }
@@ -925,7 +925,7 @@ impl Node {
                 {
                     let mut st = self.inner.state.lock();
                     st.waiters.remove(&op);
-                    st.engine.cancel(op);
+                    st.engine.cancel(region, op);
                     st.flush(&self.inner.transport, &self.inner.locks);
                 }
                 let after = self.inner.op_timeout;

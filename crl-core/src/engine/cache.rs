@@ -350,30 +350,27 @@ impl Engine {
         Ok(())
     }
 
-    /// Withdraws local operation `op` from the cache entries; true if it was found.
-    pub(crate) fn cache_cancel(&mut self, op: OpId) -> bool {
+    /// Withdraws local operation `op` from the cache entry of `id`; true if it was found.
+    pub(crate) fn cache_cancel(&mut self, id: RegionId, op: OpId) -> bool {
+        let Some(entry) = self.cache.get_mut(&id) else {
+            return false;
+        };
         let mut found = None;
-        for (&id, entry) in self.cache.iter_mut() {
-            if let Some(pos) = entry.queue.iter().position(|o| o.op() == op) {
-                entry.queue.remove(pos);
-                found = Some((id, false));
-                break;
-            }
-            if let Some(pos) = entry.mapping.iter().position(|&o| o == op) {
-                entry.mapping.remove(pos);
-                entry.map_count -= 1;
-                found = Some((id, entry.map_count == 0));
-                break;
-            }
-            let slot = entry
-                .flushes
-                .iter_mut()
-                .chain(entry.deletes.iter_mut())
-                .find(|s| **s == Some(op));
-            if let Some(slot) = slot {
-                *slot = None;
-                return true;
-            }
+        if let Some(pos) = entry.queue.iter().position(|o| o.op() == op) {
+            entry.queue.remove(pos);
+            found = Some((id, false));
+        } else if let Some(pos) = entry.mapping.iter().position(|&o| o == op) {
+            entry.mapping.remove(pos);
+            entry.map_count -= 1;
+            found = Some((id, entry.map_count == 0));
+        } else if let Some(slot) = entry
+            .flushes
+            .iter_mut()
+            .chain(entry.deletes.iter_mut())
+            .find(|s| **s == Some(op))
+        {
+            *slot = None;
+            return true;
         }
         let Some((id, unmapped)) = found else {
             return false;

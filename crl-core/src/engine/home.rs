@@ -396,28 +396,28 @@ impl Engine {
         }
     }
 
-    /// Withdraws local operation `op` from the home queues; true if it was found.
-    pub(crate) fn home_cancel(&mut self, op: OpId) -> bool {
-        for (&seq, entry) in self.homes.iter_mut() {
-            let id = RegionId::new(self.node, seq);
-            if let Some(pos) = entry
-                .queue
-                .iter()
-                .position(|r| r.who == Requester::Local(op))
-            {
-                entry.queue.remove(pos);
-                debug!(node = %self.node, region = %id, op, "cancelled a queued request");
-                return true;
-            }
-            if let Some(serving) = entry.serving.as_mut()
-                && serving.req.who == Requester::Local(op)
-                && !serving.cancelled
-            {
-                // Its recalls are out: it is served to the end, without an answer.
-                serving.cancelled = true;
-                debug!(node = %self.node, region = %id, op, "cancelled the request being served");
-                return true;
-            }
+    /// Withdraws local operation `op` from the queue of `id` (homed here); true if found.
+    pub(crate) fn home_cancel(&mut self, id: RegionId, op: OpId) -> bool {
+        let Some(entry) = self.homes.get_mut(&id.seq) else {
+            return false;
+        };
+        if let Some(pos) = entry
+            .queue
+            .iter()
+            .position(|r| r.who == Requester::Local(op))
+        {
+            entry.queue.remove(pos);
+            debug!(node = %self.node, region = %id, op, "cancelled a queued request");
+            return true;
+        }
+        if let Some(serving) = entry.serving.as_mut()
+            && serving.req.who == Requester::Local(op)
+            && !serving.cancelled
+        {
+            // Its recalls are out: it is served to the end, without an answer.
+            serving.cancelled = true;
+            debug!(node = %self.node, region = %id, op, "cancelled the request being served");
+            return true;
         }
         false
     }

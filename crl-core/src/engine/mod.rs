@@ -781,11 +781,16 @@ impl Engine {
     /// sent still happens, only its completion is suppressed, and so does a request the home is
     /// already serving for `op` (its recalls are out). Cancelling an unknown or finished
     /// operation does nothing; an event already queued for [`poll_event`](Self::poll_event)
-    /// is not withdrawn. Returns whether `op` was found. Takes time linear in the number of
-    /// entries.
-    pub fn cancel(&mut self, op: OpId) -> bool {
+    /// is not withdrawn. `id` is the region the operation was started on. Returns whether
+    /// `op` was found. Looks at that region's entry only (its queues are bounded by the
+    /// operations in flight), whatever the number of regions.
+    pub fn cancel(&mut self, id: RegionId, op: OpId) -> bool {
         self.process_drained();
-        let found = self.home_cancel(op) || self.cache_cancel(op);
+        let found = if id.home == self.node {
+            self.home_cancel(id, op)
+        } else {
+            self.cache_cancel(id, op)
+        };
         self.evict_unmapped();
         found
     }

@@ -859,7 +859,7 @@ impl Sim {
         let kind = p.kind;
         let id = self.regions[region];
         self.note(format!("n{node}: cancel op {op} ({kind:?} {id})"));
-        if !self.engines[node].cancel(op) {
+        if !self.engines[node].cancel(id, op) {
             return Err(self.fail(format!("n{node}: cancel of pending op {op} found nothing")));
         }
         self.pending.remove(&op);
