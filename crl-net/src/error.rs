@@ -118,6 +118,10 @@ pub enum Error {
         /// How many times it ran.
         attempts: u32,
     },
+    /// This node has used every transaction id of its incarnation (2^32 - 1 commits that
+    /// wrote something since it started): restart it (a new epoch starts a new range).
+    #[error("this node has used every transaction id of its incarnation: restart it")]
+    TxIdsExhausted,
     /// A guard of this transaction on the region is still alive.
     #[error("region {0} is already borrowed by this transaction (drop the other guard first)")]
     TxBorrowed(RegionId),

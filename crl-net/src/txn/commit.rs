@@ -150,6 +150,8 @@ pub(crate) struct Durability {
     store: DurableStore,
     epoch: u64,
     next_txid: AtomicU64,
+    /// The top 32 bits of every transaction id of this incarnation (node id, epoch).
+    txid_prefix: u64,
     /// Participant: prepared, undecided.
     prepared: Mutex<HashMap<u64, Prepared>>,
     /// Coordinator: collecting votes.
@@ -179,14 +181,13 @@ pub(crate) struct Durability {
 impl Durability {
     pub(crate) fn new(store: DurableStore, node: NodeId, vote_timeout: Duration) -> Durability {
         let epoch = store.epoch();
+        let txid_prefix =
+            (u64::from(node.0.min(crate::config::MAX_NODE_ID)) << 20) | (epoch & 0xf_ffff);
         Durability {
             store,
             epoch,
-            next_txid: AtomicU64::new(
-                (u64::from(node.0.min(crate::config::MAX_NODE_ID)) << 52)
-                    | ((epoch & 0xf_ffff) << 32)
-                    | 1,
-            ),
+            next_txid: AtomicU64::new((txid_prefix << 32) | 1),
+            txid_prefix,
             prepared: Mutex::new(HashMap::new()),
             voting: Mutex::new(HashMap::new()),
             deciding: Mutex::new(HashMap::new()),
@@ -339,8 +340,12 @@ impl Durability {
         .await
     }
 
-    fn next_txid(&self) -> u64 {
-        self.next_txid.fetch_add(1, Ordering::Relaxed)
+    /// A new transaction id: this node's id, 20 bits of its epoch, and a counter; `None`
+    /// once the incarnation has used the counter's 2^32 - 1 ids (the next would carry
+    /// another epoch's bits and could collide with a later incarnation's).
+    fn next_txid(&self) -> Option<u64> {
+        let txid = self.next_txid.fetch_add(1, Ordering::Relaxed);
+        (txid >> 32 == self.txid_prefix).then_some(txid)
     }
 
     /// The node whose transaction `txid` is (its writer: node ids fit in the top 12 bits,
@@ -1013,7 +1018,10 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
     if remote.is_empty() && local.is_empty() && creates.is_empty() && local_deletes.is_empty() {
         return finish(tx, &node).await; // read-only
     }
-    let txid = durability.next_txid();
+    let Some(txid) = durability.next_txid() else {
+        super::abort(tx).await;
+        return Err(CommitFailure::Fatal(Error::TxIdsExhausted));
+    };
     if local.is_empty() && creates.is_empty() && local_deletes.is_empty() {
         // Nothing of this transaction lives here: a home decides it, so that this node being
         // cut off or fenced never leaves prepared regions waiting for it.
@@ -1249,7 +1257,7 @@ mod tests {
         let (cluster, base) = durable_cluster("empty").await;
         let (n0, n1) = (cluster.node(0), cluster.node(1));
         for _ in 1..=20 {
-            let txid = n1.durability().unwrap().next_txid();
+            let txid = n1.durability().unwrap().next_txid().unwrap();
             n1.send(
                 n0.id(),
                 Message::TxPrepare {
@@ -1289,7 +1297,10 @@ mod tests {
             }],
             deletes: Vec::new(),
         };
-        n1.send(n0.id(), prepare(n2.durability().unwrap().next_txid()));
+        n1.send(
+            n0.id(),
+            prepare(n2.durability().unwrap().next_txid().unwrap()),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             n0.durability().unwrap().prepared.lock().len(),
@@ -1297,9 +1308,41 @@ mod tests {
             "a prepare under another node's transaction id was stored"
         );
         // The same prepare under node 1's own id is stored (the test can fail).
-        n1.send(n0.id(), prepare(n1.durability().unwrap().next_txid()));
+        n1.send(
+            n0.id(),
+            prepare(n1.durability().unwrap().next_txid().unwrap()),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(n0.durability().unwrap().prepared.lock().len(), 1);
+        drop(h);
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// The counter of transaction ids never runs into the epoch's bits: the last id of the
+    /// incarnation is given, the next commit fails with a clear error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transaction_ids_run_out_with_an_error_not_a_collision() {
+        let (cluster, base) = durable_cluster("txids").await;
+        let n0 = cluster.node(0);
+        let d = n0.durability().unwrap();
+        let first = d.next_txid().unwrap();
+        d.next_txid.store(first | 0xffff_ffff, Ordering::Relaxed);
+        assert_eq!(d.next_txid(), Some(first | 0xffff_ffff));
+        assert_eq!(d.next_txid(), None);
+        #[derive(crl_core::Region, Clone, Debug)]
+        #[region(crate = ::crl_core)]
+        struct Counter {
+            n: u64,
+        }
+        let h = n0.create(Counter { n: 0 }).await.expect("create");
+        let r = n0
+            .transaction(async |tx| {
+                tx.write(&h).await?.n += 1;
+                Ok::<_, Error>(())
+            })
+            .await;
+        assert!(matches!(r, Err(Error::TxIdsExhausted)), "{r:?}");
         drop(h);
         cluster.shutdown().await;
         let _ = std::fs::remove_dir_all(&base);
@@ -1310,7 +1353,7 @@ mod tests {
         let (cluster, base) = durable_cluster("vote").await;
         let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
         let d = n0.durability().unwrap();
-        let txid = d.next_txid();
+        let txid = d.next_txid().unwrap();
         let (reply, mut votes) = oneshot::channel();
         d.voting.lock().insert(
             txid,
