@@ -463,7 +463,6 @@ impl Engine {
         }
     }
 
-    /// Replaces the home's copy of `id` with `bytes` (see [`Engine::install_master`]).
     /// See [`Engine::hold`].
     pub(crate) fn home_hold(&mut self, id: RegionId) -> Result<(), OpError> {
         if id.home != self.node {
@@ -502,6 +501,7 @@ impl Engine {
         self.home_advance(id);
     }
 
+    /// Replaces the home's copy of `id` with `bytes` (see [`Engine::install_master`]).
     pub(crate) fn home_install_master(
         &mut self,
         id: RegionId,
