@@ -182,19 +182,40 @@ impl Shared {
 
     /// The watchdog thread: fails the store when a disk operation overruns the I/O timeout.
     pub(crate) fn watchdog(&self) {
+        // The watchdog looks every `slice`. Time the whole process did not run (a SIGSTOP, a
+        // suspended VM) is not the disk's fault: a look that comes later than asked counts as
+        // at most two slices, so a stopped and resumed process does not fail its store.
+        let slice = (self.io_timeout / 10).max(Duration::from_millis(1));
+        // The operation being timed, the time counted against it, and the last look.
+        let mut timing: Option<(Instant, Duration, Instant)> = None;
         let mut w = self.watch.lock();
         loop {
             if w.stop {
                 return;
             }
             match w.started {
-                None => self.watch_wake.wait(&mut w),
+                None => {
+                    timing = None;
+                    self.watch_wake.wait(&mut w);
+                }
                 Some((start, what)) => {
-                    let elapsed = start.elapsed();
-                    if elapsed < self.io_timeout {
-                        let _ = self.watch_wake.wait_for(&mut w, self.io_timeout - elapsed);
+                    let now = Instant::now();
+                    let (counted, last) = match timing {
+                        Some((op, counted, last)) if op == start => (counted, last),
+                        _ => (Duration::ZERO, start),
+                    };
+                    let counted = counted
+                        + now
+                            .saturating_duration_since(last)
+                            .min(slice.saturating_mul(2));
+                    if counted < self.io_timeout {
+                        timing = Some((start, counted, now));
+                        let _ = self
+                            .watch_wake
+                            .wait_for(&mut w, slice.min(self.io_timeout - counted));
                         continue;
                     }
+                    timing = None;
                     let reason = format!(
                         "{what} did not finish within the i/o timeout of {:?}: the disk is sick",
                         self.io_timeout
