@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::codec::{Dec, DecodeError, Enc, FORMAT_VERSION, LogHeader};
 use super::table::{MIN_NEXT_SEQ, Table};
@@ -49,14 +49,19 @@ pub(crate) fn list_logs(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StoreError
     Ok(logs)
 }
 
-/// How long [`lock_dir`] waits for a lock that someone else holds. A closed store's lock
-/// can outlive it for a moment: a process forked anywhere in the program (`Command::spawn`)
-/// inherits every open file description until it execs, the lock's too. A store that is
-/// really open elsewhere holds it for longer and is refused with [`StoreError::Locked`].
-pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How many times [`lock_dir`] tries a lock that someone else holds, pausing 1, 2, 4, …
+/// ms (at most [`LOCK_PAUSE_MAX`]) between tries: about 2 s in all, counted in tries (the
+/// core reads no clock). A closed store's lock can outlive it for a moment: a process forked
+/// anywhere in the program (`Command::spawn`) inherits every open file description until it
+/// execs, the lock's too. A store that is really open elsewhere holds it for longer and is
+/// refused with [`StoreError::Locked`].
+pub(crate) const LOCK_TRIES: u32 = 46;
 
-/// Takes the directory's lock (released when the returned file is closed), waiting up to
-/// [`LOCK_WAIT`] for a holder that is about to let go.
+/// The longest pause between two tries of [`lock_dir`].
+pub(crate) const LOCK_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// Takes the directory's lock (released when the returned file is closed), trying up to
+/// [`LOCK_TRIES`] times for a holder that is about to let go.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .create(true)
@@ -64,27 +69,30 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(dir.join(LOCK_FILE))
         .map_err(StoreError::io("opening the store's lock file"))?;
-    let deadline = Instant::now() + LOCK_WAIT;
     let mut pause = Duration::from_millis(1);
-    loop {
+    for _ in 1..LOCK_TRIES {
         match file.try_lock() {
             Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    dir: dir.to_path_buf(),
-                });
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(LOCK_PAUSE_MAX);
             }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(StoreError::Io {
-                    what: "locking the store directory",
-                    source: e,
-                });
-            }
+            Err(fs::TryLockError::Error(e)) => return Err(lock_error(e)),
         }
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(lock_error(e)),
+    }
+}
+
+fn lock_error(source: io::Error) -> StoreError {
+    StoreError::Io {
+        what: "locking the store directory",
+        source,
     }
 }
 

@@ -218,7 +218,9 @@ pub struct StoreConfig {
     /// The longest a log write, a log fsync or a checkpoint may take (default
     /// [`DEFAULT_IO_TIMEOUT`]). One that takes longer makes the store fail exactly as an fsync
     /// error does: the batch in flight and everything queued fail with
-    /// [`StoreError::Failed`], and so does every later append.
+    /// [`StoreError::Failed`], and so does every later append. Time the whole process is
+    /// stopped (a SIGSTOP, a suspended VM) is not counted against the disk: the watchdog
+    /// looks every tenth of this and counts a late look as at most two tenths.
     pub io_timeout: Duration,
     /// A hook called before each file operation of the log writer (`None` in production):
     /// tests inject stalls, failed writes and a full disk with it.
