@@ -1032,3 +1032,39 @@ fn a_held_region_is_served_only_after_the_hold_ends() {
     drop(r);
     assert_eq!(cell.try_read().expect("home hit again").value, 2);
 }
+
+/// The home deletes a region on receipt of its owner's committed delete: nothing is recalled
+/// from the owner (it gave its copy up with the delete), so whatever the owner sends after
+/// the delete (a transaction's writes to other regions) never reaches the home while the
+/// region still exists there. (Before: the home recalled the owner and deleted only on the
+/// ack; a local map at the home between the two succeeded after the writes were seen.)
+#[test]
+fn the_owners_committed_delete_takes_effect_when_it_reaches_the_home() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    net.map(1, id);
+    let mut w = net.access(1, id, 1, true);
+    set(&mut w, 2);
+    net.engine(1).delete_committed(id);
+    net.pump(1);
+    // Only n1's messages reach the home; none of the home's reach n1.
+    while net.in_flight(1, 0) > 0 {
+        net.deliver(1, 0);
+    }
+    assert!(net.inspect(0, id).is_none(), "the home deleted on receipt");
+    assert_eq!(
+        net.engine(0).start_read(id, 2).unwrap_err(),
+        OpError::Deleted(id)
+    );
+    end(&mut net, 1, w);
+    net.settle();
+    assert_eq!(
+        net.engine(1).start_read(id, 3).unwrap_err(),
+        OpError::Deleted(id)
+    );
+    assert_eq!(
+        net.cache_state(1, id),
+        CacheState::Invalid,
+        "the copy is dropped"
+    );
+}

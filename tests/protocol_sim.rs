@@ -38,7 +38,7 @@ fn random_schedules_keep_every_invariant() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "random schedules: {runs} runs, {} steps ({:.0} steps/s), {} messages, {} hits, {} misses, {} reads, {} writes, {} wanted, {} contends, {} cancelled",
+        "random schedules: {runs} runs, {} steps ({:.0} steps/s), {} messages, {} hits, {} misses, {} reads, {} writes, {} wanted, {} contends, {} cancelled, {} committed deletes",
         total.steps,
         total.steps as f64 / secs,
         total.messages,
@@ -48,13 +48,18 @@ fn random_schedules_keep_every_invariant() {
         total.writes,
         total.wanted,
         total.contends,
-        total.cancelled
+        total.cancelled,
+        total.committed_deletes
     );
     assert!(total.steps >= 100_000, "too few steps: {}", total.steps);
     assert!(total.hits > 0 && total.misses > 0 && total.writes > 0);
     assert!(total.wanted > 0, "no Event::Wanted was exercised");
     assert!(total.cancelled > 0, "no cancel was exercised");
     assert!(total.contends > 0, "no Contend was exercised");
+    assert!(
+        total.committed_deletes > 0,
+        "no committed delete was exercised"
+    );
 }
 
 fn op_kind() -> impl Strategy<Value = OpKind> {
@@ -65,6 +70,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         1 => Just(OpKind::Unmap),
         1 => Just(OpKind::Delete),
         1 => Just(OpKind::Cancel),
+        1 => Just(OpKind::DeleteCommitted),
     ]
 }
 

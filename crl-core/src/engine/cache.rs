@@ -232,7 +232,13 @@ impl Engine {
                 continue;
             }
             if entry.deleted {
-                entry.cell.word().revoke();
+                let busy = entry.cell.word().revoke();
+                if busy.is_idle() && entry.deletes.is_empty() && entry.state != CacheState::Invalid
+                {
+                    // A committed delete's sender was never recalled: its copy goes now that
+                    // the home has deleted (no recall can come any more) and no access is left.
+                    entry.invalidate();
+                }
                 let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
                 for op in failed {
                     self.complete(op, Err(OpError::Deleted(id)));

@@ -67,6 +67,9 @@ pub(crate) struct Request {
     want: Want,
     /// The oldest priority waiting for this request.
     priority: u64,
+    /// A committed delete from a remote node that has already given its copy up: that node
+    /// is not recalled.
+    copy_given_up: bool,
 }
 
 impl Request {
@@ -79,6 +82,7 @@ impl Request {
             who,
             want,
             priority,
+            copy_given_up: false,
         }
     }
 
@@ -87,6 +91,16 @@ impl Request {
             who,
             want: Want::Delete,
             priority: PRIORITY_NONE,
+            copy_given_up: false,
+        }
+    }
+
+    /// A delete that a transaction at `from` committed: `from`'s copy admits no access any
+    /// more and is given up with the request.
+    fn committed_delete(from: NodeId) -> Self {
+        Request {
+            copy_given_up: true,
+            ..Request::delete(Requester::Remote(from))
         }
     }
 }
@@ -236,7 +250,17 @@ impl Engine {
                         }
                         (t, Recall::Invalidate)
                     }
-                    Want::Delete => (entry.holders(), Recall::Delete),
+                    Want::Delete => {
+                        let mut t = entry.holders();
+                        if let Requester::Remote(r) = req.who
+                            && req.copy_given_up
+                        {
+                            // Recalling it would let what it sent after the delete (a
+                            // transaction's other writes) arrive while the region exists.
+                            t.retain(|&n| n != r);
+                        }
+                        (t, Recall::Delete)
+                    }
                 };
                 let priority = entry
                     .queue
@@ -618,23 +642,27 @@ impl Engine {
                 }
                 self.home_enqueue(id, Request::access(Requester::Remote(from), want, priority));
             }
-            Message::Delete { .. } => match self.home_refusal(id, None) {
+            Message::Delete { committed, .. } => match self.home_refusal(id, None) {
                 Some(Refusal::Deleted) => self.send(from, Message::DeleteAck { region: id }),
                 Some(reason) => self.send(from, Message::Refused { region: id, reason }),
                 None => {
+                    let request = if committed {
+                        Request::committed_delete(from)
+                    } else {
+                        Request::delete(Requester::Remote(from))
+                    };
                     let entry = self.homes.get_mut(&id.seq).expect("home entry");
                     if entry.dir == DirState::Exclusive(from) {
                         // The owner holds the only copy: no request waiting here has been
                         // answered since it took the region, so the delete goes first. (A
-                        // transaction's delete is sent before its writes are released: FIFO
-                        // links then never show them with the region still alive.)
+                        // transaction's delete is sent before its writes are released, and
+                        // its sender is not recalled: FIFO links then never show them here
+                        // with the region still alive.)
                         entry.delete_first = true;
-                        entry
-                            .queue
-                            .push_front(Request::delete(Requester::Remote(from)));
+                        entry.queue.push_front(request);
                         self.home_advance(id);
                     } else {
-                        self.home_enqueue(id, Request::delete(Requester::Remote(from)));
+                        self.home_enqueue(id, request);
                     }
                 }
             },

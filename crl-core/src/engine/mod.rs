@@ -727,7 +727,13 @@ impl Engine {
         } else {
             return Err(OpError::NotMapped(id));
         }
-        self.send(id.home, Message::Delete { region: id });
+        self.send(
+            id.home,
+            Message::Delete {
+                region: id,
+                committed: false,
+            },
+        );
         Ok(Progress::Pending)
     }
 
@@ -894,7 +900,13 @@ impl Engine {
         entry.cell.word().revoke();
         // Its ack is still due; nobody waits for it.
         entry.deletes.push_back(None);
-        self.send(id.home, Message::Delete { region: id });
+        self.send(
+            id.home,
+            Message::Delete {
+                region: id,
+                committed: true,
+            },
+        );
         self.cache_advance(id);
     }
 

@@ -132,6 +132,11 @@ pub enum OpKind {
     Delete,
     /// `cancel` of the node's oldest pending map, access or flush of the region, if any.
     Cancel,
+    /// A transaction's committed delete ([`Engine::delete_committed`]) of a region the node
+    /// holds a write access to (one of them, picked by the region index; nothing if none):
+    /// from then on no access anywhere may be granted. The access ends later, its write lost
+    /// with the region.
+    DeleteCommitted,
 }
 
 /// One scheduling decision.
@@ -283,6 +288,8 @@ pub struct SimReport {
     pub misses: u64,
     /// Operations that failed because their region was deleted.
     pub deleted_errors: u64,
+    /// Deletes committed under a write access ([`OpKind::DeleteCommitted`]).
+    pub committed_deletes: u64,
     /// Writes completed.
     pub writes: u64,
     /// Reads completed.
@@ -349,6 +356,7 @@ impl SimReport {
         self.hits += o.hits;
         self.misses += o.misses;
         self.deleted_errors += o.deleted_errors;
+        self.committed_deletes += o.committed_deletes;
         self.writes += o.writes;
         self.reads += o.reads;
         self.wanted += o.wanted;
@@ -445,6 +453,8 @@ struct Held {
     wrote: Option<u64>,
     /// Its home reclaimed the copy (a fence): it no longer counts, its write is lost.
     orphaned: bool,
+    /// A committed delete of the region was issued under it: its write is lost with the region.
+    deleted_under: bool,
 }
 
 #[derive(Default)]
@@ -653,7 +663,8 @@ impl Sim {
                 50..85 => OpKind::Write,
                 85..91 => OpKind::Flush,
                 91..95 => OpKind::Unmap,
-                95..99 => OpKind::Cancel,
+                95..98 => OpKind::Cancel,
+                98 => OpKind::DeleteCommitted,
                 _ => OpKind::Delete,
             };
             Choice::Start {
@@ -834,6 +845,44 @@ impl Sim {
         }
     }
 
+    /// Whether a delete of `region` may be issued now. Keeps at least half the regions alive
+    /// so a run keeps exercising the protocol.
+    fn may_delete(&self, region: usize) -> bool {
+        let issued = self.model.iter().filter(|m| m.delete_issued).count();
+        self.cfg.deletes
+            && self.time.is_none()
+            && !self.model[region].delete_issued
+            && 2 * (issued + 1) <= self.regions.len()
+    }
+
+    /// See [`OpKind::DeleteCommitted`].
+    fn delete_committed(&mut self, node: usize, pick: usize) -> Check {
+        let writes: Vec<usize> = (0..self.held.len())
+            .filter(|&i| {
+                let h = &self.held[i];
+                h.node == node && h.wrote.is_some() && !h.orphaned && !h.deleted_under
+            })
+            .collect();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let i = writes[pick % writes.len()];
+        let region = self.held[i].region;
+        if !self.may_delete(region) {
+            return Ok(());
+        }
+        self.held[i].deleted_under = true;
+        let m = &mut self.model[region];
+        m.delete_issued = true;
+        m.deleted = true;
+        m.writer = None;
+        let id = self.regions[region];
+        self.note(format!("n{node}: committed delete of {id} under its write"));
+        self.engines[node].delete_committed(id);
+        self.report.committed_deletes += 1;
+        self.collect(node)
+    }
+
     fn cancel(&mut self, node: usize, region: usize) -> Check {
         if let Some(t) = &mut self.time
             && let Some(i) = t
@@ -877,6 +926,9 @@ impl Sim {
         }
         if kind == OpKind::Cancel {
             return self.cancel(node, region);
+        }
+        if kind == OpKind::DeleteCommitted {
+            return self.delete_committed(node, region);
         }
         if bounded && self.node_load(node) >= self.cfg.max_ops_per_node {
             return Ok(());
@@ -948,15 +1000,9 @@ impl Sim {
                 self.maps[node][region] = MapState::Unmapped;
                 self.collect(node)
             }
-            OpKind::Cancel => unreachable!("handled above"),
+            OpKind::Cancel | OpKind::DeleteCommitted => unreachable!("handled above"),
             OpKind::Delete => {
-                // Keep at least half the regions alive so a run keeps exercising the protocol.
-                let issued = self.model.iter().filter(|m| m.delete_issued).count();
-                if !self.cfg.deletes
-                    || self.time.is_some()
-                    || self.model[region].delete_issued
-                    || 2 * (issued + 1) > self.regions.len()
-                {
+                if !self.may_delete(region) {
                     return Ok(());
                 }
                 self.model[region].delete_issued = true;
@@ -1179,6 +1225,7 @@ impl Sim {
             access,
             wrote,
             orphaned: false,
+            deleted_under: false,
         });
         Ok(())
     }
@@ -1186,11 +1233,16 @@ impl Sim {
     fn end(&mut self, index: usize) -> Check {
         let held = self.held.swap_remove(index);
         let id = self.regions[held.region];
-        if held.orphaned {
+        if held.orphaned || held.deleted_under {
             let node = held.node;
             self.note(format!(
-                "n{node}: end {:?} of {id} (orphaned: its home reclaimed the copy{})",
+                "n{node}: end {:?} of {id} ({}{})",
                 held.access.mode(),
+                if held.orphaned {
+                    "orphaned: its home reclaimed the copy"
+                } else {
+                    "deleted under it"
+                },
                 if held.wrote.is_some() {
                     ", the write is lost"
                 } else {
