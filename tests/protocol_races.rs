@@ -1068,3 +1068,71 @@ fn the_owners_committed_delete_takes_effect_when_it_reaches_the_home() {
         "the copy is dropped"
     );
 }
+
+/// A region placed at a home by another node (`Node::create_at`) is served from its bytes
+/// to any node and decoded by the home's first local map; a placement the home cannot take
+/// is refused and creates nothing: bytes too long to ever ship, an overlong type name, or a
+/// home that already homes its limit of regions (no peer makes it store without bound).
+#[test]
+fn placed_regions_are_served_from_their_bytes_and_bounded() {
+    let config = EngineConfig {
+        max_homed_regions: 3,
+        max_image_len: 4096,
+        ..EngineConfig::default()
+    };
+    let mut net = Network::new(2, config);
+    let bytes = Counter { value: 41 }.encode_region().unwrap();
+    let id = net
+        .engine(0)
+        .create_placed(
+            Counter::FINGERPRINT,
+            Counter::TYPE_NAME.to_owned(),
+            bytes.clone(),
+        )
+        .unwrap();
+    assert_eq!(id.home, NodeId(0));
+    // Another node reads and writes it.
+    net.map(1, id);
+    let mut w = net.access(1, id, 1, true);
+    assert_eq!(get(&w), 41);
+    set(&mut w, 42);
+    end(&mut net, 1, w);
+    // The home's own map decodes what it holds (recalling the writer's copy first).
+    let cell = net.map(0, id);
+    let r = net.access(0, id, 2, false);
+    assert_eq!(get(&r), 42);
+    drop(r);
+    drop(cell);
+    let e = net.engine(0);
+    assert_eq!(
+        e.create_placed(Counter::FINGERPRINT, "T".into(), vec![0; 4097]),
+        Err(Refusal::TooLarge {
+            len: 4097,
+            max: 4096
+        })
+    );
+    assert_eq!(
+        e.create_placed(Counter::FINGERPRINT, "T".repeat(1025), bytes.clone()),
+        Err(Refusal::BadTypeName)
+    );
+    // With `id`, two more fill it.
+    e.create_placed(Counter::FINGERPRINT, "T".into(), bytes.clone())
+        .unwrap();
+    e.create_placed(Counter::FINGERPRINT, "T".into(), bytes.clone())
+        .unwrap();
+    assert_eq!(
+        e.create_placed(Counter::FINGERPRINT, "T".into(), bytes),
+        Err(Refusal::Full { limit: 3 })
+    );
+    // A placement message fed to the engine is a protocol violation, not applied.
+    let violation = e.handle_message(
+        NodeId(1),
+        Message::CreateAt {
+            request: 1,
+            fingerprint: 0,
+            type_name: "T".into(),
+            bytes: vec![],
+        },
+    );
+    assert!(violation.is_err());
+}

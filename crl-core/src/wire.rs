@@ -133,6 +133,14 @@ mod defs {
             /// The largest image a message may carry.
             max: u64,
         },
+        /// The home homes as many regions as other nodes may place there
+        /// (`EngineConfig::max_homed_regions`).
+        Full {
+            /// The limit.
+            limit: u64,
+        },
+        /// The create named a type longer than [`MAX_TYPE_NAME_LEN`](super::MAX_TYPE_NAME_LEN).
+        BadTypeName,
     }
 
     /// A message of the coherence protocol. R is a requester, H the region's home, O a node
@@ -344,8 +352,39 @@ mod defs {
             /// The transaction.
             txid: u64,
         },
+        /// R→H (placement): create a region homed at H with these first contents
+        /// (`Node::create_at`).
+        CreateAt {
+            /// R's number for the request, echoed in the answer.
+            request: u64,
+            /// The fingerprint of the region's type.
+            fingerprint: u64,
+            /// The name of the region's type (at most [`MAX_TYPE_NAME_LEN`](super::MAX_TYPE_NAME_LEN) bytes).
+            type_name: String,
+            /// The region's first contents, archived by
+            /// [`Region::encode_region`](crate::region::Region::encode_region).
+            bytes: Vec<u8>,
+        },
+        /// H→R (placement): the region of `request` exists (and is logged, at a home with a
+        /// data dir).
+        Created {
+            /// R's number for the request.
+            request: u64,
+            /// The new region.
+            region: RegionId,
+        },
+        /// H→R (placement): the create of `request` was refused; nothing was created.
+        CreateRefused {
+            /// R's number for the request.
+            request: u64,
+            /// Why.
+            reason: Refusal,
+        },
     }
 }
+
+/// The longest type name a [`Message::CreateAt`] may carry, in bytes.
+pub const MAX_TYPE_NAME_LEN: usize = 1024;
 
 /// The frame magic: the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CRLM";
@@ -440,8 +479,21 @@ impl Message {
             | TxReply { .. }
             | TxDecide { .. }
             | TxDone { .. }
-            | TxInquire { .. } => None,
+            | TxInquire { .. }
+            | CreateAt { .. }
+            | Created { .. }
+            | CreateRefused { .. } => None,
         }
+    }
+
+    /// Whether this is a placement message (`CreateAt`, `Created`, `CreateRefused`): handled
+    /// by the node (the home creates through [`Engine::create_placed`](crate::engine::Engine::create_placed)),
+    /// never fed to [`Engine::handle_message`](crate::engine::Engine::handle_message).
+    pub fn is_placement(&self) -> bool {
+        matches!(
+            self,
+            Message::CreateAt { .. } | Message::Created { .. } | Message::CreateRefused { .. }
+        )
     }
 
     /// Whether this is a transaction-commit message (`TxCommit`, `TxPrepare`, `TxReply`,
@@ -487,6 +539,9 @@ impl Message {
             Message::TxDecide { .. } => "TxDecide",
             Message::TxDone { .. } => "TxDone",
             Message::TxInquire { .. } => "TxInquire",
+            Message::CreateAt { .. } => "CreateAt",
+            Message::Created { .. } => "Created",
+            Message::CreateRefused { .. } => "CreateRefused",
         }
     }
 }
@@ -850,6 +905,29 @@ mod tests {
             ),
             ("tx_done", Message::TxDone { txid: 0x7006 }),
             ("tx_inquire", Message::TxInquire { txid: 0x7007 }),
+            (
+                "create_at",
+                Message::CreateAt {
+                    request: 0x8001,
+                    fingerprint: 0x0123_4567_89ab_cdef,
+                    type_name: "Seat".into(),
+                    bytes: b"abc".to_vec(),
+                },
+            ),
+            (
+                "created",
+                Message::Created {
+                    request: 0x8002,
+                    region: r,
+                },
+            ),
+            (
+                "create_refused",
+                Message::CreateRefused {
+                    request: 0x8003,
+                    reason: Refusal::Full { limit: 9 },
+                },
+            ),
         ]
     }
 
@@ -1241,6 +1319,37 @@ mod tests {
                 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
             ],
         ),
+        (
+            "create_at",
+            &[
+                0x43, 0x52, 0x4c, 0x4d, 0x06, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x61, 0x62,
+                0x63, 0x00, 0x00, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x01, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xef, 0xcd, 0xab, 0x89, 0x67, 0x45,
+                0x23, 0x01, 0x53, 0x65, 0x61, 0x74, 0xff, 0xff, 0xff, 0xff, 0xd8, 0xff, 0xff, 0xff,
+                0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            ],
+        ),
+        (
+            "created",
+            &[
+                0x43, 0x52, 0x4c, 0x4d, 0x06, 0x00, 0x00, 0x00, 0x38, 0x00, 0x00, 0x00, 0x19, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x12, 0x04, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            ],
+        ),
+        (
+            "create_refused",
+            &[
+                0x43, 0x52, 0x4c, 0x4d, 0x06, 0x00, 0x00, 0x00, 0x38, 0x00, 0x00, 0x00, 0x1a, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            ],
+        ),
     ];
 
     #[test]
@@ -1524,8 +1633,8 @@ mod tests {
         // The root (the archived enum) is the last size_of::<ArchivedMessage>() bytes; its tag
         // is the first of them.
         let tag_at = frame.len() - size_of::<ArchivedMessage>();
-        // Message has 24 variants (tags 0..=23).
-        for tag in [24u8, 25, 0x80, 0xff] {
+        // Message has 27 variants (tags 0..=26).
+        for tag in [27u8, 28, 0x80, 0xff] {
             let mut bad = frame.clone();
             bad[tag_at] = tag;
             assert!(
@@ -1564,6 +1673,8 @@ mod tests {
             Just(Refusal::NoSuchRegion),
             any::<u64>().prop_map(|actual| Refusal::WrongType { actual }),
             (any::<u64>(), any::<u64>()).prop_map(|(len, max)| Refusal::TooLarge { len, max }),
+            any::<u64>().prop_map(|limit| Refusal::Full { limit }),
+            Just(Refusal::BadTypeName),
         ]
     }
 
@@ -1677,6 +1788,24 @@ mod tests {
                 .prop_map(|(txid, commit)| Message::TxDecide { txid, commit }),
             any::<u64>().prop_map(|txid| Message::TxDone { txid }),
             any::<u64>().prop_map(|txid| Message::TxInquire { txid }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                ".{0,40}",
+                proptest::collection::vec(any::<u8>(), 0..32)
+            )
+                .prop_map(|(request, fingerprint, type_name, bytes)| {
+                    Message::CreateAt {
+                        request,
+                        fingerprint,
+                        type_name,
+                        bytes,
+                    }
+                }),
+            (any::<u64>(), arb_region())
+                .prop_map(|(request, region)| Message::Created { request, region }),
+            (any::<u64>(), arb_refusal())
+                .prop_map(|(request, reason)| Message::CreateRefused { request, reason }),
         ]
     }
 

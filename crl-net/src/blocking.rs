@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use crl_core::engine::{ReadGuard, WriteGuard};
-use crl_core::{Region, RegionId};
+use crl_core::{NodeId, Region, RegionId};
 use tokio::runtime::Runtime;
 
 use crate::cluster;
@@ -84,6 +84,15 @@ impl Node {
     /// See [`node::Node::create`].
     pub fn create<T: Region>(&self, value: T) -> Result<Handle<T>, Error> {
         let inner = self.rt.block_on(self.inner.create(value))?;
+        Ok(Handle {
+            rt: self.rt.clone(),
+            inner,
+        })
+    }
+
+    /// See [`node::Node::create_at`].
+    pub fn create_at<T: Region>(&self, home: NodeId, value: T) -> Result<Handle<T>, Error> {
+        let inner = self.rt.block_on(self.inner.create_at(home, value))?;
         Ok(Handle {
             rt: self.rt.clone(),
             inner,

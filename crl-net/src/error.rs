@@ -95,6 +95,28 @@ pub enum Error {
     /// The node was shut down.
     #[error("the node is shut down")]
     ShutDown,
+    /// [`Node::create_at`](crate::Node::create_at): the home refused to create the region;
+    /// nothing was created.
+    #[error("{home} refused to create the region: {reason}")]
+    CreateRefused {
+        /// The home asked.
+        home: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// [`Node::create_at`](crate::Node::create_at): no answer came from the home. The region
+    /// may exist there anyway, with nobody knowing its id.
+    #[error(
+        "{home} did not answer a create ({why}; waited at most {after:?}): the region may exist there, unreferenced"
+    )]
+    CreateUnanswered {
+        /// The home asked.
+        home: NodeId,
+        /// The operation timeout.
+        after: Duration,
+        /// What happened.
+        why: &'static str,
+    },
     /// The region is too large to ship between nodes: its encoded image does not fit in one
     /// message (`max_frame_len`). Regions larger than a frame do not travel in chunks yet.
     #[error(

@@ -8,7 +8,8 @@
 //!   checks, pings and fences).
 //! - `transport`: connections between nodes, the authenticated hello, one stream per
 //!   direction per peer pair (the per-link FIFO the engine assumes).
-//! - `node`: the async driver, `Node`, `Handle<T>` and `Cluster::local`.
+//! - `node`: the async driver, `Node`, `Handle<T>`, and placement (`Node::create_at`:
+//!   regions created at another home).
 //! - `txn`: transactions (strict two-phase locking on coherence, wound-wait, commit, log).
 //! - `blocking`: the same API for programs without an async runtime.
 

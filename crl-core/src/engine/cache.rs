@@ -567,6 +567,13 @@ impl Engine {
                         len,
                         max,
                     },
+                    Refusal::Full { .. } | Refusal::BadTypeName => {
+                        return Err(self.violation(
+                            from,
+                            Some(id),
+                            "a refusal of a create in answer to a request for a region",
+                        ));
+                    }
                 };
                 if entry.map_pending {
                     // Every mapping of the entry was waiting for this answer (or cancelled).
@@ -681,7 +688,10 @@ impl Engine {
             | Message::TxReply { .. }
             | Message::TxDecide { .. }
             | Message::TxDone { .. }
-            | Message::TxInquire { .. } => {
+            | Message::TxInquire { .. }
+            | Message::CreateAt { .. }
+            | Message::Created { .. }
+            | Message::CreateRefused { .. } => {
                 return Err(self.violation(
                     from,
                     Some(id),

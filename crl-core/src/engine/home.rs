@@ -770,7 +770,10 @@ impl Engine {
             | Message::TxReply { .. }
             | Message::TxDecide { .. }
             | Message::TxDone { .. }
-            | Message::TxInquire { .. } => {
+            | Message::TxInquire { .. }
+            | Message::CreateAt { .. }
+            | Message::Created { .. }
+            | Message::CreateRefused { .. } => {
                 return Err(self.violation(
                     from,
                     Some(id),

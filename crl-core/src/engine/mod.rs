@@ -103,8 +103,8 @@ pub use home::DirState;
 use home::{HomeEntry, Requester};
 
 use crate::region::{CodecError, NodeId, Region, RegionId};
-use crate::wire::Message;
 pub use crate::wire::PRIORITY_NONE;
+use crate::wire::{Message, Refusal};
 
 /// Identifies a local operation that may complete later ([`Event`]); chosen by the caller.
 pub type OpId = u64;
@@ -307,6 +307,11 @@ pub struct EngineConfig {
     /// region is refused with [`OpError::TooLarge`] instead of producing a message the
     /// transport cannot send (default [`DEFAULT_MAX_IMAGE_LEN`]).
     pub max_image_len: usize,
+    /// The most regions this node homes when another node asks it to create one
+    /// ([`Engine::create_placed`]): beyond it placements are refused with
+    /// [`Refusal::Full`], so no peer can make this node store regions without bound
+    /// (default [`DEFAULT_MAX_HOMED_REGIONS`]; the node's own creates are not limited).
+    pub max_homed_regions: usize,
     /// A planted bug (tests of the checker only).
     #[cfg(feature = "sim")]
     pub fault: Option<PlantedFault>,
@@ -320,12 +325,17 @@ pub const MESSAGE_OVERHEAD: usize = 1024;
 /// [`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN).
 pub const DEFAULT_MAX_IMAGE_LEN: usize = crate::wire::MAX_FRAME_LEN - MESSAGE_OVERHEAD;
 
+/// Default [`EngineConfig::max_homed_regions`]: four times the million regions per node the
+/// design aims at.
+pub const DEFAULT_MAX_HOMED_REGIONS: usize = 4 << 20;
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             unmapped_capacity: 1024,
             on_drain: None,
             max_image_len: DEFAULT_MAX_IMAGE_LEN,
+            max_homed_regions: DEFAULT_MAX_HOMED_REGIONS,
             #[cfg(feature = "sim")]
             fault: None,
         }
@@ -761,7 +771,7 @@ impl Engine {
     pub fn handle_message(&mut self, from: NodeId, msg: Message) -> Result<(), ProtocolViolation> {
         self.process_drained();
         self.stats.messages_received += 1;
-        if msg.is_transaction() {
+        if msg.is_transaction() || msg.is_placement() {
             return Err(self.violation(
                 from,
                 None,
@@ -941,6 +951,47 @@ impl Engine {
         self.deleted.remove(&id.seq);
         self.next_seq = self.next_seq.max(id.seq.saturating_add(1));
         Ok(())
+    }
+
+    /// Creates a region homed here that another node asked for (`Node::create_at`), from its
+    /// archived bytes, before any local code names its Rust type: as after
+    /// [`restore_raw`](Self::restore_raw), remote requests are served from the bytes and the
+    /// first local [`map`](Self::map) checks the fingerprint and decodes them. The bytes are
+    /// not decoded here (this node may not know the type): a requester that sent bytes its
+    /// own type does not accept learns it at its first access.
+    ///
+    /// Refused, creating nothing, when the bytes are longer than
+    /// [`max_image_len`](EngineConfig::max_image_len) (the region could never be shipped),
+    /// the type name is longer than [`MAX_TYPE_NAME_LEN`](crate::wire::MAX_TYPE_NAME_LEN),
+    /// or this node already homes [`max_homed_regions`](EngineConfig::max_homed_regions).
+    pub fn create_placed(
+        &mut self,
+        fingerprint: u64,
+        type_name: String,
+        bytes: Vec<u8>,
+    ) -> Result<RegionId, Refusal> {
+        if bytes.len() > self.config.max_image_len {
+            return Err(Refusal::TooLarge {
+                len: bytes.len() as u64,
+                max: self.config.max_image_len as u64,
+            });
+        }
+        if type_name.len() > crate::wire::MAX_TYPE_NAME_LEN {
+            return Err(Refusal::BadTypeName);
+        }
+        if self.homes.len() >= self.config.max_homed_regions {
+            return Err(Refusal::Full {
+                limit: self.config.max_homed_regions as u64,
+            });
+        }
+        let id = RegionId::new(self.node, self.next_seq);
+        self.next_seq += 1;
+        debug!(node = %self.node, region = %id, ty = %type_name, len = bytes.len(), "created for another node");
+        let cell = Arc::new(RawCell::new(id, fingerprint, type_name, bytes));
+        let mut entry = HomeEntry::new(cell);
+        entry.map_count = 0;
+        self.homes.insert(id.seq, entry);
+        Ok(id)
     }
 
     /// The sequence number the next [`create`](Self::create) will use.

@@ -515,6 +515,7 @@ fn engine_config(cfg: &SimConfig) -> EngineConfig {
         unmapped_capacity: cfg.unmapped_capacity,
         on_drain: None,
         max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
+        max_homed_regions: crate::engine::DEFAULT_MAX_HOMED_REGIONS,
         fault: cfg.fault,
     }
 }

@@ -22,6 +22,10 @@
 //! so a repeated lookup is a local hit. Binding and unbinding are transactions, so names are
 //! durable with a data dir.
 //!
+//! **Placement.** [`Node::create_at`] creates a region homed at another node (the home
+//! creates it from the archived bytes and logs it, if it has a data dir, before answering),
+//! so programs can keep their regions on `crl-node` servers and only cache them.
+//!
 //! **Restarts.** With a data dir a node recovers its regions from its log at start (see
 //! [`crate::txn`]); in every case it starts with a new epoch, and its peers forget what they
 //! knew of the previous incarnation (`Engine::peer_restarted`).
@@ -43,6 +47,11 @@ use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+mod placement;
+
+pub use placement::MAX_PENDING_PLACEMENTS;
+use placement::{Placements, handle_placement};
 
 use crate::config::{ConfigError, NodeConfig, TxFault};
 use crate::error::Error;
@@ -80,6 +89,8 @@ pub struct NodeStats {
     pub epoch: u64,
     /// Fences and lease waits (all zero without a peer timeout).
     pub liveness: LivenessStats,
+    /// [`Node::create_at`] calls waiting for their homes' answers now.
+    pub placements_waiting: usize,
 }
 
 enum Outcome {
@@ -180,6 +191,10 @@ struct NodeInner {
     recovery_report: Option<crl_core::durable::RecoveryReport>,
     /// Leases and failure detection (`None` without a peer timeout).
     liveness: Option<Arc<LivenessDriver>>,
+    /// Creates this node asked other homes for, not answered yet.
+    placements: Placements,
+    /// The largest region image one message carries.
+    max_image_len: usize,
 }
 
 /// Counters of [`TxStats`].
@@ -333,6 +348,7 @@ impl Node {
             .with_unmapped_capacity(config.unmapped_capacity)
             .with_max_frame_len(config.max_frame_len)
             .with_on_drain(Arc::new(move || wake.notify_one()));
+        let max_image_len = engine_config.max_image_len;
         let mut engine = Engine::new(id, engine_config);
         let mut has_name_table = false;
         let mut in_doubt = Vec::new();
@@ -403,6 +419,8 @@ impl Node {
             recovered: Notify::new(),
             recovery_report,
             liveness,
+            placements: Placements::default(),
+            max_image_len,
         });
         // The node's own: what it keeps (tasks, name tables) must not keep it running.
         let node = Node { inner, _user: None };
@@ -657,6 +675,7 @@ impl Node {
                 .as_ref()
                 .map(|l| l.stats())
                 .unwrap_or_default(),
+            placements_waiting: self.inner.placements.waiting(),
         }
     }
 
@@ -713,6 +732,24 @@ impl Node {
 
     pub(crate) fn op_timeout(&self) -> Duration {
         self.inner.op_timeout
+    }
+
+    pub(crate) fn placements(&self) -> &Placements {
+        &self.inner.placements
+    }
+
+    pub(crate) fn max_image_len(&self) -> usize {
+        self.inner.max_image_len
+    }
+
+    /// Whether `peer` is a member this node can talk to.
+    pub(crate) fn knows_peer(&self, peer: NodeId) -> bool {
+        self.inner.transport.knows(peer)
+    }
+
+    /// Waits until `peer`'s retransmit buffer has room (see [`Transport::wait_for_room`]).
+    pub(crate) async fn wait_for_room(&self, peer: NodeId) {
+        self.inner.transport.wait_for_room(peer).await
     }
 
     pub(crate) fn locks(&self) -> &LockTable {
@@ -1020,6 +1057,9 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                                 l.on_pong(&inner.transport, from, nonce);
                             }
                         }
+                        Inbound::Message { from, msg } if msg.is_placement() => {
+                            handle_placement(&node, from, msg);
+                        }
                         Inbound::Message { from, msg } if msg.is_transaction() => {
                             match &inner.durability {
                                 Some(d) => {
@@ -1048,6 +1088,7 @@ async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbou
                             } else {
                                 info!(node = %inner.id, %peer, %epoch, ?cause, "the session with the peer ended: dropping what it knew");
                             }
+                            inner.placements.home_reset(peer);
                             let waiting = inner
                                 .durability
                                 .as_ref()
