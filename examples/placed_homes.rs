@@ -62,9 +62,7 @@ fn crl_node_binary() -> Result<PathBuf, String> {
             cmd.arg("--release");
         }
         println!("building crl-node: {cmd:?}");
-        let status = cmd
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() || !bin.exists() {
             return Err(format!("could not build {}", bin.display()));
         }
@@ -150,7 +148,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for id in 0..SERVERS {
         servers.push(start_server(&bin, &config, id)?);
     }
-    println!("{SERVERS} crl-node servers running (cluster dir {})", dir.display());
+    println!(
+        "{SERVERS} crl-node servers running (cluster dir {})",
+        dir.display()
+    );
     let program = Node::start(NodeConfig::from_file(&config, NodeId(SERVERS))?).await?;
     let started = Instant::now();
     let mut rows = Vec::new();

@@ -237,6 +237,7 @@ impl Error {
                 | Error::HomeRestarted(_)
                 | Error::Fenced(_)
                 | Error::CommitTimedOut { .. }
+                | Error::CreateUnanswered { .. }
         )
     }
 
