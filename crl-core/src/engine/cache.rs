@@ -165,6 +165,20 @@ impl CacheEntry {
         self.cell.clear();
     }
 
+    /// Frees the buffers of empty queues: a million idle copies must not each keep the
+    /// capacity their last miss needed.
+    fn release_buffers(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
+        }
+        if self.flushes.is_empty() && self.flushes.capacity() > 0 {
+            self.flushes = VecDeque::new();
+        }
+        if self.deletes.is_empty() && self.deletes.capacity() > 0 {
+            self.deletes = VecDeque::new();
+        }
+    }
+
     fn permit(&self) {
         let (read, write) = match self.state {
             CacheState::Invalid => (false, false),
@@ -250,6 +264,7 @@ impl Engine {
                 return;
             }
             let Some(&head) = entry.queue.front() else {
+                entry.release_buffers();
                 entry.permit();
                 return;
             };

@@ -229,6 +229,10 @@ impl Engine {
                     entry.queue.push_front(Request::delete(Requester::Decided));
                 }
                 let Some(req) = entry.queue.pop_front() else {
+                    if entry.queue.capacity() > 0 {
+                        // Idle regions keep no request buffer (a million of them add up).
+                        entry.queue = VecDeque::new();
+                    }
                     if entry.holds == 0 {
                         entry.permit();
                     }
