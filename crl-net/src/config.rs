@@ -24,6 +24,7 @@
 //! cert = "certs/node-0.pem"     # optional: default "node-<id>.pem" in the directory of `ca`
 //! key = "certs/node-0-key.pem"  # optional: default "node-<id>-key.pem" next to `ca`
 //! data_dir = "data/n0"          # optional
+//! metrics_addr = "127.0.0.1:9100"  # optional: `crl-node run` serves GET /metrics (Prometheus text) here
 //!
 //! [[node]]
 //! id = 1
@@ -110,6 +111,10 @@ pub struct NodeConfig {
     /// How many times a transaction is attempted before it fails with
     /// [`Error::Conflict`](crate::Error::Conflict) (default [`DEFAULT_TX_MAX_ATTEMPTS`]).
     pub tx_max_attempts: u32,
+    /// Where `crl-node run` serves this node's metrics in the Prometheus text format
+    /// (`GET /metrics`; `crl-node status` reads them). The library itself serves nothing:
+    /// a program calls [`crate::metrics::serve`] if it wants the same.
+    pub metrics_addr: Option<SocketAddr>,
     /// A planted bug for the serializability checker's own test; `None` in real use.
     #[doc(hidden)]
     pub tx_fault: Option<TxFault>,
@@ -134,6 +139,7 @@ impl fmt::Debug for NodeConfig {
             .field("send_buffer_bytes", &self.send_buffer_bytes)
             .field("peer_timeout", &self.peer_timeout)
             .field("tx_max_attempts", &self.tx_max_attempts)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +161,7 @@ impl NodeConfig {
             send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
             peer_timeout: Some(DEFAULT_PEER_TIMEOUT),
             tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
+            metrics_addr: None,
             tx_fault: None,
         }
     }
@@ -232,13 +239,17 @@ pub enum ConfigError {
         /// The repeated id.
         id: u32,
     },
-    /// A node's `addr` is not an `ip:port` socket address.
-    #[error("{file}: node {id}: bad address {addr:?} in field `addr` (expected ip:port): {reason}")]
+    /// A node's `addr` (or `metrics_addr`) is not an `ip:port` socket address.
+    #[error(
+        "{file}: node {id}: bad address {addr:?} in field `{field}` (expected ip:port): {reason}"
+    )]
     BadAddress {
         /// The file.
         file: String,
         /// The node.
         id: u32,
+        /// The field.
+        field: &'static str,
         /// The address as written.
         addr: String,
         /// Why it does not parse.
@@ -331,6 +342,7 @@ struct NodeEntry {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    metrics_addr: Option<String>,
 }
 
 fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
@@ -439,6 +451,7 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
                 .map_err(|reason| ConfigError::BadAddress {
                     file: f(),
                     id: entry.id,
+                    field: "addr",
                     addr: entry.addr.clone(),
                     reason,
                 })?;
@@ -516,6 +529,16 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
             source,
         })?;
 
+    let metrics_addr = match &me.metrics_addr {
+        Some(a) => Some(a.trim().parse().map_err(|reason| ConfigError::BadAddress {
+            file: f(),
+            id: node.0,
+            field: "metrics_addr",
+            addr: a.clone(),
+            reason,
+        })?),
+        None => None,
+    };
     let listen = addrs[&node.0];
     let peers = addrs
         .iter()
@@ -537,6 +560,7 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         send_buffer_bytes,
         peer_timeout,
         tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
+        metrics_addr,
         tx_fault: None,
     })
 }

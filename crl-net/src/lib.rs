@@ -8,6 +8,7 @@
 //!   checks, pings and fences).
 //! - `transport`: connections between nodes, the authenticated hello, one stream per
 //!   direction per peer pair (the per-link FIFO the engine assumes).
+//! - `metrics`: a node's counters in the Prometheus text format, served over HTTP.
 //! - `node`: the async driver, `Node`, `Handle<T>`, and placement (`Node::create_at`:
 //!   regions created at another home).
 //! - `txn`: transactions (strict two-phase locking on coherence, wound-wait, commit, log).
@@ -21,6 +22,7 @@ pub mod fault;
 pub mod frame;
 mod hits;
 pub mod liveness;
+pub mod metrics;
 pub mod node;
 pub mod tls;
 pub mod transport;

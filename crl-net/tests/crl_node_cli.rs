@@ -482,3 +482,76 @@ fn run_reports_the_log_recovery_in_one_line() {
     let out = crl_node(&["log", "verify", "--data-dir", s(&tmp.path().join("data0"))]);
     assert!(out.status.success(), "{}", stdout(&out));
 }
+
+/// A free TCP port on 127.0.0.1 (for a metrics address).
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `metrics_addr` makes `crl-node run` serve its counters; `crl-node status` prints them;
+/// without a metrics address, or with the node down, `status` fails with a clear message.
+#[test]
+fn status_prints_a_running_nodes_metrics() {
+    let tmp = TempDir::new("status");
+    make_certs(&tmp.path().join("certs"), &["0", "1"]);
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let path = tmp.path().join("cluster.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "cluster_id = 7\nca = \"certs/ca.pem\"\n\n\
+             [[node]]\nid = 0\naddr = \"127.0.0.1:0\"\nmetrics_addr = \"{metrics}\"\n\n\
+             [[node]]\nid = 1\naddr = \"127.0.0.1:1\"\n"
+        ),
+    )
+    .unwrap();
+    let config = s(&path);
+    // Not running yet: a clear failure.
+    let out = crl_node(&["status", "--config", config, "--id", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is it running?"), "{}", stderr(&out));
+    // No metrics address for node 1.
+    let out = crl_node(&["status", "--config", config, "--id", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no metrics_addr"), "{}", stderr(&out));
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config, "--id", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let lines: Vec<String> = (0..2)
+        .map_while(|_| rx.recv_timeout(Duration::from_secs(30)).ok())
+        .collect();
+    assert!(
+        lines.len() == 2 && lines[1].contains(&format!("metrics on http://{metrics}/metrics")),
+        "{lines:?}"
+    );
+    let out = crl_node(&["status", "--config", config, "--id", "0"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let body = String::from_utf8_lossy(&out.stdout);
+    for metric in [
+        "crl_node 0",
+        "crl_hits_total ",
+        "crl_misses_total ",
+        "crl_tx_committed_total ",
+        "crl_peer_connected{peer=\"1\"} 0",
+        "crl_peer_messages_sent_total{peer=\"1\"}",
+    ] {
+        assert!(body.contains(metric), "no {metric:?} in:\n{body}");
+    }
+}

@@ -4,6 +4,7 @@
 //! crl-node cert init  --dir certs [--cluster-name NAME] [--force]   # ca.pem, ca-key.pem
 //! crl-node cert issue --dir certs --id 0 --id 1 --id 2 [--force]   # node-<id>.pem, node-<id>-key.pem
 //! crl-node run --config cluster.toml --id 1                         # or: crl-node --config cluster.toml --id 1
+//! crl-node status --config cluster.toml --id 1                      # a running node's metrics (needs its metrics_addr)
 //! crl-node log verify --data-dir D                                  # checks a stopped node's log, changes nothing
 //! crl-node log repair --data-dir D --cut-at GEN:OFFSET              # cuts the log there, keeping a copy
 //! ```
@@ -55,6 +56,8 @@ enum Command {
     /// Lists or resolves the unfinished transactions in a stopped node's log.
     #[command(subcommand)]
     Txn(TxnCommand),
+    /// Prints a running node's metrics (read from its `metrics_addr`, Prometheus text).
+    Status(RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +195,7 @@ fn main() -> ExitCode {
         Some(Command::Log(log)) => run_log(log),
         Some(Command::Txn(txn)) => run_txn(txn),
         Some(Command::Run(args)) => run_node(&args),
+        Some(Command::Status(args)) => run_status(&args),
         None => match (cli.config, cli.id) {
             (Some(config), Some(id)) => run_node(&RunArgs { config, id }),
             _ => {
@@ -434,6 +438,53 @@ fn init_logging() {
         .try_init();
 }
 
+/// Fetches `GET /metrics` from the node's `metrics_addr` and prints the body.
+fn run_status(args: &RunArgs) -> Result<(), Failure> {
+    use std::io::Read;
+    let id = args.id;
+    let config = NodeConfig::from_file(&args.config, NodeId(id))
+        .map_err(|e| Failure::new(format!("crl-node: bad configuration: {e}")))?;
+    let Some(addr) = config.metrics_addr else {
+        return Err(Failure::new(format!(
+            "crl-node status: node {id} has no metrics_addr in {}",
+            args.config.display()
+        )));
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    let fail = |e: std::io::Error| {
+        Failure::new(format!(
+            "crl-node status: node {id} at {addr}: {e} (is it running?)"
+        ))
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
+    stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    stream.set_write_timeout(Some(timeout)).map_err(fail)?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .map_err(fail)?;
+    let mut response = Vec::new();
+    // Bounded: the metrics of a node are a few kilobytes.
+    (&mut stream)
+        .take(16 << 20)
+        .read_to_end(&mut response)
+        .map_err(fail)?;
+    let response = String::from_utf8_lossy(&response);
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        return Err(Failure::new(format!(
+            "crl-node status: node {id} at {addr}: a truncated answer"
+        )));
+    };
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Err(Failure::new(format!(
+            "crl-node status: node {id} at {addr} answered {status:?}"
+        )));
+    }
+    print!("{body}");
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
 fn run_node(args: &RunArgs) -> Result<(), Failure> {
     init_logging();
     let config = NodeConfig::from_file(&args.config, NodeId(args.id))
@@ -454,6 +505,7 @@ async fn serve(config: NodeConfig) -> Result<(), Failure> {
             "crl-node {id}: cannot install signal handlers: {e}"
         ))
     })?;
+    let metrics_addr = config.metrics_addr;
     let node = Node::start(config)
         .await
         .map_err(|e| Failure::new(format!("crl-node {id}: cannot start: {e}")))?;
@@ -461,6 +513,17 @@ async fn serve(config: NodeConfig) -> Result<(), Failure> {
         "crl-node {id} listening on {}, cluster {cluster_id}",
         node.local_addr()
     );
+    if let Some(addr) = metrics_addr {
+        match crl_net::metrics::spawn(node.clone(), addr).await {
+            Ok(bound) => println!("crl-node {id} metrics on http://{bound}/metrics"),
+            Err(e) => {
+                node.shutdown().await;
+                return Err(Failure::new(format!(
+                    "crl-node {id}: cannot serve metrics on {addr}: {e}"
+                )));
+            }
+        }
+    }
     let _ = std::io::stdout().flush();
     if let Some(r) = node.recovery_report() {
         // The one-line recovery report (also logged with `tracing`, which this binary does
