@@ -555,3 +555,46 @@ fn status_prints_a_running_nodes_metrics() {
         assert!(body.contains(metric), "no {metric:?} in:\n{body}");
     }
 }
+
+/// `--log-format json` writes one JSON object per log line.
+#[test]
+fn run_logs_json_on_request() {
+    let tmp = TempDir::new("json");
+    make_certs(&tmp.path().join("certs"), &["0", "1"]);
+    let config = write_cluster_file(tmp.path(), "127.0.0.1:0");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            s(&config),
+            "--id",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.is_ok_and(|l| l.contains("listening")));
+    let logs = stderr(&out);
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines with RUST_LOG=debug");
+    for line in lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"),
+            "not a JSON log line: {line}"
+        );
+    }
+}

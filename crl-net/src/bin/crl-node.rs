@@ -3,7 +3,7 @@
 //! ```text
 //! crl-node cert init  --dir certs [--cluster-name NAME] [--force]   # ca.pem, ca-key.pem
 //! crl-node cert issue --dir certs --id 0 --id 1 --id 2 [--force]   # node-<id>.pem, node-<id>-key.pem
-//! crl-node run --config cluster.toml --id 1                         # or: crl-node --config cluster.toml --id 1
+//! crl-node run --config cluster.toml --id 1 [--log-format json]     # or: crl-node --config cluster.toml --id 1
 //! crl-node status --config cluster.toml --id 1                      # a running node's metrics (needs its metrics_addr)
 //! crl-node log verify --data-dir D                                  # checks a stopped node's log, changes nothing
 //! crl-node log repair --data-dir D --cut-at GEN:OFFSET              # cuts the log there, keeping a copy
@@ -142,6 +142,18 @@ struct RunArgs {
     /// This node's id: which `[[node]]` entry of the file to run.
     #[arg(long, value_name = "N")]
     id: u32,
+    /// How `run` writes its log lines to stderr: `human` or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+/// The format of `crl-node run`'s log lines.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Readable lines (the default).
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +209,11 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run_node(&args),
         Some(Command::Status(args)) => run_status(&args),
         None => match (cli.config, cli.id) {
-            (Some(config), Some(id)) => run_node(&RunArgs { config, id }),
+            (Some(config), Some(id)) => run_node(&RunArgs {
+                config,
+                id,
+                log_format: LogFormat::Human,
+            }),
             _ => {
                 // No subcommand and no shorthand: show the usage.
                 eprintln!("{}", Cli::command().render_help());
@@ -429,13 +445,16 @@ fn create_dir(what: &str, dir: &Path) -> Result<(), Failure> {
 
 /// Sends the library's `tracing` events to stderr, filtered by `RUST_LOG` (default `info`):
 /// warnings such as fences, lost copies or refused peers reach the operator.
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => logs.try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 /// Fetches `GET /metrics` from the node's `metrics_addr` and prints the body.
@@ -486,7 +505,7 @@ fn run_status(args: &RunArgs) -> Result<(), Failure> {
 }
 
 fn run_node(args: &RunArgs) -> Result<(), Failure> {
-    init_logging();
+    init_logging(args.log_format);
     let config = NodeConfig::from_file(&args.config, NodeId(args.id))
         .map_err(|e| Failure::new(format!("crl-node: bad configuration: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
