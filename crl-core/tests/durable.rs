@@ -598,6 +598,12 @@ fn group_commit_shares_fsyncs() {
     assert_eq!(stats.appends, total);
     assert!(stats.batches < stats.appends, "{stats:?}");
     assert!(stats.largest_batch > 1, "{stats:?}");
+    // Every batch's write and fdatasync is timed: a real disk takes some time for each.
+    assert!(stats.batch_io_nanos_max > 0, "{stats:?}");
+    assert!(
+        stats.batch_io_nanos >= stats.batch_io_nanos_max,
+        "{stats:?}"
+    );
     store.close();
     let (_store, rec) = open(tmp.path());
     assert_eq!(rec.regions.len(), THREADS * EACH);

@@ -215,6 +215,20 @@ pub fn render(node: &Node) -> String {
             "Bytes written to the log",
             log.bytes_written,
         );
+        let seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        seconds.inc_by(log.batch_io_nanos as f64 / 1e9);
+        r.register(
+            "log_batch_io_seconds",
+            "Time spent writing and fdatasync'ing batches (divide by log_batches for the mean)",
+            seconds,
+        );
+        let max = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        max.set(log.batch_io_nanos_max as f64 / 1e9);
+        r.register(
+            "log_batch_io_max_seconds",
+            "The longest write and fdatasync of one batch",
+            max,
+        );
         gauge(
             &mut r,
             "log_failed",

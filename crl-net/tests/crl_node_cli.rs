@@ -504,7 +504,7 @@ fn status_prints_a_running_nodes_metrics() {
         &path,
         format!(
             "cluster_id = 7\nca = \"certs/ca.pem\"\n\n\
-             [[node]]\nid = 0\naddr = \"127.0.0.1:0\"\nmetrics_addr = \"{metrics}\"\n\n\
+             [[node]]\nid = 0\naddr = \"127.0.0.1:0\"\nmetrics_addr = \"{metrics}\"\ndata_dir = \"data/n0\"\n\n\
              [[node]]\nid = 1\naddr = \"127.0.0.1:1\"\n"
         ),
     )
@@ -551,6 +551,11 @@ fn status_prints_a_running_nodes_metrics() {
         "crl_tx_committed_total ",
         "crl_peer_connected{peer=\"1\"} 0",
         "crl_peer_messages_sent_total{peer=\"1\"}",
+        // With a data dir: the log's counters (the name table's create was logged).
+        "crl_log_appends_total ",
+        "crl_log_batch_io_seconds_total ",
+        "crl_log_batch_io_max_seconds ",
+        "crl_log_failed 0",
     ] {
         assert!(body.contains(metric), "no {metric:?} in:\n{body}");
     }

@@ -438,6 +438,11 @@ pub struct StoreStats {
     pub largest_batch: u64,
     /// Writes to a region that did not exist, skipped (each logged with `warn!`).
     pub skipped_writes: u64,
+    /// Time spent writing and fdatasync'ing the successful batches, in all (nanoseconds):
+    /// divided by `batches`, the mean time a commit waits for the disk.
+    pub batch_io_nanos: u64,
+    /// The longest write and fdatasync of one batch (nanoseconds).
+    pub batch_io_nanos_max: u64,
 }
 
 /// An error of a [`DurableStore`].

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     log_bytes: AtomicU64,
     largest_batch: AtomicU64,
     skipped_writes: AtomicU64,
+    batch_io_nanos: AtomicU64,
+    batch_io_nanos_max: AtomicU64,
 }
 
 fn run_done(done: AppendDone, result: Result<(), StoreError>) {
@@ -106,6 +108,8 @@ impl Shared {
             log_bytes: AtomicU64::new(log_bytes),
             largest_batch: AtomicU64::new(0),
             skipped_writes: AtomicU64::new(0),
+            batch_io_nanos: AtomicU64::new(0),
+            batch_io_nanos_max: AtomicU64::new(0),
         }
     }
 
@@ -260,6 +264,8 @@ impl Shared {
             log_bytes: self.log_bytes.load(Relaxed),
             largest_batch: self.largest_batch.load(Relaxed),
             skipped_writes: self.skipped_writes.load(Relaxed),
+            batch_io_nanos: self.batch_io_nanos.load(Relaxed),
+            batch_io_nanos_max: self.batch_io_nanos_max.load(Relaxed),
         }
     }
 }
@@ -376,7 +382,9 @@ impl Writer {
         }
         let dones = batch.iter_mut().filter_map(|p| p.done.take()).collect();
         self.shared.begin_io("writing and syncing the log", dones);
+        let io_started = Instant::now();
         let written = self.write_log(buf).and_then(|()| self.sync());
+        let io_nanos = u64::try_from(io_started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let dones = self.shared.end_io();
         if let Err(err) = written {
             self.fail(err);
@@ -400,6 +408,8 @@ impl Writer {
         s.bytes_written.fetch_add(buf.len() as u64, Relaxed);
         s.log_bytes.store(self.log_bytes, Relaxed);
         s.largest_batch.fetch_max(n, Relaxed);
+        s.batch_io_nanos.fetch_add(io_nanos, Relaxed);
+        s.batch_io_nanos_max.fetch_max(io_nanos, Relaxed);
         for done in dones {
             run_done(done, Ok(()));
         }
