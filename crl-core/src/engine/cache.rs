@@ -65,30 +65,61 @@ pub(crate) struct CacheEntry {
     pub(crate) state: CacheState,
     /// The grant asked of the home, if a request is in flight.
     pub(crate) pending: Option<Grant>,
+    pub(crate) deleted: bool,
+    /// Whether a `Map` is in flight (its answer is awaited).
+    pub(crate) map_pending: bool,
+    /// The home restarted while accesses were in progress on the copy: it is dropped (and no
+    /// request sent) once they end.
+    pub(crate) stale: bool,
+    pub(crate) map_count: u32,
+    /// Position in the unmapped LRU (when `map_count` is 0).
+    pub(crate) unmapped_at: u64,
+    /// What waits on the entry; `None` while nothing does (most entries, most of the time:
+    /// an idle copy costs no queue).
+    waits: Option<Box<Waits>>,
+}
+
+/// The parts of a cache entry that only matter while something waits on it.
+pub(crate) struct Waits {
     /// The priority the home knows the pending request under.
     pub(crate) req_priority: u64,
     pub(crate) queue: VecDeque<LocalOp>,
     /// A recall waiting for the accesses in progress to end, and the priority waiting on it.
     pub(crate) recall: Option<(Recall, u64)>,
-    pub(crate) deleted: bool,
-    pub(crate) map_count: usize,
-    /// Position in the unmapped LRU (when `map_count` is 0).
-    pub(crate) unmapped_at: u64,
-    /// Whether a `Map` is in flight (its answer is awaited).
-    pub(crate) map_pending: bool,
     /// Map operations waiting for the home's answer.
     pub(crate) mapping: Vec<OpId>,
     /// Flush operations waiting for `FlushAck` (`None`: cancelled, the ack is still due).
     pub(crate) flushes: VecDeque<Option<OpId>>,
     /// Delete operations waiting for `DeleteAck` (`None`: cancelled, the answer is still due).
     pub(crate) deletes: VecDeque<Option<OpId>>,
-    /// The home restarted while accesses were in progress on the copy: it is dropped (and no
-    /// request sent) once they end.
-    pub(crate) stale: bool,
     /// The oldest priority reported by [`Event::Wanted`] during the current wait on local
     /// accesses ([`PRIORITY_NONE`] when none was).
     pub(crate) wanted: u64,
 }
+
+impl Waits {
+    const NONE: Waits = Waits {
+        req_priority: PRIORITY_NONE,
+        queue: VecDeque::new(),
+        recall: None,
+        mapping: Vec::new(),
+        flushes: VecDeque::new(),
+        deletes: VecDeque::new(),
+        wanted: PRIORITY_NONE,
+    };
+
+    fn is_empty(&self) -> bool {
+        self.req_priority == PRIORITY_NONE
+            && self.queue.is_empty()
+            && self.recall.is_none()
+            && self.mapping.is_empty()
+            && self.flushes.is_empty()
+            && self.deletes.is_empty()
+            && self.wanted == PRIORITY_NONE
+    }
+}
+
+static NO_WAITS: Waits = Waits::NONE;
 
 impl CacheEntry {
     pub(crate) fn new(cell: Arc<dyn ErasedCell>) -> Self {
@@ -96,24 +127,47 @@ impl CacheEntry {
             cell,
             state: CacheState::Invalid,
             pending: None,
-            req_priority: PRIORITY_NONE,
-            queue: VecDeque::new(),
-            recall: None,
             deleted: false,
+            map_pending: false,
+            stale: false,
             map_count: 0,
             unmapped_at: 0,
-            map_pending: false,
-            mapping: Vec::new(),
-            flushes: VecDeque::new(),
-            deletes: VecDeque::new(),
-            stale: false,
-            wanted: PRIORITY_NONE,
+            waits: None,
         }
+    }
+
+    /// What waits on the entry (nothing, if nothing does).
+    pub(crate) fn w(&self) -> &Waits {
+        self.waits.as_deref().unwrap_or(&NO_WAITS)
+    }
+
+    fn no_longer_wanted(&mut self) {
+        if let Some(w) = self.waits.as_deref_mut() {
+            w.wanted = PRIORITY_NONE;
+        }
+    }
+
+    fn no_request_priority(&mut self) {
+        if let Some(w) = self.waits.as_deref_mut() {
+            w.req_priority = PRIORITY_NONE;
+        }
+    }
+
+    fn no_recall(&mut self) {
+        if let Some(w) = self.waits.as_deref_mut() {
+            w.recall = None;
+        }
+    }
+
+    /// What waits on the entry, to change it.
+    pub(crate) fn w_mut(&mut self) -> &mut Waits {
+        self.waits.get_or_insert_with(|| Box::new(Waits::NONE))
     }
 
     /// The oldest priority of the queued accesses.
     pub(crate) fn queued_priority(&self) -> u64 {
-        self.queue
+        self.w()
+            .queue
             .iter()
             .map(|o| o.priority())
             .min()
@@ -123,10 +177,10 @@ impl CacheEntry {
     /// The oldest priority waiting for the local accesses in progress, if it is older than
     /// any reported so far in this wait: the caller emits [`Event::Wanted`] for it.
     fn newly_wanted(&mut self) -> Option<u64> {
-        let recall = self.recall.map_or(PRIORITY_NONE, |(_, p)| p);
+        let recall = self.w().recall.map_or(PRIORITY_NONE, |(_, p)| p);
         let p = recall.min(self.queued_priority());
-        if p < self.wanted {
-            self.wanted = p;
+        if p < self.w().wanted {
+            self.w_mut().wanted = p;
             Some(p)
         } else {
             None
@@ -136,13 +190,13 @@ impl CacheEntry {
     /// Idle: nothing queued, in flight or in progress; safe to evict.
     fn is_idle(&self) -> bool {
         self.pending.is_none()
-            && self.queue.is_empty()
-            && self.recall.is_none()
+            && self.w().queue.is_empty()
+            && self.w().recall.is_none()
             && !self.map_pending
             && !self.stale
-            && self.mapping.is_empty()
-            && self.flushes.is_empty()
-            && self.deletes.is_empty()
+            && self.w().mapping.is_empty()
+            && self.w().flushes.is_empty()
+            && self.w().deletes.is_empty()
             && self.cell.word().in_progress().is_idle()
     }
 
@@ -165,17 +219,11 @@ impl CacheEntry {
         self.cell.clear();
     }
 
-    /// Frees the buffers of empty queues: a million idle copies must not each keep the
-    /// capacity their last miss needed.
+    /// Drops what waited once nothing does: a million idle copies must not each keep the
+    /// queues their last miss needed.
     fn release_buffers(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > 0 {
-            self.queue = VecDeque::new();
-        }
-        if self.flushes.is_empty() && self.flushes.capacity() > 0 {
-            self.flushes = VecDeque::new();
-        }
-        if self.deletes.is_empty() && self.deletes.capacity() > 0 {
-            self.deletes = VecDeque::new();
+        if self.waits.as_deref().is_some_and(Waits::is_empty) {
+            self.waits = None;
         }
     }
 
@@ -216,11 +264,11 @@ impl Engine {
                     return self.cache_wait_local(id);
                 }
                 entry.stale = false;
-                entry.wanted = PRIORITY_NONE;
+                entry.no_longer_wanted();
                 entry.invalidate();
                 continue;
             }
-            if let Some((kind, _)) = entry.recall {
+            if let Some((kind, _)) = entry.w().recall {
                 let busy = entry.cell.word().revoke();
                 let ready = no_defer
                     || match kind {
@@ -239,21 +287,24 @@ impl Engine {
                 if kind == Recall::Delete {
                     entry.deleted = true;
                 }
-                entry.recall = None;
-                entry.wanted = PRIORITY_NONE;
+                entry.no_recall();
+                entry.no_longer_wanted();
                 trace!(%node, region = %id, ?kind, "recall done");
                 self.send(id.home, Message::RecallAck { region: id, image });
                 continue;
             }
             if entry.deleted {
                 let busy = entry.cell.word().revoke();
-                if busy.is_idle() && entry.deletes.is_empty() && entry.state != CacheState::Invalid
+                if busy.is_idle()
+                    && entry.w().deletes.is_empty()
+                    && entry.state != CacheState::Invalid
                 {
                     // A committed delete's sender was never recalled: its copy goes now that
                     // the home has deleted (no recall can come any more) and no access is left.
                     entry.invalidate();
                 }
-                let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
+                let failed: Vec<_> = entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
+                entry.release_buffers();
                 for op in failed {
                     self.complete(op, Err(OpError::Deleted(id)));
                 }
@@ -263,7 +314,7 @@ impl Engine {
                 entry.cell.word().revoke();
                 return;
             }
-            let Some(&head) = entry.queue.front() else {
+            let Some(&head) = entry.w().queue.front() else {
                 entry.release_buffers();
                 entry.permit();
                 return;
@@ -275,8 +326,8 @@ impl Engine {
                     if busy.writer {
                         return self.cache_wait_local(id);
                     }
-                    entry.queue.pop_front();
-                    entry.wanted = PRIORITY_NONE;
+                    entry.w_mut().queue.pop_front();
+                    entry.no_longer_wanted();
                     let cell = entry.cell.clone();
                     self.grant(op, &cell, AccessMode::Read);
                 }
@@ -284,15 +335,15 @@ impl Engine {
                     if !busy.is_idle() {
                         return self.cache_wait_local(id);
                     }
-                    entry.queue.pop_front();
-                    entry.wanted = PRIORITY_NONE;
+                    entry.w_mut().queue.pop_front();
+                    entry.no_longer_wanted();
                     let cell = entry.cell.clone();
                     self.grant(op, &cell, AccessMode::Write);
                 }
                 (LocalOp::Read(..), CacheState::Invalid) => {
                     let priority = entry.queued_priority();
                     entry.pending = Some(Grant::Shared);
-                    entry.req_priority = priority;
+                    entry.w_mut().req_priority = priority;
                     self.send(
                         id.home,
                         Message::GetShared {
@@ -306,7 +357,7 @@ impl Engine {
                 (LocalOp::Write(..), CacheState::Invalid | CacheState::Shared) => {
                     let priority = entry.queued_priority();
                     entry.pending = Some(Grant::Exclusive);
-                    entry.req_priority = priority;
+                    entry.w_mut().req_priority = priority;
                     self.send(
                         id.home,
                         Message::GetExclusive {
@@ -318,18 +369,18 @@ impl Engine {
                     return;
                 }
                 (LocalOp::Flush(op), CacheState::Invalid) => {
-                    entry.queue.pop_front();
+                    entry.w_mut().queue.pop_front();
                     self.complete(op, Ok(()));
                 }
                 (LocalOp::Flush(op), CacheState::Shared | CacheState::Modified) => {
                     if !busy.is_idle() {
                         return self.cache_wait_local(id);
                     }
-                    entry.queue.pop_front();
-                    entry.wanted = PRIORITY_NONE;
+                    entry.w_mut().queue.pop_front();
+                    entry.no_longer_wanted();
                     let image = entry.modified_image(node);
                     entry.invalidate();
-                    entry.flushes.push_back(Some(op));
+                    entry.w_mut().flushes.push_back(Some(op));
                     self.send(id.home, Message::Flush { region: id, image });
                 }
             }
@@ -352,12 +403,12 @@ impl Engine {
         if entry.map_count == 0 || entry.map_pending {
             return Err(OpError::NotMapped(id));
         }
-        entry.queue.push_back(match mode {
+        entry.w_mut().queue.push_back(match mode {
             AccessMode::Read => LocalOp::Read(op, priority),
             AccessMode::Write => LocalOp::Write(op, priority),
         });
-        if entry.pending.is_some() && priority < entry.req_priority {
-            entry.req_priority = priority;
+        if entry.pending.is_some() && priority < entry.w().req_priority {
+            entry.w_mut().req_priority = priority;
             trace!(node = %self.node, region = %id, priority, "contend");
             self.send(
                 id.home,
@@ -377,18 +428,19 @@ impl Engine {
             return false;
         };
         let mut found = None;
-        if let Some(pos) = entry.queue.iter().position(|o| o.op() == op) {
-            entry.queue.remove(pos);
+        if let Some(pos) = entry.w().queue.iter().position(|o| o.op() == op) {
+            entry.w_mut().queue.remove(pos);
             found = Some((id, false));
-        } else if let Some(pos) = entry.mapping.iter().position(|&o| o == op) {
-            entry.mapping.remove(pos);
+        } else if let Some(pos) = entry.w().mapping.iter().position(|&o| o == op) {
+            entry.w_mut().mapping.remove(pos);
             entry.map_count -= 1;
             found = Some((id, entry.map_count == 0));
-        } else if let Some(slot) = entry
-            .flushes
-            .iter_mut()
-            .chain(entry.deletes.iter_mut())
-            .find(|s| **s == Some(op))
+        } else if let Some(w) = entry.waits.as_deref_mut()
+            && let Some(slot) = w
+                .flushes
+                .iter_mut()
+                .chain(w.deletes.iter_mut())
+                .find(|s| **s == Some(op))
         {
             *slot = None;
             return true;
@@ -423,18 +475,19 @@ impl Engine {
                 PeerReset::Restarted => OpError::HomeRestarted(id),
                 PeerReset::Fenced => OpError::Fenced(id),
             };
-            let mut failed: Vec<OpId> = entry.queue.drain(..).map(LocalOp::op).collect();
+            let mut failed: Vec<OpId> = entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
             if entry.map_pending {
                 entry.map_pending = false;
-                entry.map_count = entry.map_count.saturating_sub(entry.mapping.len());
+                let mapping = u32::try_from(entry.w().mapping.len()).unwrap_or(u32::MAX);
+                entry.map_count = entry.map_count.saturating_sub(mapping);
             }
-            failed.append(&mut entry.mapping);
-            failed.extend(entry.flushes.drain(..).flatten());
-            failed.extend(entry.deletes.drain(..).flatten());
+            failed.append(&mut entry.w_mut().mapping);
+            failed.extend(entry.w_mut().flushes.drain(..).flatten());
+            failed.extend(entry.w_mut().deletes.drain(..).flatten());
             entry.pending = None;
-            entry.req_priority = PRIORITY_NONE;
-            entry.recall = None;
-            entry.wanted = PRIORITY_NONE;
+            entry.no_request_priority();
+            entry.no_recall();
+            entry.no_longer_wanted();
             entry.state = CacheState::Invalid;
             let busy = entry.cell.word().revoke();
             if busy.is_idle() {
@@ -506,7 +559,7 @@ impl Engine {
                 );
                 return Ok(());
             };
-            if entry.recall.is_some() {
+            if entry.w().recall.is_some() {
                 return Err(self.violation(
                     from,
                     Some(id),
@@ -526,7 +579,7 @@ impl Engine {
                     },
                 );
             } else {
-                entry.recall = Some((kind, priority));
+                entry.w_mut().recall = Some((kind, priority));
             }
             self.cache_advance(id);
             return Ok(());
@@ -534,7 +587,8 @@ impl Engine {
         if let Message::Contend { priority, .. } = msg {
             // Only a recall still deferred here can be contended; otherwise it is stale.
             if let Some(entry) = self.cache.get_mut(&id)
-                && let Some((_, p)) = &mut entry.recall
+                && let Some(w) = entry.waits.as_deref_mut()
+                && let Some((_, p)) = &mut w.recall
                 && priority < *p
             {
                 *p = priority;
@@ -564,7 +618,7 @@ impl Engine {
                     return Err(self.violation(from, Some(id), "map reply without a map request"));
                 }
                 entry.map_pending = false;
-                for op in std::mem::take(&mut entry.mapping) {
+                for op in std::mem::take(&mut entry.w_mut().mapping) {
                     self.complete(op, Ok(()));
                 }
             }
@@ -594,8 +648,8 @@ impl Engine {
                     // Every mapping of the entry was waiting for this answer (or cancelled).
                     entry.map_pending = false;
                     entry.map_count = 0;
-                    let failed = std::mem::take(&mut entry.mapping);
-                    if entry.deletes.is_empty() {
+                    let failed = std::mem::take(&mut entry.w_mut().mapping);
+                    if entry.w().deletes.is_empty() {
                         let entry = self.cache.remove(&id).expect("cache entry");
                         self.unmapped.remove(&entry.unmapped_at);
                     } else if !self.unmapped.contains_key(&entry.unmapped_at) {
@@ -608,14 +662,14 @@ impl Engine {
                         self.complete(op, Err(err.clone()));
                     }
                 } else if entry.pending.take().is_some() {
-                    entry.req_priority = PRIORITY_NONE;
+                    entry.no_request_priority();
                     entry.deleted |= reason == Refusal::Deleted;
-                    let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
+                    let failed: Vec<_> = entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
                     for op in failed {
                         self.complete(op, Err(err.clone()));
                     }
                     self.cache_advance(id);
-                } else if let Some(op) = entry.deletes.pop_front() {
+                } else if let Some(op) = entry.w_mut().deletes.pop_front() {
                     if let Some(op) = op {
                         self.complete(op, Err(err));
                     }
@@ -640,8 +694,9 @@ impl Engine {
                         }
                         if let Err(source) = entry.cell.install(&image.bytes, image.version) {
                             entry.pending = None;
-                            entry.req_priority = PRIORITY_NONE;
-                            let failed: Vec<_> = entry.queue.drain(..).map(LocalOp::op).collect();
+                            entry.no_request_priority();
+                            let failed: Vec<_> =
+                                entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
                             let e = OpError::Codec {
                                 region: id,
                                 source: source.clone(),
@@ -663,19 +718,19 @@ impl Engine {
                     }
                 }
                 entry.pending = None;
-                entry.req_priority = PRIORITY_NONE;
+                entry.no_request_priority();
                 entry.state = match grant {
                     Grant::Shared => CacheState::Shared,
                     Grant::Exclusive => CacheState::Modified,
                 };
                 self.cache_advance(id);
             }
-            Message::FlushAck { .. } => match entry.flushes.pop_front() {
+            Message::FlushAck { .. } => match entry.w_mut().flushes.pop_front() {
                 Some(Some(op)) => self.complete(op, Ok(())),
                 Some(None) => {}
                 None => return Err(self.violation(from, Some(id), "flush ack without a flush")),
             },
-            Message::DeleteAck { .. } => match entry.deletes.pop_front() {
+            Message::DeleteAck { .. } => match entry.w_mut().deletes.pop_front() {
                 Some(op) => {
                     entry.deleted = true;
                     if let Some(op) = op {

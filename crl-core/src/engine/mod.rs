@@ -529,14 +529,14 @@ impl Engine {
             if !entry.map_pending {
                 return Ok((cell, Progress::Done));
             }
-            entry.mapping.push(op);
+            entry.w_mut().mapping.push(op);
             return Ok((cell, Progress::Pending));
         }
         let cell = Arc::new(RegionCell::<T>::new(id, None, self.drains.clone()));
         let mut entry = CacheEntry::new(cell.clone());
         entry.map_count = 1;
         entry.map_pending = true;
-        entry.mapping.push(op);
+        entry.w_mut().mapping.push(op);
         self.cache.insert(id, entry);
         self.send(
             id.home,
@@ -704,7 +704,7 @@ impl Engine {
         if entry.deleted {
             return Err(OpError::Deleted(id));
         }
-        entry.queue.push_back(LocalOp::Flush(op));
+        entry.w_mut().queue.push_back(LocalOp::Flush(op));
         self.cache_advance(id);
         Ok(self.take_completed(op))
     }
@@ -733,7 +733,7 @@ impl Engine {
             return Ok(self.take_completed(op));
         }
         if let Some(entry) = self.cache.get_mut(&id) {
-            entry.deletes.push_back(Some(op));
+            entry.w_mut().deletes.push_back(Some(op));
         } else {
             return Err(OpError::NotMapped(id));
         }
@@ -909,7 +909,7 @@ impl Engine {
         entry.deleted = true;
         entry.cell.word().revoke();
         // Its ack is still due; nobody waits for it.
-        entry.deletes.push_back(None);
+        entry.w_mut().deletes.push_back(None);
         self.send(
             id.home,
             Message::Delete {
@@ -1032,9 +1032,9 @@ impl Engine {
             Some(EntrySnapshot::Cache {
                 state: e.state,
                 pending: e.pending.is_some(),
-                queued: e.queue.len(),
+                queued: e.w().queue.len(),
                 in_progress: e.cell.word().in_progress(),
-                recalling: e.recall.is_some(),
+                recalling: e.w().recall.is_some(),
                 deleted: e.deleted,
             })
         }
