@@ -121,8 +121,9 @@ pub(crate) struct Serving {
 pub(crate) struct HomeEntry {
     pub(crate) cell: Arc<dyn ErasedCell>,
     pub(crate) dir: DirState,
-    pub(crate) serving: Option<Serving>,
-    pub(crate) queue: VecDeque<Request>,
+    /// The request being served and those waiting; `None` while there are none (most
+    /// entries, most of the time: an idle region costs no queue).
+    waits: Option<Box<HomeWaits>>,
     pub(crate) map_count: usize,
     /// Prepared transactions holding the region (see [`Engine::hold`]): while any does, no
     /// request is finished and the home's own copy admits no hit.
@@ -132,13 +133,39 @@ pub(crate) struct HomeEntry {
     pub(crate) delete_first: bool,
 }
 
+/// The parts of a directory entry that only matter while requests wait on it.
+#[derive(Default)]
+pub(crate) struct HomeWaits {
+    pub(crate) serving: Option<Serving>,
+    pub(crate) queue: VecDeque<Request>,
+}
+
+static NO_HOME_WAITS: HomeWaits = HomeWaits {
+    serving: None,
+    queue: VecDeque::new(),
+};
+
 impl HomeEntry {
+    /// The requests being served or waiting (none, if none are).
+    pub(crate) fn w(&self) -> &HomeWaits {
+        self.waits.as_deref().unwrap_or(&NO_HOME_WAITS)
+    }
+
+    /// The requests, to change them.
+    pub(crate) fn w_mut(&mut self) -> &mut HomeWaits {
+        self.waits.get_or_insert_with(Box::default)
+    }
+
+    /// The requests, if any wait (never allocates).
+    fn waits_mut(&mut self) -> Option<&mut HomeWaits> {
+        self.waits.as_deref_mut()
+    }
+
     pub(crate) fn new(cell: Arc<dyn ErasedCell>) -> Self {
         HomeEntry {
             cell,
             dir: DirState::Unowned,
-            serving: None,
-            queue: VecDeque::new(),
+            waits: None,
             map_count: 1,
             holds: 0,
             delete_first: false,
@@ -188,7 +215,7 @@ impl Engine {
 
     pub(crate) fn home_enqueue(&mut self, id: RegionId, req: Request) {
         let entry = self.homes.get_mut(&id.seq).expect("home entry");
-        entry.queue.push_back(req);
+        entry.w_mut().queue.push_back(req);
         self.home_contend(id, req.priority);
         self.home_advance(id);
     }
@@ -196,7 +223,12 @@ impl Engine {
     /// A request with `priority` now waits for the one being served: if that is older than the
     /// serving's priority so far, tell the holders still to acknowledge.
     fn home_contend(&mut self, id: RegionId, priority: u64) {
-        let Some(serving) = self.homes.get_mut(&id.seq).and_then(|e| e.serving.as_mut()) else {
+        let Some(serving) = self
+            .homes
+            .get_mut(&id.seq)
+            .and_then(|e| e.waits_mut())
+            .and_then(|w| w.serving.as_mut())
+        else {
             return;
         };
         if priority >= serving.priority {
@@ -223,16 +255,22 @@ impl Engine {
             let Some(entry) = self.homes.get_mut(&id.seq) else {
                 return;
             };
-            if entry.serving.is_none() {
-                if entry.delete_first && entry.queue.front().is_none_or(|r| r.want != Want::Delete)
+            if entry.w().serving.is_none() {
+                if entry.delete_first
+                    && entry
+                        .w()
+                        .queue
+                        .front()
+                        .is_none_or(|r| r.want != Want::Delete)
                 {
-                    entry.queue.push_front(Request::delete(Requester::Decided));
+                    entry
+                        .w_mut()
+                        .queue
+                        .push_front(Request::delete(Requester::Decided));
                 }
-                let Some(req) = entry.queue.pop_front() else {
-                    if entry.queue.capacity() > 0 {
-                        // Idle regions keep no request buffer (a million of them add up).
-                        entry.queue = VecDeque::new();
-                    }
+                let Some(req) = entry.waits_mut().and_then(|w| w.queue.pop_front()) else {
+                    // Idle regions keep no request buffers (a million of them add up).
+                    entry.waits = None;
                     if entry.holds == 0 {
                         entry.permit();
                     }
@@ -267,12 +305,13 @@ impl Engine {
                     }
                 };
                 let priority = entry
+                    .w()
                     .queue
                     .iter()
                     .map(|r| r.priority)
                     .fold(req.priority, u64::min);
                 trace!(node = %self.node, region = %id, ?req, ?targets, priority, "serving");
-                entry.serving = Some(Serving {
+                entry.w_mut().serving = Some(Serving {
                     req,
                     acks: targets.iter().copied().collect(),
                     priority,
@@ -293,7 +332,7 @@ impl Engine {
                 continue;
             }
             let busy = entry.cell.word().revoke();
-            let serving = entry.serving.as_mut().expect("serving");
+            let serving = entry.w_mut().serving.as_mut().expect("serving");
             let ready = match serving.req.want {
                 Want::Read => !busy.writer,
                 Want::Write | Want::Delete => busy.is_idle(),
@@ -311,11 +350,11 @@ impl Engine {
             if !ready || !serving.acks.is_empty() || entry.holds > 0 {
                 return;
             }
-            let serving = entry.serving.take().expect("serving");
+            let serving = entry.w_mut().serving.take().expect("serving");
             if entry.delete_first && serving.req.want != Want::Delete {
                 // Not answered yet, so it may as well come after the delete (and learn it).
                 if !serving.cancelled {
-                    entry.queue.push_front(serving.req);
+                    entry.w_mut().queue.push_front(serving.req);
                 }
                 continue;
             }
@@ -416,7 +455,7 @@ impl Engine {
                 if !cancelled {
                     self.home_reply_deleted(id, who, true);
                 }
-                for queued in entry.queue {
+                for queued in entry.waits.map(|w| w.queue).unwrap_or_default() {
                     let delete = queued.want == Want::Delete;
                     self.home_reply_deleted(id, queued.who, delete);
                 }
@@ -429,16 +468,15 @@ impl Engine {
         let Some(entry) = self.homes.get_mut(&id.seq) else {
             return false;
         };
-        if let Some(pos) = entry
-            .queue
-            .iter()
-            .position(|r| r.who == Requester::Local(op))
-        {
-            entry.queue.remove(pos);
+        let Some(w) = entry.waits_mut() else {
+            return false;
+        };
+        if let Some(pos) = w.queue.iter().position(|r| r.who == Requester::Local(op)) {
+            w.queue.remove(pos);
             debug!(node = %self.node, region = %id, op, "cancelled a queued request");
             return true;
         }
-        if let Some(serving) = entry.serving.as_mut()
+        if let Some(serving) = w.serving.as_mut()
             && serving.req.who == Requester::Local(op)
             && !serving.cancelled
         {
@@ -457,11 +495,13 @@ impl Engine {
         for seq in seqs {
             let id = RegionId::new(self.node, seq);
             let entry = self.homes.get_mut(&seq).expect("home entry");
-            entry.queue.retain(|r| r.who != Requester::Remote(node));
-            if let Some(serving) = entry.serving.as_mut() {
-                serving.acks.remove(&node);
-                if serving.req.who == Requester::Remote(node) {
-                    serving.cancelled = true;
+            if let Some(w) = entry.waits_mut() {
+                w.queue.retain(|r| r.who != Requester::Remote(node));
+                if let Some(serving) = w.serving.as_mut() {
+                    serving.acks.remove(&node);
+                    if serving.req.who == Requester::Remote(node) {
+                        serving.cancelled = true;
+                    }
                 }
             }
             let lost = entry.dir == DirState::Exclusive(node);
@@ -632,8 +672,9 @@ impl Engine {
                 // A request being served that was withdrawn (its requester's session ended:
                 // a restart or a fence) is not this one: the requester may ask again in its
                 // new session while the withdrawn one finishes its recalls.
-                let queued = entry.queue.iter().any(asked)
+                let queued = entry.w().queue.iter().any(asked)
                     || entry
+                        .w()
                         .serving
                         .as_ref()
                         .is_some_and(|s| !s.cancelled && asked(&s.req));
@@ -663,7 +704,7 @@ impl Engine {
                         // its sender is not recalled: FIFO links then never show them here
                         // with the region still alive.)
                         entry.delete_first = true;
-                        entry.queue.push_front(request);
+                        entry.w_mut().queue.push_front(request);
                         self.home_advance(id);
                     } else {
                         self.home_enqueue(id, request);
@@ -675,7 +716,7 @@ impl Engine {
                 let Some(entry) = self.homes.get_mut(&id.seq) else {
                     return violation(self, "recall ack for a region not homed here");
                 };
-                let Some(serving) = entry.serving.as_mut() else {
+                let Some(serving) = entry.waits_mut().and_then(|w| w.serving.as_mut()) else {
                     return violation(self, "recall ack while no recall is outstanding");
                 };
                 if !serving.acks.remove(&from) {
@@ -748,9 +789,12 @@ impl Engine {
                 };
                 let asked =
                     |r: &Request| r.who == Requester::Remote(from) && r.want != Want::Delete;
-                if let Some(serving) = entry.serving.as_mut().filter(|s| asked(&s.req)) {
+                let Some(w) = entry.waits_mut() else {
+                    return Ok(());
+                };
+                if let Some(serving) = w.serving.as_mut().filter(|s| asked(&s.req)) {
                     serving.req.priority = serving.req.priority.min(priority);
-                } else if let Some(req) = entry.queue.iter_mut().find(|r| asked(r)) {
+                } else if let Some(req) = w.queue.iter_mut().find(|r| asked(r)) {
                     req.priority = req.priority.min(priority);
                 } else {
                     return Ok(());

@@ -571,7 +571,7 @@ impl Engine {
                     let cell = Arc::new(RegionCell::with_version(id, Some(value), version, drains));
                     entry.cell = cell.clone();
                     entry.map_count += 1;
-                    if entry.serving.is_some() || !entry.queue.is_empty() {
+                    if entry.w().serving.is_some() || !entry.w().queue.is_empty() {
                         cell.word().revoke();
                     } else {
                         entry.permit();
@@ -1023,8 +1023,8 @@ impl Engine {
             let e = self.homes.get(&id.seq)?;
             Some(EntrySnapshot::Home {
                 dir: e.dir.clone(),
-                busy: e.serving.is_some(),
-                queued: e.queue.len(),
+                busy: e.w().serving.is_some(),
+                queued: e.w().queue.len(),
                 in_progress: e.cell.word().in_progress(),
             })
         } else {
