@@ -16,6 +16,8 @@
 //! accesses in progress hold the request up, [`Event::Wanted`] reports it here.
 
 use std::collections::{BTreeSet, VecDeque};
+
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use tracing::{debug, trace};
@@ -31,9 +33,71 @@ pub enum DirState {
     /// Only the home has a copy (and may write it without asking anyone).
     Unowned,
     /// These nodes hold read-only copies; the home's copy is valid too.
-    Shared(BTreeSet<NodeId>),
+    Shared(Sharers),
     /// This node holds the only valid copy, possibly modified.
     Exclusive(NodeId),
+}
+
+/// The nodes holding read-only copies of a region: a sorted set kept inline up to
+/// [`Sharers::INLINE`] nodes (the common case costs no allocation; more spill to the heap).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sharers(SmallVec<[NodeId; Sharers::INLINE]>);
+
+impl Sharers {
+    /// How many sharers are kept without an allocation.
+    pub const INLINE: usize = 4;
+
+    /// Whether `node` holds a copy.
+    pub fn contains(&self, node: &NodeId) -> bool {
+        self.0.binary_search(node).is_ok()
+    }
+
+    /// Adds `node`; false if it was there already.
+    pub fn insert(&mut self, node: NodeId) -> bool {
+        match self.0.binary_search(&node) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, node);
+                true
+            }
+        }
+    }
+
+    /// Removes `node`; false if it was not there.
+    pub fn remove(&mut self, node: &NodeId) -> bool {
+        match self.0.binary_search(node) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The sharers, in increasing order.
+    pub fn iter(&self) -> std::slice::Iter<'_, NodeId> {
+        self.0.iter()
+    }
+
+    /// How many nodes share the region.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no node does.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<const N: usize> From<[NodeId; N]> for Sharers {
+    fn from(nodes: [NodeId; N]) -> Self {
+        let mut s = Sharers::default();
+        for n in nodes {
+            s.insert(n);
+        }
+        s
+    }
 }
 
 /// Who is waiting for a request.
@@ -394,7 +458,7 @@ impl Engine {
                     DirState::Shared(s) => {
                         s.insert(r);
                     }
-                    d => *d = DirState::Shared(BTreeSet::from([r])),
+                    d => *d = DirState::Shared(Sharers::from([r])),
                 }
                 self.send(
                     r,
@@ -736,7 +800,7 @@ impl Engine {
                             .map_err(|e| self.violation(from, Some(id), e))?;
                         let entry = self.homes.get_mut(&id.seq).expect("home entry");
                         entry.dir = if downgrade {
-                            DirState::Shared(BTreeSet::from([from]))
+                            DirState::Shared(Sharers::from([from]))
                         } else {
                             DirState::Unowned
                         };
@@ -865,4 +929,38 @@ fn install(cell: &dyn ErasedCell, image: &RegionImage) -> Result<(), String> {
     }
     cell.install(&image.bytes, image.version)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::Sharers;
+    use crate::region::NodeId;
+
+    proptest! {
+        /// `Sharers` behaves as the `BTreeSet` it replaced (same answers, same order), inline
+        /// and spilled past `INLINE`.
+        #[test]
+        fn sharers_behave_as_a_sorted_set(ops in proptest::collection::vec((any::<bool>(), 0u32..12), 0..64)) {
+            let mut s = Sharers::default();
+            let mut model = BTreeSet::new();
+            for (insert, n) in ops {
+                let n = NodeId(n);
+                if insert {
+                    prop_assert_eq!(s.insert(n), model.insert(n));
+                } else {
+                    prop_assert_eq!(s.remove(&n), model.remove(&n));
+                }
+                prop_assert_eq!(s.len(), model.len());
+                prop_assert_eq!(s.is_empty(), model.is_empty());
+                prop_assert!(s.iter().eq(model.iter()));
+                for m in 0..12 {
+                    prop_assert_eq!(s.contains(&NodeId(m)), model.contains(&NodeId(m)));
+                }
+            }
+        }
+    }
 }

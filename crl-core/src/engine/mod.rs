@@ -99,7 +99,7 @@ pub use access::{Access, AccessMode, InProgress, ReadGuard, RegionCell, WriteGua
 use access::{DrainList, ErasedCell, RawCell};
 pub use cache::CacheState;
 use cache::{CacheEntry, LocalOp};
-pub use home::DirState;
+pub use home::{DirState, Sharers};
 use home::{HomeEntry, Requester};
 
 use crate::region::{CodecError, NodeId, Region, RegionId};
