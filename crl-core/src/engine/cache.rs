@@ -71,6 +71,7 @@ pub(crate) struct CacheEntry {
     /// The home restarted while accesses were in progress on the copy: it is dropped (and no
     /// request sent) once they end.
     pub(crate) stale: bool,
+    /// Local mappings (handles) of the copy (32 bits, as at the home).
     pub(crate) map_count: u32,
     /// Position in the unmapped LRU (when `map_count` is 0).
     pub(crate) unmapped_at: u64,

@@ -188,7 +188,9 @@ pub(crate) struct HomeEntry {
     /// The request being served and those waiting; `None` while there are none (most
     /// entries, most of the time: an idle region costs no queue).
     waits: Option<Box<HomeWaits>>,
-    pub(crate) map_count: usize,
+    /// Local mappings (handles) of the region at the home (32 bits: four billion live
+    /// handles of one region on one node would need more memory than a node has).
+    pub(crate) map_count: u32,
     /// Prepared transactions holding the region (see [`Engine::hold`]): while any does, no
     /// request is finished and the home's own copy admits no hit.
     pub(crate) holds: u16,
