@@ -244,14 +244,22 @@ pub fn render(node: &Node) -> String {
 }
 
 /// Serves [`render`] on `listener` (`GET /metrics`; anything else gets 404) until the task
-/// is dropped or the node shuts down.
+/// is dropped or the node stops. It holds none of the program's share of the node: dropping
+/// the program's last handle still stops the node (and then this).
 pub async fn serve(node: Node, listener: TcpListener) {
+    let user = node;
+    let node = user.internal();
+    drop(user);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, from) = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = node.stopped() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, from) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 warn!("metrics: accept failed: {e}");
@@ -259,9 +267,6 @@ pub async fn serve(node: Node, listener: TcpListener) {
                 continue;
             }
         };
-        if node.check_running().is_err() {
-            return;
-        }
         let node = node.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -353,5 +358,29 @@ mod tests {
         assert!(refused.starts_with("HTTP/1.0 431"), "{refused}");
         drop(node);
         cluster.shutdown().await;
+    }
+
+    /// The endpoint holds none of the program's share of the node: once the program drops
+    /// every handle, the node stops and the metrics address is free again (it kept the node
+    /// running, and the listener bound, for good).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_endpoint_ends_with_the_node() {
+        let cluster = Cluster::local(1).await.unwrap();
+        let node = cluster.node(0).clone();
+        let addr = super::spawn(node.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        drop((node, cluster));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if std::net::TcpListener::bind(addr).is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the metrics address {addr} is still bound 5 s after the node's last handle went"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }

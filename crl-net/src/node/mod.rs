@@ -479,8 +479,15 @@ impl Node {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// Resolves once the node has been told to stop (by `shutdown`, or when the program
+    /// dropped its last handle).
+    pub(crate) async fn stopped(&self) {
+        let mut stop = self.inner.shutdown.subscribe();
+        let _ = stop.wait_for(|&s| s).await;
+    }
+
     /// The same node, holding none of the program's share (for what the node keeps itself).
-    fn internal(&self) -> Node {
+    pub(crate) fn internal(&self) -> Node {
         Node {
             inner: self.inner.clone(),
             _user: None,
