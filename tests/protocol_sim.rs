@@ -451,6 +451,57 @@ fn planted_bug_duplicates_delivered_under_faults_is_caught() {
     panic!("the simulator missed duplicates under faults in 100 seeds");
 }
 
+/// Messages in fragments (issue 10: big regions travel in pieces): with a fragment length of
+/// 24 bytes nearly every message is several frames, so breaks, cuts, crashes and fences fall
+/// between the pieces. Every invariant holds, as with whole messages.
+#[test]
+fn fragmented_messages_survive_breaks_crashes_and_fences() {
+    let started = Instant::now();
+    let mut total = SimReport::default();
+    for seed in 0..30u64 {
+        let cfg = SimConfig {
+            fragment_len: 8,
+            break_percent: 5,
+            ..faults(seed)
+        };
+        match Sim::run_random(cfg.clone(), seed, 10_000) {
+            Ok(report) => total.add(&report),
+            Err(failure) => panic!("{failure}\nconfig: {cfg:?}"),
+        }
+    }
+    print_faults("fragments", &total, started.elapsed().as_secs_f64());
+    println!(
+        "fragments: {} pieces before {} messages",
+        total.fragments, total.messages
+    );
+    assert!(
+        total.fragments > total.messages,
+        "too few fragments: {} for {} messages",
+        total.fragments,
+        total.messages
+    );
+    assert!(total.breaks > 1000 && total.fences > 100 && total.crashes > 5);
+}
+
+/// The planted bug: a re-sent piece of a message joined to the message in progress although
+/// the session says it is a duplicate. The simulator catches it.
+#[test]
+fn planted_bug_duplicate_fragments_appended_is_caught() {
+    for seed in 0..200u64 {
+        let cfg = SimConfig {
+            fragment_len: 8,
+            break_percent: 5,
+            session_fault: Some(SessionFault::AppendDuplicateFragments),
+            ..faults(seed)
+        };
+        if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
+            println!("AppendDuplicateFragments caught at seed {seed}:\n{failure}");
+            return;
+        }
+    }
+    panic!("the simulator missed duplicate fragments appended in 200 seeds");
+}
+
 /// Lets a scripted schedule run for `ms` virtual milliseconds: deliveries between ticks.
 fn run_for(choices: &mut Vec<Choice>, ms: u16) {
     for i in 0..ms / 5 {

@@ -1,6 +1,8 @@
-//! The session layer on a real in-process cluster: a region too large for one frame gives a
-//! clear error and the link keeps serving; a restarted node's old session is never resumed.
+//! The session layer on a real in-process cluster: a region larger than a frame travels in
+//! fragments, one over the limit gives a clear error and the link keeps serving; a restarted
+//! node's old session is never resumed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crl::{Cluster, Error, Region};
@@ -15,27 +17,40 @@ struct Counter {
     value: u64,
 }
 
-/// Issue 8: a 24 MiB region read from another node used to time out and wedge the link (the
-/// sender retried the oversized frame forever). Now the home refuses at once with a clear
-/// error, nothing oversized reaches the link, and small misses keep working both ways.
+/// Issue 8: a 24 MiB region read from another node used to time out and wedge the link. Now
+/// regions travel in fragments up to `max_region_len` (issue 10); over it, a create is refused
+/// at once, a region grown past it at its home is refused to other nodes with a clear error,
+/// nothing oversized reaches the link, and small misses keep working both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_region_over_the_frame_limit_is_refused_and_the_link_keeps_serving() {
-    let c = Cluster::local_with(2, |c| c.op_timeout = Duration::from_secs(5))
-        .await
-        .unwrap();
+async fn a_region_over_the_limit_is_refused_and_the_link_keeps_serving() {
+    let c = Cluster::local_with(2, |c| {
+        c.op_timeout = Duration::from_secs(5);
+        c.max_region_len = 1 << 20;
+    })
+    .await
+    .unwrap();
     let (a, b) = (c.node(0), c.node(1));
-    let big = a
+    let err = a
         .create(Blob {
-            bytes: vec![7; 24 << 20],
+            bytes: vec![7; 2 << 20],
         })
         .await
-        .unwrap();
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RegionTooLarge { len, max } if len > 2 << 20 && max == 1 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_region_len"), "{err}");
+    // A region that grows past the limit at its home.
+    let big = a.create(Blob { bytes: vec![7; 16] }).await.unwrap();
+    big.start_write().await.unwrap().bytes = vec![7; 2 << 20];
     let small = a.create(Counter { value: 1 }).await.unwrap();
     let far = b.map::<Blob>(big.id()).await.unwrap();
     let started = Instant::now();
     let err = far.start_read().await.map(|_| ()).unwrap_err();
     assert!(
-        matches!(err, Error::TooLarge { region, len, .. } if region == big.id() && len > 24 << 20),
+        matches!(err, Error::TooLarge { region, len, .. } if region == big.id() && len > 2 << 20),
         "{err}"
     );
     assert!(
@@ -56,10 +71,70 @@ async fn a_region_over_the_frame_limit_is_refused_and_the_link_keeps_serving() {
     let mine = a.map::<Counter>(theirs.id()).await.unwrap();
     assert_eq!(mine.start_read().await.unwrap().value, 40);
     // The home's own accesses to the big region are unaffected.
-    assert_eq!(big.start_read().await.unwrap().bytes.len(), 24 << 20);
+    assert_eq!(big.start_read().await.unwrap().bytes.len(), 2 << 20);
     for peer in a.stats().peers {
         assert_eq!(peer.messages_refused, 0, "nothing oversized was queued");
     }
+    c.shutdown().await;
+}
+
+/// `len` bytes that differ per MiB and per `salt` (cheap in a debug build: one memset per MiB).
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    let mut v = vec![salt; len];
+    for (i, mib) in v.chunks_mut(1 << 20).enumerate() {
+        mib.fill((i as u8).wrapping_mul(31) ^ salt);
+        mib[i % mib.len()] = salt.wrapping_add(1);
+    }
+    v
+}
+
+/// Issue 10: a region larger than a frame (20 MiB; frames are at most 16 MiB) ships in
+/// fragments both ways (a read miss, then a write at the other node recalled by the home), a
+/// lossy link in the middle of a transfer only slows it, and small messages keep flowing on
+/// the same link afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_larger_than_a_frame_ships_in_fragments_both_ways() {
+    const LEN: usize = 20 << 20;
+    let c = Cluster::local_with(2, |c| c.op_timeout = Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (a, b) = (c.node(0), c.node(1));
+    let (one, two) = (Arc::new(pattern(LEN, 1)), Arc::new(pattern(LEN, 2)));
+    let big = a
+        .create(Blob {
+            bytes: one.to_vec(),
+        })
+        .await
+        .unwrap();
+    let small = a.create(Counter { value: 0 }).await.unwrap();
+    let far = b.map::<Blob>(big.id()).await.unwrap();
+    {
+        let g = far.start_read().await.unwrap();
+        assert!(g.bytes == *one, "the copy differs from the home's");
+    }
+    // The other node writes it: its copy becomes the only one; the home's read recalls it.
+    // Node 1's link drops a fifth of its datagrams meanwhile.
+    far.start_write().await.unwrap().bytes = two.to_vec();
+    c.faults(1).set_drop_rate(0.2, 7);
+    let read = {
+        let (big, two) = (big.clone(), two.clone());
+        tokio::spawn(async move { big.start_read().await.map(|g| g.bytes == *two) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.faults(1).heal();
+    assert!(read.await.unwrap().unwrap(), "the home read something else");
+    // Small messages on the same link, both ways.
+    let near = b.map::<Counter>(small.id()).await.unwrap();
+    for i in 0..20 {
+        near.start_write().await.unwrap().value += 1;
+        assert_eq!(small.start_read().await.unwrap().value, 1 + i);
+    }
+    let mut sent = 0;
+    for peer in a.stats().peers.iter().chain(b.stats().peers.iter()) {
+        assert_eq!(peer.messages_refused, 0);
+        sent += peer.bytes_sent;
+    }
+    assert!(sent > 2 * LEN as u64, "{sent} bytes sent for two transfers");
     c.shutdown().await;
 }
 

@@ -17,6 +17,7 @@
 
 pub mod durable;
 pub mod engine;
+pub mod fragment;
 #[cfg(feature = "sim")]
 pub mod lincheck;
 pub mod liveness;

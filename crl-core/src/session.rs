@@ -23,8 +23,10 @@
 //! incarnation is void and the session starts again at 1) and *older* (a zombie: an old
 //! process, or a delayed handshake; refused).
 //!
-//! **Bounds.** A message longer than [`SessionLimits::max_message_len`] is refused by
-//! [`SendSession::push`] before it is numbered, so it can never wedge the link. The retransmit
+//! **Bounds.** A frame longer than [`SessionLimits::max_message_len`] is refused by
+//! [`SendSession::push`] before it is numbered, so it can never wedge the link. A message
+//! longer than a frame travels as several frames ([`crate::fragment`]), pushed together by
+//! [`SendSession::push_all`]: all of them are numbered, or none. The retransmit
 //! buffer holds at most [`SessionLimits::max_unacked_bytes`] bytes before
 //! [`SendSession::has_room`] turns false: the node's operations then wait (under their own
 //! timeout) for acknowledgements; the engine, which cannot wait, is never refused except by
@@ -49,7 +51,8 @@ pub const DEFAULT_MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
 /// Bounds of a session. See the [module docs](self#bounds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
-    /// The largest encoded message (frame header included) the session takes.
+    /// The largest frame (header included) the session takes: a message longer than that is
+    /// pushed as fragments ([`crate::fragment`]).
     pub max_message_len: usize,
     /// Bytes kept for retransmission beyond which [`SendSession::has_room`] is false.
     pub max_unacked_bytes: usize,
@@ -59,15 +62,27 @@ pub struct SessionLimits {
 }
 
 impl SessionLimits {
-    /// Limits for messages up to `max_message_len` bytes and a soft buffer bound of
-    /// `max_unacked_bytes`; the hard bound is twice the soft one plus one largest message.
+    /// Limits for frames up to `max_message_len` bytes and a soft buffer bound of
+    /// `max_unacked_bytes`; the hard bound is twice the soft one plus one largest frame.
     pub fn new(max_message_len: usize, max_unacked_bytes: usize) -> Self {
+        Self::with_fragments(max_message_len, max_unacked_bytes, max_message_len)
+    }
+
+    /// As [`new`](Self::new), for a session that also carries messages of up to
+    /// `max_fragmented_len` bytes in fragments: the hard bound leaves room for one of them
+    /// beyond twice the soft bound, so the engine's messages, which cannot wait, are refused
+    /// only when the peer acknowledges nothing.
+    pub fn with_fragments(
+        max_frame_len: usize,
+        max_unacked_bytes: usize,
+        max_fragmented_len: usize,
+    ) -> Self {
         SessionLimits {
-            max_message_len,
+            max_message_len: max_frame_len,
             max_unacked_bytes,
             hard_unacked_bytes: max_unacked_bytes
                 .saturating_mul(2)
-                .saturating_add(max_message_len),
+                .saturating_add(max_frame_len.max(max_fragmented_len)),
         }
     }
 }
@@ -272,6 +287,42 @@ impl SendSession {
             frame: Arc::new(frame),
         });
         Ok(seq)
+    }
+
+    /// Takes the frames of one message (its fragments, in order) and numbers them
+    /// consecutively; returns the number of the last. All are taken or none: a frame over the
+    /// frame limit, or a buffer over the hard bound, refuses the whole message. `number` is
+    /// called with each frame's number before it is kept (to write the number into it).
+    pub fn push_all(
+        &mut self,
+        frames: Vec<Vec<u8>>,
+        mut number: impl FnMut(u64, &mut Vec<u8>),
+    ) -> Result<u64, SendError> {
+        if let Some(f) = frames
+            .iter()
+            .find(|f| f.len() > self.limits.max_message_len)
+        {
+            return Err(SendError::TooLarge {
+                len: f.len(),
+                max: self.limits.max_message_len,
+            });
+        }
+        if self.unacked_bytes > self.limits.hard_unacked_bytes {
+            return Err(SendError::Overflow {
+                bytes: self.unacked_bytes,
+            });
+        }
+        for mut frame in frames {
+            let seq = self.next_seq;
+            number(seq, &mut frame);
+            self.next_seq += 1;
+            self.unacked_bytes += frame.len();
+            self.unacked.push_back(Unacked {
+                seq,
+                frame: Arc::new(frame),
+            });
+        }
+        Ok(self.last_seq())
     }
 
     /// Whether the retransmit buffer is under its soft bound (operations may add to it).
@@ -502,6 +553,42 @@ mod tests {
         assert_eq!((s.unacked_len(), s.unacked_bytes()), (1, 10));
         s.on_ack(1).unwrap(); // stale: harmless
         assert!(s.on_ack(3).is_err(), "ack of a message never sent");
+    }
+
+    #[test]
+    fn a_fragmented_message_is_numbered_whole_or_not_at_all() {
+        let limits = SessionLimits::with_fragments(100, 250, 1000);
+        assert_eq!(limits.hard_unacked_bytes, 1500);
+        let mut s = SendSession::new(limits);
+        let mut numbered = Vec::new();
+        let last = s
+            .push_all(vec![frame(1, 100), frame(2, 100), frame(3, 7)], |n, f| {
+                numbered.push(n);
+                f[0] = n as u8;
+            })
+            .unwrap();
+        assert_eq!((last, numbered), (3, vec![1, 2, 3]));
+        assert_eq!((s.unacked_len(), s.unacked_bytes()), (3, 207));
+        // One frame over the frame limit refuses the whole message.
+        let err = s
+            .push_all(vec![frame(4, 10), frame(5, 101)], |_, _| {})
+            .unwrap_err();
+        assert_eq!(err, SendError::TooLarge { len: 101, max: 100 });
+        assert_eq!((s.last_seq(), s.unacked_bytes()), (3, 207));
+        // A message bigger than the hard bound's margin still goes in whole while the
+        // buffer is under the hard bound, and nothing after it does until acknowledged.
+        let big: Vec<Vec<u8>> = (0..14).map(|i| frame(i, 100)).collect();
+        assert_eq!(s.push_all(big, |_, _| {}).unwrap(), 17);
+        assert!(matches!(
+            s.push_all(vec![frame(9, 1)], |_, _| {}),
+            Err(SendError::Overflow { bytes: 1607 })
+        ));
+        s.on_connected(ep(1), 0).unwrap();
+        let written: Vec<u64> = std::iter::from_fn(|| s.next_to_write().map(|(n, _)| n)).collect();
+        assert_eq!(written, (1..=17).collect::<Vec<_>>());
+        assert_eq!(s.next_to_write().map(|(_, f)| f[0]), None);
+        s.on_ack(17).unwrap();
+        assert_eq!(s.push_all(vec![frame(9, 1)], |_, _| {}).unwrap(), 18);
     }
 
     #[test]

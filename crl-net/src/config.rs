@@ -14,6 +14,7 @@
 //! connect_timeout_ms = 2000     # optional (default 2000)
 //! unmapped_capacity = 4096      # optional (default 4096; 0 keeps no unmapped regions)
 //! max_frame_len = 16777216      # optional (default and maximum: crl_core::wire::MAX_FRAME_LEN)
+//! max_region_len = 1073741824  # optional (default 1 GiB): the largest region (archived) a node ships or takes
 //! send_buffer_bytes = 67108864   # optional (default 64 MiB per peer): unacknowledged bytes before operations wait
 //! peer_timeout_ms = 12000       # optional (default 12000; "never" = never reclaim from a live node)
 //! ca = "certs/ca.pem"           # required: the CA certificate shared by all nodes
@@ -96,7 +97,13 @@ pub struct NodeConfig {
     /// How many unmapped regions stay cached (default [`DEFAULT_UNMAPPED_CAPACITY`]).
     pub unmapped_capacity: usize,
     /// Largest frame payload accepted or sent (default [`crl_core::wire::MAX_FRAME_LEN`]).
+    /// Longer messages travel in fragments ([`crl_core::fragment`]).
     pub max_frame_len: usize,
+    /// The largest region, in archived bytes, this node creates, ships or takes (default
+    /// [`crl_core::engine::DEFAULT_MAX_IMAGE_LEN`], 1 GiB): larger ones are refused with
+    /// [`Error::TooLarge`](crate::Error::TooLarge). It also bounds what a peer can make this
+    /// node buffer for one message. Every node of a cluster should use the same value.
+    pub max_region_len: usize,
     /// Bytes sent to a peer and not yet acknowledged (the session's retransmit buffer) beyond
     /// which new operations wait for room (default [`DEFAULT_SEND_BUFFER_BYTES`]). See
     /// [`crate::transport`].
@@ -136,6 +143,7 @@ impl fmt::Debug for NodeConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("unmapped_capacity", &self.unmapped_capacity)
             .field("max_frame_len", &self.max_frame_len)
+            .field("max_region_len", &self.max_region_len)
             .field("send_buffer_bytes", &self.send_buffer_bytes)
             .field("peer_timeout", &self.peer_timeout)
             .field("tx_max_attempts", &self.tx_max_attempts)
@@ -158,6 +166,7 @@ impl NodeConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             unmapped_capacity: DEFAULT_UNMAPPED_CAPACITY,
             max_frame_len: crl_core::wire::MAX_FRAME_LEN,
+            max_region_len: crl_core::engine::DEFAULT_MAX_IMAGE_LEN,
             send_buffer_bytes: DEFAULT_SEND_BUFFER_BYTES,
             peer_timeout: Some(DEFAULT_PEER_TIMEOUT),
             tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,
@@ -318,6 +327,7 @@ struct ClusterFile {
     connect_timeout_ms: Option<u64>,
     unmapped_capacity: Option<usize>,
     max_frame_len: Option<usize>,
+    max_region_len: Option<usize>,
     send_buffer_bytes: Option<usize>,
     peer_timeout_ms: Option<PeerTimeoutField>,
     ca: PathBuf,
@@ -406,6 +416,16 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         }
         Some(n) => n,
         None => crl_core::wire::MAX_FRAME_LEN,
+    };
+    let max_region_len = match raw.max_region_len {
+        Some(0) => {
+            return Err(ConfigError::Zero {
+                file: f(),
+                field: "max_region_len",
+            });
+        }
+        Some(n) => n,
+        None => crl_core::engine::DEFAULT_MAX_IMAGE_LEN,
     };
     let send_buffer_bytes = match raw.send_buffer_bytes {
         Some(0) => {
@@ -557,6 +577,7 @@ fn parse(text: &str, base_dir: &Path, node: NodeId, file: &str) -> Result<NodeCo
         connect_timeout,
         unmapped_capacity,
         max_frame_len,
+        max_region_len,
         send_buffer_bytes,
         peer_timeout,
         tx_max_attempts: DEFAULT_TX_MAX_ATTEMPTS,

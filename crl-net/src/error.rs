@@ -117,8 +117,8 @@ pub enum Error {
         /// What happened.
         why: &'static str,
     },
-    /// The region is too large to ship between nodes: its encoded image does not fit in one
-    /// message (`max_frame_len`). Regions larger than a frame do not travel in chunks yet.
+    /// The region is too large to ship between nodes: its encoded image is over the limit
+    /// ([`NodeConfig::max_region_len`](crate::NodeConfig::max_region_len) of its home).
     #[error(
         "region {region} is {len} bytes encoded, over the limit of {max} bytes for one message"
     )]
@@ -128,6 +128,16 @@ pub enum Error {
         /// Its encoded length.
         len: u64,
         /// The largest image one message may carry.
+        max: u64,
+    },
+    /// A region was not created: its encoded value is over the limit
+    /// ([`NodeConfig::max_region_len`](crate::NodeConfig::max_region_len)), so it could never
+    /// be shipped to another node.
+    #[error("a region of {len} bytes encoded is over the limit of {max} bytes (max_region_len)")]
+    RegionTooLarge {
+        /// The encoded length of the value.
+        len: u64,
+        /// The limit.
         max: u64,
     },
     /// The transaction was wounded by an older one (wound-wait) or lost a conflict; it is

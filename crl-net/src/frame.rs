@@ -6,7 +6,7 @@
 //! payload longer than the configured bound, so a peer cannot make a node allocate without
 //! limit; the payload is then validated by [`crl_core::wire::decode_payload`].
 
-use crl_core::wire::{self, HEADER_LEN, Message, WireError};
+use crl_core::wire::{self, FrameHeader, HEADER_LEN, Message, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a frame could not be read or written.
@@ -73,6 +73,32 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         _ => FrameError::Io(e),
     })?;
     Ok(Some(wire::decode_payload(buf)?))
+}
+
+/// Reads one frame of a session, which may be a fragment of a longer message
+/// ([`crl_core::fragment`]): its checked header, with the payload in `buf`, not decoded.
+/// `Ok(None)` means the stream ended cleanly between frames.
+pub async fn read_fragment<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_len: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<FrameHeader>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    if !read_full_or_eof(r, &mut header).await? {
+        return Ok(None);
+    }
+    let header = wire::parse_fragment_header(&header)?;
+    let len = header.payload_len;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(Some(header))
 }
 
 /// Reads the sequence number that precedes a numbered frame on a session stream

@@ -51,8 +51,11 @@
 //! logged reason.
 //!
 //! **Bounds.** Frames longer than the configured limit are refused before allocation when
-//! read, and before they are numbered when sent ([`SendError::TooLarge`]): an oversized
-//! message is logged and dropped, it never reaches the link, so it cannot wedge it. The
+//! read. A message longer than a fragment travels as several numbered frames
+//! ([`crl_core::fragment`]), reassembled in one buffer per peer, bounded by
+//! [`TransportSettings::max_message_len`]; a message over that bound is refused before it is
+//! numbered ([`SendError::TooLarge`]): it is logged and dropped, it never reaches the link,
+//! so it cannot wedge it. The
 //! retransmit buffer per peer has a soft bound in bytes ([`TransportSettings::max_unacked_bytes`]):
 //! operations wait for room with [`Transport::wait_for_room`] under their own timeout, while the
 //! engine's own answers are always taken, up to a hard bound (twice the soft one plus one
@@ -66,6 +69,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crl_core::NodeId;
+use crl_core::fragment::{DEFAULT_FRAGMENT_LEN, Reassembly, encode_fragments};
 use crl_core::session::{
     Delivery, EpochCheck, RecvSession, Resume, SEQ_LEN, SendError, SendSession, SessionEpoch,
     SessionLimits, check_epoch,
@@ -75,7 +79,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::frame::{FrameError, read_frame, read_seq, write_frame};
+use crate::frame::{FrameError, read_fragment, read_frame, read_seq, write_frame};
 use crate::tls::{self, NodeIdentity, TlsError};
 
 /// How often a receiver acknowledges what it delivered since its last acknowledgement. Acks
@@ -194,6 +198,10 @@ pub struct TransportSettings {
     pub connect_timeout: Duration,
     /// Largest frame payload accepted or sent.
     pub max_frame_len: usize,
+    /// Largest message accepted or sent, fragments together (archived bytes): a message
+    /// longer than a fragment ([`crl_core::fragment::DEFAULT_FRAGMENT_LEN`], or
+    /// `max_frame_len` if smaller) travels in fragments.
+    pub max_message_len: usize,
     /// Soft bound on each peer's retransmit buffer, in bytes.
     pub max_unacked_bytes: usize,
     /// This node's incarnation, sent in every hello (a greater one after each restart).
@@ -209,6 +217,9 @@ struct PeerState {
     known_epoch: Option<SessionEpoch>,
     /// The session of messages from incarnation `known_epoch`.
     recv: Option<RecvSession>,
+    /// The pieces received so far of the message in progress on `recv` (a message longer
+    /// than a frame); cleared whenever `recv` changes.
+    partial: Reassembly,
     /// A [`Inbound::PeerRestarted`] was delivered and the driver has not handled it yet:
     /// nothing is written to the peer meanwhile.
     restart_pending: bool,
@@ -296,9 +307,10 @@ impl Transport {
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         // A frame on a link is its number, the wire header and the payload.
-        let limits = SessionLimits::new(
+        let limits = SessionLimits::with_fragments(
             settings.max_frame_len + wire::HEADER_LEN + SEQ_LEN,
             settings.max_unacked_bytes,
+            settings.max_message_len + wire::HEADER_LEN + SEQ_LEN,
         );
         let links = peers
             .iter()
@@ -312,6 +324,7 @@ impl Transport {
                         mine: SessionEpoch::new(settings.epoch, 0),
                         known_epoch: None,
                         recv: None,
+                        partial: Reassembly::new(settings.max_message_len),
                         restart_pending: false,
                     }),
                     wake: Notify::new(),
@@ -370,33 +383,38 @@ impl Transport {
             warn!(node = %self.inner.node, peer = %to, "dropping a message to a node outside the cluster");
             return Ok(());
         };
-        // The frame as written on the stream: its number, then the wire frame. The number is
-        // filled in under the session lock; one buffer means one write per message.
-        let mut frame = vec![0u8; SEQ_LEN];
-        match wire::encode_frame(&msg, &mut frame) {
-            Ok(()) => {}
+        // Each frame as written on the stream: its number, then the wire frame (the whole
+        // message, or one fragment of it). The numbers are filled in under the session lock;
+        // one buffer means one write per frame.
+        let fragment_len = DEFAULT_FRAGMENT_LEN.min(self.inner.settings.max_frame_len);
+        let frames = match encode_fragments(
+            &msg,
+            fragment_len,
+            self.inner.settings.max_message_len,
+            SEQ_LEN,
+        ) {
+            Ok(frames) => frames,
             Err(e) => {
                 link.counters
                     .messages_refused
                     .fetch_add(1, Ordering::Relaxed);
                 error!(node = %self.inner.node, peer = %to, "refusing to send a {}: {e}", msg.kind_name());
                 return Err(match e {
-                    wire::WireError::FrameTooLarge { len, max } => SendError::TooLarge { len, max },
-                    // Only an oversized payload makes encoding fail.
+                    wire::WireError::MessageTooLarge { len, max } => {
+                        SendError::TooLarge { len, max }
+                    }
+                    // Only an oversized message makes encoding fail.
                     _ => SendError::TooLarge {
                         len: 0,
-                        max: self.inner.settings.max_frame_len,
+                        max: self.inner.settings.max_message_len,
                     },
                 });
             }
         };
-        let len = frame.len();
-        let pushed = {
-            let mut session = link.send.lock();
-            let seq = session.last_seq() + 1;
+        let len: usize = frames.iter().map(Vec::len).sum();
+        let pushed = link.send.lock().push_all(frames, |seq, frame| {
             frame[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
-            session.push(frame)
-        };
+        });
         match pushed {
             Ok(_) => {
                 link.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -479,6 +497,7 @@ impl Transport {
             let mut state = link.state.lock();
             state.mine = state.mine.next_generation();
             state.recv = None;
+            state.partial.clear();
             state.restart_pending = true;
             warn!(node = %self.inner.node, %peer, epoch = %state.mine, "fenced the peer: its session is retired");
             let _ = self.inner.inbound.send(Inbound::PeerRestarted {
@@ -748,14 +767,17 @@ async fn read_stream(
                 state.restart_pending = true;
                 state.known_epoch = Some(epoch);
                 state.recv = Some(RecvSession::new(epoch));
+                state.partial.clear();
             }
             EpochCheck::First => {
                 state.known_epoch = Some(epoch);
                 state.recv = Some(RecvSession::new(epoch));
+                state.partial.clear();
             }
             EpochCheck::Same => {
                 if state.recv.is_none() {
                     state.recv = Some(RecvSession::new(epoch));
+                    state.partial.clear();
                 }
             }
         }
@@ -815,15 +837,8 @@ async fn read_stream(
             }
             Err(e) => return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}")),
         };
-        let msg = match read_frame(&mut stream, max, &mut buf).await {
-            Ok(Some(Message::Hello { .. } | Message::HelloAck { .. } | Message::Ack { .. })) => {
-                return refuse(
-                    &conn,
-                    close_code::PROTOCOL,
-                    "handshake frame inside a session",
-                );
-            }
-            Ok(Some(msg)) => msg,
+        let header = match read_fragment(&mut stream, max, &mut buf).await {
+            Ok(Some(header)) => header,
             Ok(None) => {
                 return refuse(&conn, close_code::BAD_FRAME, "stream ended inside a frame");
             }
@@ -842,16 +857,38 @@ async fn read_stream(
             // This node fenced the peer since the stream began: its messages are void.
             return;
         }
-        let Some(recv) = state.recv.as_mut().filter(|r| r.peer_epoch() == epoch) else {
+        let PeerState { recv, partial, .. } = &mut *state;
+        let Some(recv) = recv.as_mut().filter(|r| r.peer_epoch() == epoch) else {
             // A stream of an older incarnation still draining: its messages are void.
             return;
         };
         match recv.accept(seq) {
             Ok(Delivery::Deliver) => {
                 let delivered = recv.delivered();
-                counters.messages_received.fetch_add(1, Ordering::Relaxed);
-                if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
-                    return; // the node is shutting down
+                // Decoded here, under the lock, so that messages are handed on in the
+                // session's order whichever connection brought each piece.
+                match partial.push(header, &buf) {
+                    Ok(Some(
+                        Message::Hello { .. } | Message::HelloAck { .. } | Message::Ack { .. },
+                    )) => {
+                        drop(state);
+                        return refuse(
+                            &conn,
+                            close_code::PROTOCOL,
+                            "handshake frame inside a session",
+                        );
+                    }
+                    Ok(Some(msg)) => {
+                        counters.messages_received.fetch_add(1, Ordering::Relaxed);
+                        if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
+                            return; // the node is shutting down
+                        }
+                    }
+                    Ok(None) => {} // a fragment: the message continues
+                    Err(e) => {
+                        drop(state);
+                        return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}"));
+                    }
                 }
                 link.delivered.send_replace((epoch, my_epoch, delivered));
                 // Wake the ackers once per quiet period (on the first delivery they have not
@@ -1067,6 +1104,7 @@ async fn run_sender(inner: Arc<Inner>, link: Arc<Link>) {
                         }
                         state.restart_pending = true;
                         state.recv = None;
+                        state.partial.clear();
                     }
                     state.known_epoch = Some(epoch);
                     if state.restart_pending {

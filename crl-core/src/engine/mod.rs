@@ -321,9 +321,9 @@ pub struct EngineConfig {
 /// the archive's layout), with a wide margin.
 pub const MESSAGE_OVERHEAD: usize = 1024;
 
-/// Default [`EngineConfig::max_image_len`]: what fits in one frame of
-/// [`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN).
-pub const DEFAULT_MAX_IMAGE_LEN: usize = crate::wire::MAX_FRAME_LEN - MESSAGE_OVERHEAD;
+/// Default [`EngineConfig::max_image_len`]: 1 GiB. Images longer than a frame travel in
+/// fragments ([`crate::fragment`]).
+pub const DEFAULT_MAX_IMAGE_LEN: usize = 1 << 30;
 
 /// Default [`EngineConfig::max_homed_regions`]: four times the million regions per node the
 /// design aims at.
@@ -349,10 +349,10 @@ impl EngineConfig {
         self
     }
 
-    /// Sets [`max_image_len`](Self::max_image_len) from the largest frame payload the
-    /// transport sends: images must leave room for the rest of the message.
-    pub fn with_max_frame_len(mut self, max_frame_len: usize) -> Self {
-        self.max_image_len = max_frame_len.saturating_sub(MESSAGE_OVERHEAD);
+    /// Sets [`max_image_len`](Self::max_image_len) from the largest message the transport
+    /// sends (fragments together): images must leave room for the rest of the message.
+    pub fn with_max_message_len(mut self, max_message_len: usize) -> Self {
+        self.max_image_len = max_message_len.saturating_sub(MESSAGE_OVERHEAD);
         self
     }
 

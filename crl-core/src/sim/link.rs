@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::engine::PeerReset;
+use crate::fragment::{Reassembly, encode_fragments};
 use crate::session::{
     Delivery, EpochCheck, RecvSession, Resume, SendSession, SessionEpoch, SessionLimits,
     check_epoch,
@@ -35,6 +36,8 @@ pub(super) struct SimSession {
     pub(super) send: SendSession,
     /// The receiver's half (`None` after the receiver fenced the sender, until the next hello).
     pub(super) recv: Option<RecvSession>,
+    /// The pieces of the fragmented message in progress on `recv`.
+    partial: Reassembly,
     /// The session of the connection that is up, if one is.
     connected: Option<Tag>,
     /// Frames written on the current connection, not delivered yet.
@@ -52,12 +55,20 @@ impl SimSession {
         SimSession {
             send: SendSession::new(SessionLimits::new(wire::MAX_FRAME_LEN, usize::MAX / 4)),
             recv: None,
+            partial: Reassembly::new(usize::MAX),
             connected: None,
             wire: VecDeque::new(),
             old: VecDeque::new(),
             written: 0,
             protocol_seq: 0,
         }
+    }
+
+    /// The receiver's session starts again (or ends): the pieces of a message in progress
+    /// belong to the old one and are dropped.
+    pub(super) fn set_recv(&mut self, recv: Option<RecvSession>) {
+        self.recv = recv;
+        self.partial.clear();
     }
 
     /// The sender crashed: a new sending session (nothing to re-send, peer epoch unknown);
@@ -271,16 +282,16 @@ impl Sim {
             }
             EpochCheck::Newer => {
                 let old = self.known[to * n + from].replace(hello_epoch);
-                self.sessions[link].recv = Some(RecvSession::new(hello_epoch));
+                self.sessions[link].set_recv(Some(RecvSession::new(hello_epoch)));
                 self.peer_session_ended(to, from, old, hello_epoch)?;
             }
             EpochCheck::First => {
                 self.known[to * n + from] = Some(hello_epoch);
-                self.sessions[link].recv = Some(RecvSession::new(hello_epoch));
+                self.sessions[link].set_recv(Some(RecvSession::new(hello_epoch)));
             }
             EpochCheck::Same => {
                 if self.sessions[link].recv.is_none() {
-                    self.sessions[link].recv = Some(RecvSession::new(hello_epoch));
+                    self.sessions[link].set_recv(Some(RecvSession::new(hello_epoch)));
                 }
             }
         }
@@ -306,7 +317,7 @@ impl Sim {
             }
             EpochCheck::Newer => {
                 let old = self.known[from * n + to].replace(my_epoch);
-                self.sessions[to * n + from].recv = None;
+                self.sessions[to * n + from].set_recv(None);
                 self.peer_session_ended(from, to, old, my_epoch)?;
                 return Ok(());
             }
@@ -405,14 +416,46 @@ impl Sim {
         match accepted {
             Ok(Delivery::Deliver) => {}
             Ok(Delivery::Duplicate) => {
+                if fault == Some(SessionFault::AppendDuplicateFragments) {
+                    let s = &mut self.sessions[link];
+                    if let Some((h, payload)) = bytes.split_first_chunk::<{ wire::HEADER_LEN }>()
+                        && let Ok(header) = wire::parse_fragment_header(h)
+                        && (header.more || s.partial.pending_bytes() > 0)
+                    {
+                        let _ = s.partial.push(header, payload);
+                    }
+                }
                 self.report.duplicates_dropped += 1;
                 self.note(format!("n{from} -> n{to}: duplicate #{seq} dropped"));
                 return Ok(());
             }
             Err(v) => return Err(self.fail(format!("n{from} -> n{to}: session: {v}"))),
         }
-        let msg = wire::decode_frame(&bytes)
-            .map_err(|e| self.fail(format!("n{from} -> n{to}: decode #{seq}: {e}")))?;
+        let piece = bytes
+            .split_first_chunk::<{ wire::HEADER_LEN }>()
+            .ok_or(wire::WireError::Truncated {
+                needed: wire::HEADER_LEN,
+                got: bytes.len(),
+            })
+            .and_then(|(h, payload)| {
+                let header = wire::parse_fragment_header(h)?;
+                if header.payload_len != payload.len() {
+                    return Err(wire::WireError::Truncated {
+                        needed: wire::HEADER_LEN + header.payload_len,
+                        got: bytes.len(),
+                    });
+                }
+                self.sessions[link].partial.push(header, payload)
+            });
+        let msg = match piece {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                self.report.fragments += 1;
+                self.note(format!("n{from} -> n{to} #{seq}: a fragment"));
+                return Ok(());
+            }
+            Err(e) => return Err(self.fail(format!("n{from} -> n{to}: decode #{seq}: {e}"))),
+        };
         self.report.messages += 1;
         if matches!(msg, Message::Contend { .. }) {
             self.report.contends += 1;
@@ -452,9 +495,10 @@ impl Sim {
 
     /// Queues `msg` from `from` to `to` on their session.
     pub(super) fn send(&mut self, from: usize, to: usize, msg: &Message) -> Check {
-        let frame = wire::encode(msg).map_err(|e| self.fail(format!("encode {msg:?}: {e}")))?;
+        let frames = encode_fragments(msg, self.cfg.fragment_len, usize::MAX, 0)
+            .map_err(|e| self.fail(format!("encode {msg:?}: {e}")))?;
         let s = &mut self.sessions[from * self.cfg.nodes + to];
-        match s.send.push(frame) {
+        match s.send.push_all(frames, |_, _| {}) {
             Ok(seq) => {
                 if !matches!(msg, Message::Ping { .. } | Message::Pong { .. }) {
                     s.protocol_seq = seq;

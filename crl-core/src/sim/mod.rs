@@ -219,6 +219,10 @@ pub enum SessionFault {
     /// *wrote* (not the last one the receiver *delivered*), and the receiver accepts the
     /// gap: frames lost in flight are never sent again.
     ResumeAfterWritten,
+    /// The receiver joins a re-sent piece of a fragmented message to the message in progress
+    /// although the session says it is a duplicate (pieces appended as they are read, before
+    /// the duplicate check).
+    AppendDuplicateFragments,
 }
 
 /// The shape of a simulated cluster.
@@ -250,6 +254,11 @@ pub struct SimConfig {
     pub break_percent: u32,
     /// A planted session-layer bug.
     pub session_fault: Option<SessionFault>,
+    /// Messages whose archive is longer than this travel as several frames on the session
+    /// ([`crate::fragment`]); small values make most messages fragments, so breaks, crashes
+    /// and fences fall between the pieces (default [`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN):
+    /// no message of the simulator is that long).
+    pub fragment_len: usize,
     /// Virtual time, leases, fences, cuts and pauses (needs [`sessions`](Self::sessions);
     /// `None`: no clock, as before). Deletes are not honoured with it.
     pub time: Option<TimeConfig>,
@@ -270,6 +279,7 @@ impl Default for SimConfig {
             sessions: true,
             break_percent: 0,
             session_fault: None,
+            fragment_len: crate::wire::MAX_FRAME_LEN,
             time: None,
         }
     }
@@ -282,6 +292,8 @@ pub struct SimReport {
     pub steps: u64,
     /// Messages delivered.
     pub messages: u64,
+    /// Fragments delivered that did not complete a message ([`SimConfig::fragment_len`]).
+    pub fragments: u64,
     /// Accesses that hit (no message).
     pub hits: u64,
     /// Accesses that missed and were granted later.
@@ -353,6 +365,7 @@ impl SimReport {
     pub fn add(&mut self, o: &SimReport) {
         self.steps += o.steps;
         self.messages += o.messages;
+        self.fragments += o.fragments;
         self.hits += o.hits;
         self.misses += o.misses;
         self.deleted_errors += o.deleted_errors;

@@ -333,7 +333,7 @@ impl Sim {
         ));
         // Nothing more of the old session from the peer is delivered; its connection closes.
         let from_peer = &mut self.sessions[peer * n + node];
-        from_peer.recv = None;
+        from_peer.set_recv(None);
         from_peer.disconnect();
         self.reset_pair(node, peer, PeerReset::Fenced)
     }
@@ -700,7 +700,7 @@ impl Sim {
             self.known[node * n + peer] = None;
             self.sessions[node * n + peer].restart_send();
             let to_node = &mut self.sessions[peer * n + node];
-            to_node.recv = None;
+            to_node.set_recv(None);
             to_node.disconnect();
         }
         let now = self.local_now(node);

@@ -333,6 +333,9 @@ impl Node {
             cluster_id: config.cluster_id,
             connect_timeout: config.connect_timeout,
             max_frame_len: config.max_frame_len,
+            max_message_len: config
+                .max_region_len
+                .saturating_add(crl_core::engine::MESSAGE_OVERHEAD),
             max_unacked_bytes: config.send_buffer_bytes,
             epoch,
         };
@@ -346,7 +349,11 @@ impl Node {
         let wake = drained.clone();
         let engine_config = EngineConfig::default()
             .with_unmapped_capacity(config.unmapped_capacity)
-            .with_max_frame_len(config.max_frame_len)
+            .with_max_message_len(
+                config
+                    .max_region_len
+                    .saturating_add(crl_core::engine::MESSAGE_OVERHEAD),
+            )
             .with_on_drain(Arc::new(move || wake.notify_one()));
         let max_image_len = engine_config.max_image_len;
         let mut engine = Engine::new(id, engine_config);
@@ -546,13 +553,19 @@ impl Node {
     /// Creates a region homed at this node, holding `value`.
     ///
     /// With a data dir the creation is logged (and fsynced) before this returns, so the region
-    /// survives a restart with these contents.
+    /// survives a restart with these contents. A value whose encoding is over
+    /// [`NodeConfig::max_region_len`](crate::NodeConfig::max_region_len) is refused with
+    /// [`Error::RegionTooLarge`]: it could never be shipped.
     pub async fn create<T: Region>(&self, value: T) -> Result<Handle<T>, Error> {
         self.check_running()?;
-        let bytes = match &self.inner.durability {
-            Some(_) => Some(value.encode_region()?),
-            None => None,
-        };
+        let encoded = value.encode_region()?;
+        if encoded.len() > self.inner.max_image_len {
+            return Err(Error::RegionTooLarge {
+                len: encoded.len() as u64,
+                max: self.inner.max_image_len as u64,
+            });
+        }
+        let bytes = self.inner.durability.is_some().then_some(encoded);
         let cell = self.inner.state.lock().engine.create(value);
         let handle = Handle::new(self.clone(), cell);
         if let (Some(d), Some(bytes)) = (&self.inner.durability, bytes) {
