@@ -1,7 +1,7 @@
 //! Fragments: messages longer than a frame, such as the image of a big region, travel on a
 //! session as several frames.
 //!
-//! A frame carries at most [`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN) bytes, so that a
+//! A frame carries at most [`MAX_FRAME_LEN`] bytes, so that a
 //! reader never allocates more than that for one frame it has not checked. A message whose
 //! archive is longer than the sender's fragment length ([`DEFAULT_FRAGMENT_LEN`]) is cut into
 //! pieces of that length; each piece is a frame of its own whose header carries
