@@ -44,8 +44,14 @@ pub fn encode_fragments(
     max_message_len: usize,
     prefix_len: usize,
 ) -> Result<Vec<Vec<u8>>, WireError> {
-    let payload =
-        rkyv::to_bytes::<rancor::Error>(msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    // Sized for the contents up front: growing by doubling would copy a big image again and
+    // again.
+    let room = msg.payload_hint().saturating_add(1024);
+    let payload = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+        msg,
+        AlignedVec::<16>::with_capacity(room),
+    )
+    .map_err(|e| WireError::Encode(e.to_string()))?;
     if payload.len() > max_message_len {
         return Err(WireError::MessageTooLarge {
             len: payload.len(),
@@ -81,12 +87,13 @@ pub fn encode_fragments(
 /// The receiving side: the pieces of the message in progress on one session.
 ///
 /// Reset it (a new one) whenever the receiving session starts again: pieces of a previous
-/// session's message must never be joined to a new session's.
+/// session's message must never be joined to a new session's. The pieces are kept as they
+/// came and joined once, into one buffer of the exact length, when the last arrives.
 #[derive(Debug)]
 pub struct Reassembly {
-    partial: AlignedVec<16>,
-    /// Pieces in `partial`.
-    pieces: u64,
+    pieces: Vec<Vec<u8>>,
+    /// Bytes in `pieces`.
+    pending: usize,
     max_message_len: usize,
 }
 
@@ -94,32 +101,33 @@ impl Reassembly {
     /// Nothing received yet; messages are bounded by `max_message_len` archived bytes.
     pub fn new(max_message_len: usize) -> Self {
         Reassembly {
-            partial: AlignedVec::new(),
-            pieces: 0,
+            pieces: Vec::new(),
+            pending: 0,
             max_message_len,
         }
     }
 
     /// Takes the next delivered frame of the session (its checked header and exactly
-    /// `header.payload_len` bytes of payload). Returns the message it completes, or `None`
-    /// while more pieces are to come.
+    /// `header.payload_len` bytes of payload, which it may take: `payload` is left empty when
+    /// it is kept as a piece). Returns the message it completes, or `None` while more pieces
+    /// are to come.
     ///
     /// Errors (the peer broke the protocol; the caller closes the connection) leave nothing
     /// of the message behind.
     pub fn push(
         &mut self,
         header: FrameHeader,
-        payload: &[u8],
+        payload: &mut Vec<u8>,
     ) -> Result<Option<Message>, WireError> {
         debug_assert_eq!(header.payload_len, payload.len());
-        if !header.more && self.pieces == 0 {
+        if !header.more && self.pieces.is_empty() {
             return wire::decode_payload(payload).map(Some);
         }
         if header.more && payload.is_empty() {
             self.clear();
             return Err(WireError::EmptyFragment);
         }
-        let len = self.partial.len() + payload.len();
+        let len = self.pending + payload.len();
         if len > self.max_message_len {
             self.clear();
             return Err(WireError::MessageTooLarge {
@@ -127,25 +135,28 @@ impl Reassembly {
                 max: self.max_message_len,
             });
         }
-        self.partial.extend_from_slice(payload);
-        self.pieces += 1;
+        self.pending = len;
+        self.pieces.push(std::mem::take(payload));
         if header.more {
             return Ok(None);
         }
-        let whole = std::mem::take(&mut self.partial);
-        self.pieces = 0;
+        let mut whole = AlignedVec::<16>::with_capacity(len);
+        for piece in self.pieces.drain(..) {
+            whole.extend_from_slice(&piece);
+        }
+        self.clear();
         wire::decode_aligned(&whole).map(Some)
     }
 
     /// Bytes of the message in progress.
     pub fn pending_bytes(&self) -> usize {
-        self.partial.len()
+        self.pending
     }
 
     /// Drops the message in progress, and its memory.
     pub fn clear(&mut self) {
-        self.partial = AlignedVec::new();
-        self.pieces = 0;
+        self.pieces = Vec::new();
+        self.pending = 0;
     }
 }
 
@@ -178,7 +189,7 @@ mod tests {
         for f in frames {
             let h =
                 wire::parse_fragment_header(f[prefix..prefix + HEADER_LEN].try_into().unwrap())?;
-            if let Some(m) = r.push(h, &f[prefix + HEADER_LEN..])? {
+            if let Some(m) = r.push(h, &mut f[prefix + HEADER_LEN..].to_vec())? {
                 out.push(m);
             }
         }
@@ -232,7 +243,7 @@ mod tests {
             payload_len: 0,
             more: true,
         };
-        assert_eq!(r.push(more, &[]), Err(WireError::EmptyFragment));
+        assert_eq!(r.push(more, &mut Vec::new()), Err(WireError::EmptyFragment));
         // A damaged piece in the middle: the joined archive fails validation.
         let msg = data(5000);
         let mut frames = encode_fragments(&msg, 1000, usize::MAX, 0).unwrap();
@@ -248,14 +259,19 @@ mod tests {
             payload_len: 4,
             more: true,
         };
-        r.push(h, &[1, 2, 3, 4]).unwrap();
+        let mut piece = vec![1, 2, 3, 4];
+        r.push(h, &mut piece).unwrap();
+        assert!(piece.is_empty(), "the piece is kept, not copied");
         assert_eq!(r.pending_bytes(), 4);
         r.clear();
         assert_eq!(r.pending_bytes(), 0);
         // After a clear, a whole small message decodes on its own.
         let small = wire::encode(&data(10)).unwrap();
         let h = wire::parse_fragment_header(small[..HEADER_LEN].try_into().unwrap()).unwrap();
-        assert_eq!(r.push(h, &small[HEADER_LEN..]).unwrap(), Some(data(10)));
+        assert_eq!(
+            r.push(h, &mut small[HEADER_LEN..].to_vec()).unwrap(),
+            Some(data(10))
+        );
     }
 
     proptest! {

@@ -479,6 +479,22 @@ pub enum WireError {
 }
 
 impl Message {
+    /// The bytes of region contents the message carries (images, transaction writes, a
+    /// placed region's first contents): what dominates its encoded length.
+    pub fn payload_hint(&self) -> usize {
+        use Message::*;
+        match self {
+            Data { image, .. } | RecallAck { image, .. } | Flush { image, .. } => {
+                image.as_ref().map_or(0, |i| i.bytes.len())
+            }
+            TxCommit { writes, .. } | TxPrepare { writes, .. } => {
+                writes.iter().map(|w| w.bytes.len()).sum()
+            }
+            CreateAt { bytes, .. } => bytes.len(),
+            _ => 0,
+        }
+    }
+
     /// The region a coherence message is about (`None` for [`Message::Hello`] and the
     /// transaction messages, which may concern many regions).
     pub fn region(&self) -> Option<RegionId> {

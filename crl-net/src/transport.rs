@@ -867,7 +867,7 @@ async fn read_stream(
                 let delivered = recv.delivered();
                 // Decoded here, under the lock, so that messages are handed on in the
                 // session's order whichever connection brought each piece.
-                match partial.push(header, &buf) {
+                match partial.push(header, &mut buf) {
                     Ok(Some(
                         Message::Hello { .. } | Message::HelloAck { .. } | Message::Ack { .. },
                     )) => {

@@ -422,7 +422,7 @@ impl Sim {
                         && let Ok(header) = wire::parse_fragment_header(h)
                         && (header.more || s.partial.pending_bytes() > 0)
                     {
-                        let _ = s.partial.push(header, payload);
+                        let _ = s.partial.push(header, &mut payload.to_vec());
                     }
                 }
                 self.report.duplicates_dropped += 1;
@@ -445,7 +445,9 @@ impl Sim {
                         got: bytes.len(),
                     });
                 }
-                self.sessions[link].partial.push(header, payload)
+                self.sessions[link]
+                    .partial
+                    .push(header, &mut payload.to_vec())
             });
         let msg = match piece {
             Ok(Some(msg)) => msg,

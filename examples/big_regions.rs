@@ -1,0 +1,226 @@
+//! Big regions: read misses of 1 MiB, 64 MiB and 256 MiB regions between two nodes, next to
+//! raw quinn moving the same bytes in the same run (issue 10; figures in BENCHMARKS.md, "Big
+//! regions").
+//!
+//! Both nodes and both raw endpoints live in this process, on 127.0.0.1, on one multi-thread
+//! tokio runtime, with the same mutual-TLS configuration. A crl read miss of a region of N
+//! bytes ships its archived image (N bytes and a few more) from the home in fragments of
+//! 1 MiB on the session, reassembles and decodes it, and grants the copy; the timed span is
+//! `start_read` until the guard is granted. After each rep node 1 flushes its copy (untimed),
+//! so the next read misses again. The raw baseline asks, on a new bidirectional stream, for N
+//! bytes that the server writes from memory with `write_all`; the client reads them into one
+//! buffer with `read_to_end`.
+//!
+//! During one more 256 MiB miss, a second task on node 1 reads a small region of the same home
+//! in a loop (each read a miss: node 0 writes it in between). Sessions keep their order, so
+//! those small misses wait behind the big transfer's fragments: the longest such wait is
+//! printed (the head-of-line cost, stated rather than hidden).
+//!
+//! Run: `cargo run --release --example big_regions [-- --sizes 1,64,256 --reps 3]`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crl::net::tls::{ClusterCa, node_dns_name};
+use crl::{Cluster, NodeId, Region};
+
+#[derive(Parser, Debug)]
+#[command(about = "crl big-region read misses against raw quinn")]
+struct Args {
+    /// Region sizes in MiB, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
+    sizes: Vec<usize>,
+    /// Timed repetitions per size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Skip the head-of-line measurement.
+    #[arg(long)]
+    no_small: bool,
+}
+
+#[derive(Region, Clone, Debug)]
+struct Blob {
+    data: Vec<u8>,
+}
+
+#[derive(Region, Clone, Debug)]
+struct Counter {
+    value: u64,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn progress(what: &str) {
+    eprintln!("[big_regions] {what}");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn mib_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+/// A raw quinn server that answers each bidirectional stream's 8-byte length request with
+/// that many bytes from one preallocated buffer.
+struct Raw {
+    _server: quinn::Endpoint,
+    _client: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+async fn raw_start(ca: &ClusterCa, max: usize) -> Result<Raw, BoxError> {
+    let server_cfg = ca.issue(NodeId(100))?.server_config()?;
+    let client_cfg = ca.issue(NodeId(101))?.client_config()?;
+    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
+    let addr: SocketAddr = server.local_addr()?;
+    let accept = server.clone();
+    let data: Arc<Vec<u8>> = Arc::new((0..max).map(|i| i as u8).collect());
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let data = data.clone();
+                    tokio::spawn(async move {
+                        let mut req = [0u8; 8];
+                        if recv.read_exact(&mut req).await.is_err() {
+                            return;
+                        }
+                        let len = (u64::from_le_bytes(req) as usize).min(data.len());
+                        if send.write_all(&data[..len]).await.is_ok() {
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(client_cfg);
+    let conn = client.connect(addr, &node_dns_name(NodeId(100)))?.await?;
+    Ok(Raw {
+        _server: server,
+        _client: client,
+        conn,
+    })
+}
+
+async fn raw_fetch(raw: &Raw, len: usize) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    let (mut send, mut recv) = raw.conn.open_bi().await?;
+    send.write_all(&(len as u64).to_le_bytes()).await?;
+    let got = recv.read_to_end(len + 1).await?;
+    let took = started.elapsed();
+    if got.len() != len {
+        return Err(format!("raw fetch got {} of {len} bytes", got.len()).into());
+    }
+    Ok(took)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let max = args.sizes.iter().copied().max().unwrap_or(1) << 20;
+    progress("starting a 2-node cluster and a raw quinn pair");
+    let cluster = Cluster::local_with(2, |c| c.op_timeout = Duration::from_secs(120)).await?;
+    let (home, reader) = (cluster.node(0).clone(), cluster.node(1).clone());
+    let ca = ClusterCa::generate("big-regions-raw")?;
+    let raw = raw_start(&ca, max).await?;
+    // Warm both paths (connections, congestion windows, allocator).
+    raw_fetch(&raw, 8 << 20).await?;
+    let warm = home
+        .create(Blob {
+            data: vec![1; 8 << 20],
+        })
+        .await?;
+    let w = reader.map::<Blob>(warm.id()).await?;
+    drop(w.start_read().await?);
+    w.flush().await?;
+
+    println!(
+        "{:>9} {:>16} {:>16} {:>8}",
+        "size", "raw quinn MiB/s", "crl miss MiB/s", "crl/raw"
+    );
+    for &mib in &args.sizes {
+        let len = mib << 20;
+        progress(&format!("{mib} MiB: creating the region"));
+        let region = home
+            .create(Blob {
+                data: (0..len).map(|i| (i * 7) as u8).collect(),
+            })
+            .await?;
+        let far = reader.map::<Blob>(region.id()).await?;
+        let mut crl_times = Vec::new();
+        let mut raw_times = Vec::new();
+        for rep in 0..args.reps {
+            progress(&format!("{mib} MiB: rep {}", rep + 1));
+            raw_times.push(raw_fetch(&raw, len).await?);
+            let started = Instant::now();
+            let g = far.start_read().await?;
+            crl_times.push(started.elapsed());
+            assert_eq!(g.data.len(), len);
+            assert_eq!(g.data[len - 1], ((len - 1) * 7) as u8);
+            drop(g);
+            far.flush().await?;
+        }
+        let (raw_t, crl_t) = (median(raw_times), median(crl_times));
+        let (raw_rate, crl_rate) = (mib_per_s(len, raw_t), mib_per_s(len, crl_t));
+        println!(
+            "{:>6} MiB {:>16.0} {:>16.0} {:>7.2}x   (median of {}: raw {:.1} ms, crl {:.1} ms)",
+            mib,
+            raw_rate,
+            crl_rate,
+            crl_rate / raw_rate,
+            args.reps,
+            raw_t.as_secs_f64() * 1e3,
+            crl_t.as_secs_f64() * 1e3,
+        );
+        if !args.no_small && mib == *args.sizes.iter().max().unwrap() {
+            progress(&format!(
+                "{mib} MiB: small misses on the same link during the transfer"
+            ));
+            let small = home.create(Counter { value: 0 }).await?;
+            let near = reader.map::<Counter>(small.id()).await?;
+            let done = Arc::new(AtomicBool::new(false));
+            let prober = {
+                let (done, home_small) = (done.clone(), small.clone());
+                tokio::spawn(async move {
+                    let mut worst = Duration::ZERO;
+                    let mut n = 0u64;
+                    while !done.load(Ordering::Relaxed) {
+                        home_small.start_write().await?.value += 1;
+                        let started = Instant::now();
+                        drop(near.start_read().await?);
+                        worst = worst.max(started.elapsed());
+                        n += 1;
+                    }
+                    Ok::<_, crl::Error>((n, worst))
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let started = Instant::now();
+            let g = far.start_read().await?;
+            let big_t = started.elapsed();
+            drop(g);
+            done.store(true, Ordering::Relaxed);
+            let (n, worst) = prober.await??;
+            println!(
+                "  during a {mib} MiB miss ({:.0} ms): {n} small read misses on the same link, the longest {:.1} ms",
+                big_t.as_secs_f64() * 1e3,
+                worst.as_secs_f64() * 1e3
+            );
+            far.flush().await?;
+        }
+        drop(far);
+        home.delete(region.id()).await?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
