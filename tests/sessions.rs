@@ -78,6 +78,40 @@ async fn a_region_over_the_limit_is_refused_and_the_link_keeps_serving() {
     c.shutdown().await;
 }
 
+/// A caching node that grows a region past `max_region_len` cannot return it: its write is
+/// dropped when the home recalls the copy (logged and counted at the writer, as a lost write
+/// is), and the home serves its last image at once. It used to leave the region blocked: the
+/// recall's answer was refused by the transport and never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_grown_past_the_limit_is_dropped_not_left_blocking_its_home() {
+    let c = Cluster::local_with(2, |c| {
+        c.op_timeout = Duration::from_secs(5);
+        c.max_region_len = 1 << 20;
+    })
+    .await
+    .unwrap();
+    let (a, b) = (c.node(0), c.node(1));
+    let home = a.create(Blob { bytes: vec![1; 16] }).await.unwrap();
+    let far = b.map::<Blob>(home.id()).await.unwrap();
+    far.start_write().await.unwrap().bytes = vec![2; 2 << 20];
+    let started = Instant::now();
+    let g = home.start_read().await.expect("the home is not blocked");
+    assert_eq!(g.bytes, vec![1; 16], "the home serves its last image");
+    drop(g);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(b.stats().engine.oversized_writes_dropped, 1);
+    // The region keeps working everywhere.
+    far.start_write().await.unwrap().bytes = vec![3; 32];
+    assert_eq!(home.start_read().await.unwrap().bytes, vec![3; 32]);
+    // The same when the writer flushes its copy instead of being recalled.
+    far.start_write().await.unwrap().bytes = vec![4; 2 << 20];
+    far.flush().await.unwrap();
+    assert_eq!(b.stats().engine.oversized_writes_dropped, 2);
+    assert_eq!(home.start_read().await.unwrap().bytes, vec![3; 32]);
+    assert_eq!(a.stats().engine.lost_copies, 2, "counted at the home too");
+    c.shutdown().await;
+}
+
 /// `len` bytes that differ per MiB and per `salt` (cheap in a debug build: one memset per MiB).
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     let mut v = vec![salt; len];

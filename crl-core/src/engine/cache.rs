@@ -201,16 +201,29 @@ impl CacheEntry {
             && self.cell.word().in_progress().is_idle()
     }
 
-    /// The copy's image, if modified (to return to the home).
-    fn modified_image(&self, node: NodeId) -> Option<RegionImage> {
+    /// The copy's image, if modified (to return to the home), and whether a modified image
+    /// had to be dropped: one that cannot be encoded, or one over `max` bytes, which no
+    /// message could carry (the home then keeps its last image, as after a lost copy; the
+    /// write is logged here).
+    fn modified_image(&self, node: NodeId, max: usize) -> (Option<RegionImage>, bool) {
         if self.state != CacheState::Modified {
-            return None;
+            return (None, false);
         }
         match encode_image(&*self.cell) {
-            Ok(image) => Some(image),
+            Ok(image) if image.bytes.len() > max => {
+                error!(
+                    %node,
+                    region = %self.cell.id(),
+                    len = image.bytes.len(),
+                    max,
+                    "a modified copy grew over the region size limit and cannot be returned to its home: its writes are lost"
+                );
+                (None, true)
+            }
+            Ok(image) => (Some(image), false),
             Err(e) => {
                 error!(%node, region = %self.cell.id(), "cannot encode a modified copy: {e}");
-                None
+                (None, true)
             }
         }
     }
@@ -279,8 +292,10 @@ impl Engine {
                 if !ready {
                     return self.cache_wait_local(id);
                 }
-                let image = entry.modified_image(node);
-                if kind == Recall::Downgrade && entry.state == CacheState::Modified {
+                let (image, dropped) = entry.modified_image(node, self.config.max_image_len);
+                self.stats.oversized_writes_dropped += u64::from(dropped);
+                // A dropped image leaves no copy: the home keeps different contents.
+                if kind == Recall::Downgrade && entry.state == CacheState::Modified && !dropped {
                     entry.state = CacheState::Shared;
                 } else {
                     entry.invalidate();
@@ -379,7 +394,8 @@ impl Engine {
                     }
                     entry.w_mut().queue.pop_front();
                     entry.no_longer_wanted();
-                    let image = entry.modified_image(node);
+                    let (image, dropped) = entry.modified_image(node, self.config.max_image_len);
+                    self.stats.oversized_writes_dropped += u64::from(dropped);
                     entry.invalidate();
                     entry.w_mut().flushes.push_back(Some(op));
                     self.send(id.home, Message::Flush { region: id, image });
@@ -526,7 +542,8 @@ impl Engine {
             let entry = self.cache.remove(&id).expect("unmapped entry");
             self.stats.evictions += 1;
             if entry.state != CacheState::Invalid && !entry.deleted {
-                let image = entry.modified_image(self.node);
+                let (image, dropped) = entry.modified_image(self.node, self.config.max_image_len);
+                self.stats.oversized_writes_dropped += u64::from(dropped);
                 *self.stray_flush_acks.entry(id).or_default() += 1;
                 self.send(id.home, Message::Flush { region: id, image });
             }

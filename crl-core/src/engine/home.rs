@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, VecDeque};
 use smallvec::SmallVec;
 use std::sync::Arc;
 
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use super::access::{AccessMode, ErasedCell};
 use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation, planted};
@@ -808,7 +808,13 @@ impl Engine {
                         };
                     }
                     None if owner => {
-                        return violation(self, "recall ack without data from the owner");
+                        // The owner could not return its copy (it grew past the size limit):
+                        // its writes are lost, the home keeps its last image (rule 4: counted
+                        // and logged here).
+                        warn!(node = %self.node, region = %id, owner = %from, "the owner returned no data for its modified copy (too large to ship): its writes are lost, the last image stays");
+                        self.stats.lost_copies += 1;
+                        let entry = self.homes.get_mut(&id.seq).expect("home entry");
+                        entry.dir = DirState::Unowned;
                     }
                     None => entry.remove_holder(from),
                 }
@@ -832,6 +838,12 @@ impl Engine {
                         install(&*entry.cell, &image)
                             .map_err(|e| self.violation(from, Some(id), e))?;
                         self.homes.get_mut(&id.seq).expect("home entry").dir = DirState::Unowned;
+                    }
+                    None if entry.dir == DirState::Exclusive(from) => {
+                        // As for a recall answered without data: the owner's writes are lost.
+                        warn!(node = %self.node, region = %id, owner = %from, "the owner flushed its modified copy without data (too large to ship): its writes are lost, the last image stays");
+                        self.stats.lost_copies += 1;
+                        entry.dir = DirState::Unowned;
                     }
                     None => {
                         if !matches!(&entry.dir, DirState::Shared(s) if s.contains(&from)) {

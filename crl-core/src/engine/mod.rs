@@ -388,6 +388,11 @@ pub struct EngineStats {
     pub evictions: u64,
     /// Exclusive copies lost because their holder restarted (see [`Event::CopyLost`]).
     pub lost_copies: u64,
+    /// Modified copies whose writes were dropped because the copy cannot be returned to its
+    /// home: it grew past [`max_image_len`](EngineConfig::max_image_len) (or failed to
+    /// encode). The writes are dropped when the copy is recalled, flushed or evicted (logged
+    /// as an error), and the home keeps its last image.
+    pub oversized_writes_dropped: u64,
 }
 
 /// A snapshot of one region's protocol state at this node, for tests and debugging.
