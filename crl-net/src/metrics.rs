@@ -99,6 +99,12 @@ pub fn render(node: &Node) -> String {
     );
     counter(
         &mut r,
+        "oversized_writes_dropped",
+        "Modified copies this node could not return to their home (grown past max_region_len)",
+        s.engine.oversized_writes_dropped,
+    );
+    counter(
+        &mut r,
         "violations",
         "Protocol violations by peers (each closed the peer's connections)",
         s.violations,
