@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crl::{Cluster, Error, Region};
+use crl::{Cluster, Error, NodeId, Region};
 
 #[derive(Region, Clone, Debug, PartialEq)]
 struct Blob {
@@ -75,6 +75,64 @@ async fn a_region_over_the_limit_is_refused_and_the_link_keeps_serving() {
     for peer in a.stats().peers {
         assert_eq!(peer.messages_refused, 0, "nothing oversized was queued");
     }
+    c.shutdown().await;
+}
+
+/// Issue 10, with the session layer of issue 8: the connection carrying a big region's
+/// fragments breaks in the middle of the transfer. The sender reconnects and re-sends the
+/// pieces not acknowledged; the receiver keeps the pieces it had (same session) and drops the
+/// duplicates; the copy is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_transfer_survives_a_broken_connection_in_its_middle() {
+    const LEN: usize = 20 << 20;
+    let c = Cluster::local_with(2, |c| c.op_timeout = Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (a, b) = (c.node(0), c.node(1));
+    let data = Arc::new(pattern(LEN, 5));
+    let big = a
+        .create(Blob {
+            bytes: data.to_vec(),
+        })
+        .await
+        .unwrap();
+    let far = b.map::<Blob>(big.id()).await.unwrap();
+    let from_home = |b: &crl::Node| {
+        b.stats()
+            .peers
+            .iter()
+            .find(|p| p.node == NodeId(0))
+            .map_or(0, |p| p.bytes_received)
+    };
+    let before = from_home(b);
+    let read = {
+        let (far, data) = (far.clone(), data.clone());
+        tokio::spawn(async move { far.start_read().await.map(|g| g.bytes == *data) })
+    };
+    // Break it once a few MiB have arrived, well before the end.
+    let started = Instant::now();
+    while from_home(b) < before + (3 << 20) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the transfer never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let got = from_home(b) - before;
+    assert!(
+        got < LEN as u64,
+        "the transfer ended before the break ({got} bytes)"
+    );
+    b.break_connections_from(NodeId(0));
+    assert!(
+        read.await.unwrap().unwrap(),
+        "the copy differs from the home's"
+    );
+    let resent: u64 = a.stats().peers.iter().map(|p| p.messages_resent).sum();
+    assert!(
+        resent > 0,
+        "nothing was re-sent: the break missed the transfer"
+    );
     c.shutdown().await;
 }
 

@@ -673,6 +673,15 @@ impl Node {
             .clone())
     }
 
+    /// Test hook: closes the connections `peer` opened to this node, as a broken link would
+    /// (the peer reconnects and its session re-sends what was not acknowledged).
+    #[doc(hidden)]
+    pub fn break_connections_from(&self, peer: NodeId) {
+        self.inner
+            .transport
+            .close_peer(peer, "closed by a test (break_connections_from)");
+    }
+
     /// Counters: protocol engine, traffic per peer, violations.
     pub fn stats(&self) -> NodeStats {
         NodeStats {
