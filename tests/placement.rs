@@ -175,3 +175,58 @@ async fn a_dropped_create_at_leaves_nothing_behind() -> Result<(), Error> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// `Tx::create_at`: a region created at another home inside a transaction holds what the
+/// transaction wrote to it when it commits, and is gone again when the transaction aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_creates_at_another_home_atomically() -> Result<(), Error> {
+    let cluster = Cluster::local(3).await?;
+    let (n0, n2) = (cluster.node(0).clone(), cluster.node(2).clone());
+    let id = n2
+        .transaction(async |tx| {
+            let h = tx.create_at(NodeId(0), seat(1)).await?;
+            assert_eq!(h.id().home, NodeId(0));
+            let mut w = tx.write(&h).await?;
+            w.taken = true;
+            w.name = "grace".into();
+            Ok::<_, Error>(h.id())
+        })
+        .await?;
+    let at_home = n0.map::<Seat>(id).await?;
+    assert_eq!(
+        *at_home.start_read().await?,
+        Seat {
+            row: 1,
+            taken: true,
+            name: "grace".into()
+        }
+    );
+    // An aborted transaction leaves nothing behind.
+    let created = std::sync::Mutex::new(None);
+    let r: Result<(), Error> = n2
+        .transaction(async |tx| {
+            let h = tx.create_at(NodeId(1), seat(2)).await?;
+            *created.lock().unwrap() = Some(h.id());
+            tx.write(&h).await?.taken = true;
+            Err(Error::ProtocolViolation("the program gives up".into()))
+        })
+        .await;
+    assert!(matches!(r, Err(Error::ProtocolViolation(_))), "{r:?}");
+    let gone = created.lock().unwrap().expect("created");
+    let n1 = cluster.node(1).clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match n1.map::<Seat>(gone).await {
+            Err(Error::Deleted(_)) => break,
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the aborted transaction's region is still there: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -462,6 +462,40 @@ impl Tx {
         Ok(h)
     }
 
+    /// Creates a region homed at node `home` as part of the transaction
+    /// ([`Node::create_at`](crate::Node::create_at) within it): the home creates it at once
+    /// (and logs it, with a data dir), the transaction holds its write lock until it ends,
+    /// its contents at the commit are committed with the rest, and it is deleted again if the
+    /// transaction aborts. `home` may be this node: then it is [`create`](Self::create).
+    ///
+    /// Until the transaction ends the region exists at its home with nobody else knowing its
+    /// id. If this node crashes before the transaction ends, it stays there, holding `value`,
+    /// unreferenced (as after a dropped `create_at`).
+    pub async fn create_at<T: Region>(&self, home: NodeId, value: T) -> Result<Handle<T>, Error> {
+        self.check_live()?;
+        if home == self.inner.node.id() {
+            return self.create(value).await;
+        }
+        let h = self.inner.node.create_at(home, value).await?;
+        let region = h.id();
+        // Registered as created before its lock is awaited: from here on an abort, or this
+        // future dropped, deletes it.
+        self.push_held(&h, region, AccessMode::Write, None, true);
+        let access = self.acquire(&h, AccessMode::Write).await?;
+        let mut st = self.inner.state.lock();
+        match st.held.iter_mut().find(|held| held.region == region) {
+            Some(held) => held.access = Some(access),
+            None => {
+                // The transaction ended meanwhile (it cannot: it is borrowed here).
+                drop(st);
+                drop(access);
+                self.inner.node.locks().release(region, &self.inner.shared);
+                return Err(Error::TxFinished);
+            }
+        }
+        Ok(h)
+    }
+
     /// Deletes `h`'s region when (and only if) the transaction commits. Takes the write lock
     /// now, so nobody else uses the region meanwhile. The delete takes effect with the commit
     /// at every node: transactions waiting for the region then fail with [`Error::Deleted`].
