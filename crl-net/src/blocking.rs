@@ -184,6 +184,15 @@ impl Tx {
         })
     }
 
+    /// See [`txn::Tx::create_at`].
+    pub fn create_at<T: Region>(&self, home: NodeId, value: T) -> Result<Handle<T>, Error> {
+        let inner = self.rt.block_on(self.inner.create_at(home, value))?;
+        Ok(Handle {
+            rt: self.rt.clone(),
+            inner,
+        })
+    }
+
     /// See [`txn::Tx::delete`].
     pub fn delete<T: Region>(&self, h: &Handle<T>) -> Result<(), Error> {
         self.rt.block_on(self.inner.delete(&h.inner))
