@@ -862,32 +862,41 @@ async fn read_stream(
             // A stream of an older incarnation still draining: its messages are void.
             return;
         };
+        // The next message of the session is decoded (or kept as a piece) *before* the
+        // session counts it delivered: a frame that does not decode is refused without being
+        // acknowledged, so the peer's session cannot skip it. Decoded under the lock, so that
+        // messages are handed on in the session's order whichever connection brought each
+        // piece.
+        let next = seq == recv.delivered() + 1;
+        let decoded = if next {
+            match partial.push(header, &mut buf) {
+                Ok(decoded) => Some(decoded),
+                Err(e) => {
+                    drop(state);
+                    return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}"));
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(Some(Message::Hello { .. } | Message::HelloAck { .. } | Message::Ack { .. })) =
+            decoded
+        {
+            drop(state);
+            return refuse(
+                &conn,
+                close_code::PROTOCOL,
+                "handshake frame inside a session",
+            );
+        }
         match recv.accept(seq) {
             Ok(Delivery::Deliver) => {
                 let delivered = recv.delivered();
-                // Decoded here, under the lock, so that messages are handed on in the
-                // session's order whichever connection brought each piece.
-                match partial.push(header, &mut buf) {
-                    Ok(Some(
-                        Message::Hello { .. } | Message::HelloAck { .. } | Message::Ack { .. },
-                    )) => {
-                        drop(state);
-                        return refuse(
-                            &conn,
-                            close_code::PROTOCOL,
-                            "handshake frame inside a session",
-                        );
-                    }
-                    Ok(Some(msg)) => {
-                        counters.messages_received.fetch_add(1, Ordering::Relaxed);
-                        if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
-                            return; // the node is shutting down
-                        }
-                    }
-                    Ok(None) => {} // a fragment: the message continues
-                    Err(e) => {
-                        drop(state);
-                        return refuse(&conn, close_code::BAD_FRAME, &format!("from {from}: {e}"));
+                // `None`: a fragment, the message continues.
+                if let Some(msg) = decoded.flatten() {
+                    counters.messages_received.fetch_add(1, Ordering::Relaxed);
+                    if inner.inbound.send(Inbound::Message { from, msg }).is_err() {
+                        return; // the node is shutting down
                     }
                 }
                 link.delivered.send_replace((epoch, my_epoch, delivered));
