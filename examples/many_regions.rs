@@ -33,6 +33,10 @@ struct Args {
     /// Maps and reads node 1 keeps in flight.
     #[arg(long, default_value_t = 256)]
     in_flight: usize,
+    /// Append this run's figures to a CSV file (`regions,homed_bytes,cached_bytes,creates_per_s,reads_per_s`;
+    /// the header is written when the file is new), for `tools/crl-plots`.
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
 }
 
 /// The process's resident set, in bytes (`None` where `/proc/self/statm` is missing).
@@ -119,6 +123,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_region(after_create, after_read, n),
         std::mem::size_of::<Handle<Pair>>()
     );
+    if let (Some(path), Some(b), Some(c), Some(r)) = (&args.csv, base, after_create, after_read) {
+        use std::io::Write;
+        let new = !path.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        if new {
+            writeln!(
+                f,
+                "regions,homed_bytes,cached_bytes,creates_per_s,reads_per_s"
+            )?;
+        }
+        writeln!(
+            f,
+            "{n},{:.0},{:.0},{:.0},{:.0}",
+            c.saturating_sub(b) as f64 / n as f64,
+            r.saturating_sub(c) as f64 / n as f64,
+            n as f64 / created.as_secs_f64(),
+            n as f64 / read.as_secs_f64()
+        )?;
+    }
     drop(kept);
     drop((home, cache));
     cluster.shutdown().await;

@@ -40,6 +40,10 @@ struct Args {
     /// CI-size run (200 iterations, short warm-up).
     #[arg(long)]
     quick: bool,
+    /// Also write every latency sample to this CSV file (`case,latency_us`), for
+    /// `tools/crl-plots` (the CDF in BENCHMARKS.md).
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
 }
 
 #[derive(Region, Clone, Debug)]
@@ -58,8 +62,15 @@ struct Row {
 }
 
 enum Measured {
-    Latency { p50: Duration, p99: Duration },
-    Throughput { ops_per_s: f64 },
+    Latency {
+        p50: Duration,
+        p99: Duration,
+        /// Every sample, sorted (for `--csv`).
+        samples: Vec<Duration>,
+    },
+    Throughput {
+        ops_per_s: f64,
+    },
 }
 
 fn latency(mut samples: Vec<Duration>) -> Measured {
@@ -68,6 +79,7 @@ fn latency(mut samples: Vec<Duration>) -> Measured {
     Measured::Latency {
         p50: at(0.50),
         p99: at(0.99),
+        samples,
     }
 }
 
@@ -494,7 +506,7 @@ fn print_table(rows: &[Row], raw_p50: Duration, raw_tput: f64) {
     for r in rows {
         let msgs = r.msgs.map_or("–".into(), |m| format!("{m:.2}"));
         match r.result {
-            Measured::Latency { p50, p99 } => println!(
+            Measured::Latency { p50, p99, .. } => println!(
                 "| {} | {:.1} | {:.1} | – | {msgs} | {:.2}× |",
                 r.case,
                 us(p50),
@@ -510,6 +522,21 @@ fn print_table(rows: &[Row], raw_p50: Duration, raw_tput: f64) {
         }
     }
     println!();
+}
+
+/// Every latency sample of every latency case, one row each: `case,latency_us`.
+fn write_csv(path: &std::path::Path, rows: &[Row]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "case,latency_us")?;
+    for r in rows {
+        if let Measured::Latency { samples, .. } = &r.result {
+            for s in samples {
+                writeln!(out, "{},{:.2}", r.case.replace(',', ";"), us(*s))?;
+            }
+        }
+    }
+    out.flush()
 }
 
 fn verdict(rows: &[Row], case: &str, raw_p50: Duration, raw_tput: f64, target: &str) {
@@ -612,6 +639,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     raw.server.close(0u32.into(), b"done");
 
     print_table(&rows, raw_p50, raw_tput);
+    if let Some(path) = &args.csv {
+        write_csv(path, &rows)?;
+        progress(&format!("latency samples written to {}", path.display()));
+    }
     verdict(&rows, "read miss, 64 B region", raw_p50, raw_tput, "≤ 1.2×");
     verdict(
         &rows,

@@ -2,8 +2,9 @@
 # ET1 (DebitCredit, pgbench's TPC-B proportions) on crl against PostgreSQL's pgbench, durable,
 # on this machine, in one run (DESIGN.md §7 "Targets"; results go to BENCHMARKS.md "ET1").
 #
-# usage: scripts/et1-vs-pgbench.sh [-s SCALE] [-T SECONDS] [-n NODES] [-c CLIENTS...]
-#   defaults: -s 10 -T 20 -n 3 -c 1 4 16
+# usage: scripts/et1-vs-pgbench.sh [-s SCALE] [-T SECONDS] [-n NODES] [--csv FILE] [-c CLIENTS...]
+#   defaults: -s 10 -T 20 -n 3 -c 1 4 16; --csv also writes `system,clients,tps` rows (for
+#   tools/crl-plots: scripts/plots.sh)
 #
 # 1. builds the et1 example in release;
 # 2. runs the peers script ../shared/peers/pgbench.sh -s SCALE -T SECONDS -c CLIENTS...
@@ -17,14 +18,15 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 pgbench_sh=${PGBENCH_SH:-$here/../../shared/peers/pgbench.sh}
-scale=10; secs=20; nodes=3; clients=(1 4 16)
+scale=10; secs=20; nodes=3; clients=(1 4 16); csv=
 while [ $# -gt 0 ]; do
   case "$1" in
     -s) scale=$2; shift 2;;
     -T) secs=$2; shift 2;;
     -n) nodes=$2; shift 2;;
+    --csv) csv=$2; shift 2;;
     -c) shift; clients=(); while [ $# -gt 0 ] && [[ "$1" != -* ]]; do clients+=("$1"); shift; done;;
-    *) echo "usage: $0 [-s SCALE] [-T SECONDS] [-n NODES] [-c CLIENTS...]" >&2; exit 2;;
+    *) echo "usage: $0 [-s SCALE] [-T SECONDS] [-n NODES] [--csv FILE] [-c CLIENTS...]" >&2; exit 2;;
   esac
 done
 if [ ! -f "$pgbench_sh" ]; then
@@ -69,3 +71,14 @@ for c in "${clients[@]}"; do
     "$(field "$out/et1-local.txt" p99_ms "$c")" \
     "$(field "$out/et1-uniform.txt" fsync_p50_ms "$c")/$(field "$out/et1-local.txt" fsync_p50_ms "$c")"
 done
+if [ -n "$csv" ]; then
+  {
+    echo "system,clients,tps"
+    for c in "${clients[@]}"; do
+      echo "PostgreSQL pgbench,$c,$(field "$out/pg.txt" tps "$c")"
+      echo "crl ET1 uniform,$c,$(field "$out/et1-uniform.txt" tps "$c")"
+      echo "crl ET1 local,$c,$(field "$out/et1-local.txt" tps "$c")"
+    done
+  } > "$csv"
+  echo "== TPS written to $csv"
+fi
