@@ -109,11 +109,15 @@ async fn a_placed_region_survives_a_restart_of_its_home() -> Result<(), Error> {
     Ok(())
 }
 
-/// Failures are typed and bounded: an unknown home, a value too large for one message, and a
+/// Failures are typed and bounded: an unknown home, a value over `max_region_len`, and a
 /// home that is gone (no answer within the operation timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_cannot_happen_fails_with_a_clear_error() -> Result<(), Error> {
-    let cluster = Cluster::local_with(2, |c| c.op_timeout = Duration::from_millis(800)).await?;
+    let cluster = Cluster::local_with(2, |c| {
+        c.op_timeout = Duration::from_millis(800);
+        c.max_region_len = 1 << 20;
+    })
+    .await?;
     let n1 = cluster.node(1).clone();
     assert!(matches!(
         n1.create_at(NodeId(9), seat(1)).await,
@@ -122,7 +126,7 @@ async fn a_create_that_cannot_happen_fails_with_a_clear_error() -> Result<(), Er
     let huge = Seat {
         row: 0,
         taken: false,
-        name: "x".repeat(17 << 20),
+        name: "x".repeat(2 << 20),
     };
     let refused = n1.create_at(NodeId(0), huge).await;
     assert!(
