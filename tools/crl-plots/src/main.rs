@@ -134,6 +134,7 @@ fn miss_latency(input: &Path, out: &Path) -> Result<bool> {
         .configure_mesh()
         .x_desc("latency (µs, log scale)")
         .y_desc("fraction of operations at or below")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for (i, case) in order.iter().enumerate() {
         let mut v = cases[case].clone();
@@ -197,6 +198,8 @@ fn et1_tps(input: &Path, out: &Path) -> Result<bool> {
         .configure_mesh()
         .x_desc("clients (log scale)")
         .y_desc("transactions per second")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for (i, system) in order.iter().enumerate() {
         let mut points = systems[system].clone();
@@ -261,6 +264,8 @@ fn memory(input: &Path, out: &Path) -> Result<bool> {
         .configure_mesh()
         .x_desc("regions per node (log scale)")
         .y_desc("bytes per region")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let target = RGBColor(127, 127, 127);
     chart
