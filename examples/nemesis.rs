@@ -277,9 +277,13 @@ async fn node_main(a: NodeArgs<'_>) {
                 let line = match outcome {
                     Ok(v) => format!("o {client} {seq} {v} {ret}\n"),
                     // A failed plain access never happened (the value is written only after
-                    // the grant); a failed transaction did not commit, except for
-                    // `LogFailed` (never expected here: then the outcome is unknown).
-                    Err(crl::Error::LogFailed(e)) => format!("? {client} {seq} {e}\n"),
+                    // the grant); a failed transaction did not commit, unless its error says
+                    // it may have (`Error::maybe_committed`: a timeout or an unreachable home
+                    // during the commit, an unknown outcome, a failed log): then the outcome
+                    // is unknown and the write stays open.
+                    Err(e) if write && tx_writes && e.maybe_committed() => {
+                        format!("? {client} {seq} {e}\n")
+                    }
                     Err(e) => format!("f {client} {seq} {e}\n"),
                 };
                 file.lock().write_all(line.as_bytes()).unwrap();
@@ -555,11 +559,21 @@ fn orchestrate(args: &Args) -> i32 {
         let text = std::fs::read_to_string(dir.join(format!("history-{id}"))).unwrap();
         read_history(&text, &mut recorded);
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let mut history: Vec<Op> = Vec::new();
     let mut failures: Vec<(u64, String)> = Vec::new();
     let (mut indeterminate, mut unfinished) = (0usize, 0usize);
+    // Writes reported as never applied, and the values reads returned: a read of such a write
+    // is named below (the checker then also rejects the history).
+    let mut failed_writes: std::collections::HashMap<u64, (u64, String)> = Default::default();
+    let mut reads_seen: Vec<(u64, u64)> = Vec::new();
     for r in recorded {
+        match &r.end {
+            Some(Err(e)) if r.write => {
+                failed_writes.insert(r.value, (r.client, e.clone()));
+            }
+            Some(Ok((value, _))) if !r.write => reads_seen.push((r.client, *value)),
+            _ => {}
+        }
         let input = (
             r.key,
             if r.write {
@@ -595,6 +609,17 @@ fn orchestrate(args: &Args) -> i32 {
     }
     let completed = history.len() - indeterminate - unfinished;
     let failed = failures.len();
+    // What the failures were (the error's text up to its first colon), most frequent first.
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, e) in &failures {
+        let kind = e.split(':').next().unwrap_or(e).trim();
+        *kinds.entry(kind.chars().take(60).collect()).or_default() += 1;
+    }
+    let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+    for (kind, n) in kinds.iter().take(6) {
+        println!("  failed {n}×: {kind}");
+    }
     // Nothing blocked after the faults healed: every operation that started more than
     // `op_timeout` + 5 s after the last one completed.
     let heal_bound_ns = (OP_TIMEOUT_MS + 5_000) * 1_000_000;
@@ -632,6 +657,13 @@ fn orchestrate(args: &Args) -> i32 {
         heal_bound_ns / 1_000_000_000
     );
     let mut anomalies = 0;
+    for (reader, value) in &reads_seen {
+        if let Some((writer, e)) = failed_writes.get(value) {
+            println!(
+                "client {reader} read {value}, written by client {writer} whose write failed (reported as never applied): {e}"
+            );
+        }
+    }
     match verdict {
         Outcome::Linearizable => println!("linearizable: yes"),
         Outcome::Violation(v) => {
@@ -672,5 +704,11 @@ fn orchestrate(args: &Args) -> i32 {
         anomalies += 1;
     }
     println!("anomalies: {anomalies}");
+    if anomalies > 0 {
+        // Kept for a post-mortem: each process's raw history (with every error's text).
+        println!("histories kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     i32::from(anomalies > 0)
 }

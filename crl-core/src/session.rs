@@ -64,25 +64,17 @@ pub struct SessionLimits {
 impl SessionLimits {
     /// Limits for frames up to `max_message_len` bytes and a soft buffer bound of
     /// `max_unacked_bytes`; the hard bound is twice the soft one plus one largest frame.
+    ///
+    /// A message in fragments ([`SendSession::push_all`]) is taken whole whenever the buffer
+    /// is not over the hard bound, so the buffer holds at most the hard bound plus one largest
+    /// message: a peer that stops reading can make this node keep that much, no more.
     pub fn new(max_message_len: usize, max_unacked_bytes: usize) -> Self {
-        Self::with_fragments(max_message_len, max_unacked_bytes, max_message_len)
-    }
-
-    /// As [`new`](Self::new), for a session that also carries messages of up to
-    /// `max_fragmented_len` bytes in fragments: the hard bound leaves room for one of them
-    /// beyond twice the soft bound, so the engine's messages, which cannot wait, are refused
-    /// only when the peer acknowledges nothing.
-    pub fn with_fragments(
-        max_frame_len: usize,
-        max_unacked_bytes: usize,
-        max_fragmented_len: usize,
-    ) -> Self {
         SessionLimits {
-            max_message_len: max_frame_len,
+            max_message_len,
             max_unacked_bytes,
             hard_unacked_bytes: max_unacked_bytes
                 .saturating_mul(2)
-                .saturating_add(max_frame_len.max(max_fragmented_len)),
+                .saturating_add(max_message_len),
         }
     }
 }
@@ -557,8 +549,8 @@ mod tests {
 
     #[test]
     fn a_fragmented_message_is_numbered_whole_or_not_at_all() {
-        let limits = SessionLimits::with_fragments(100, 250, 1000);
-        assert_eq!(limits.hard_unacked_bytes, 1500);
+        let limits = SessionLimits::new(100, 250);
+        assert_eq!(limits.hard_unacked_bytes, 600);
         let mut s = SendSession::new(limits);
         let mut numbered = Vec::new();
         let last = s
@@ -575,8 +567,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, SendError::TooLarge { len: 101, max: 100 });
         assert_eq!((s.last_seq(), s.unacked_bytes()), (3, 207));
-        // A message bigger than the hard bound's margin still goes in whole while the
-        // buffer is under the hard bound, and nothing after it does until acknowledged.
+        // A message bigger than the hard bound still goes in whole while the buffer is under
+        // the hard bound, and nothing after it does until acknowledged.
         let big: Vec<Vec<u8>> = (0..14).map(|i| frame(i, 100)).collect();
         assert_eq!(s.push_all(big, |_, _| {}).unwrap(), 17);
         assert!(matches!(

@@ -59,7 +59,8 @@
 //! retransmit buffer per peer has a soft bound in bytes ([`TransportSettings::max_unacked_bytes`]):
 //! operations wait for room with [`Transport::wait_for_room`] under their own timeout, while the
 //! engine's own answers are always taken, up to a hard bound (twice the soft one plus one
-//! frame) that only a peer which stops reading can reach; past it, messages to that peer are
+//! frame; a message in fragments goes in whole while the buffer is under it) that only a peer
+//! which stops reading can reach; past it, messages to that peer are
 //! dropped and counted, and its connections closed.
 
 use std::collections::BTreeMap;
@@ -307,10 +308,10 @@ impl Transport {
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         // A frame on a link is its number, the wire header and the payload.
-        let limits = SessionLimits::with_fragments(
+        // Fragmented messages go in whole below the hard bound (see `SessionLimits::new`).
+        let limits = SessionLimits::new(
             settings.max_frame_len + wire::HEADER_LEN + SEQ_LEN,
             settings.max_unacked_bytes,
-            settings.max_message_len + wire::HEADER_LEN + SEQ_LEN,
         );
         let links = peers
             .iter()
