@@ -416,7 +416,8 @@ pub const HEADER_LEN: usize = 12;
 ///
 /// [`encode_frame`] refuses to produce a larger frame and [`parse_header`] rejects a header
 /// announcing one before anything is allocated, so a peer can make a reader allocate at most
-/// this much per frame. A region image must therefore stay a little under 16 MiB.
+/// this much per frame. Longer messages (big region images) travel as several frames: see
+/// [`crate::fragment`].
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 /// Error encoding or decoding a frame.
