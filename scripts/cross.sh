@@ -2,7 +2,8 @@
 # crl on other platforms, from one x86_64 Linux machine (what CI runs after the main steps):
 #
 #   bash scripts/cross.sh cluster      # a 3-process cluster: x86_64, s390x (big endian, qemu), i686 (32-bit)
-#   bash scripts/cross.sh core-tests   # crl-core's tests (unit, wire, log) on s390x under qemu
+#   bash scripts/cross.sh core-tests   # crl-core's tests (unit, wire, log format) and the durable
+#                                      # store's tests on s390x under qemu
 #   bash scripts/cross.sh windows      # cargo check of the whole workspace for x86_64-pc-windows-gnu
 #   bash scripts/cross.sh all          # the three, each timed
 #
@@ -116,8 +117,8 @@ cmd_cluster() {
 
 cmd_core_tests() {
   setup_linux
-  echo "-- crl-core's tests (golden vectors, hostile frames, the log and recovery) on $S390X under qemu"
-  # One log test is skipped under qemu-user (it passes natively in the main test run):
+  echo "-- crl-core's tests (golden vectors, hostile frames, the log format) on $S390X under qemu"
+  # Two of the store's tests are skipped under qemu-user (they pass natively in the main run):
   # a_real_full_disk_in_a_small_tmpfs re-executes its own binary through `unshare -m sh`,
   # which the kernel cannot run without binfmt_misc for s390x ("Exec format error"); while
   # that failing child lives it also holds copies of the other tests' directory-lock fds, so
@@ -126,7 +127,9 @@ cmd_core_tests() {
   # reason: it spawns a process in a loop while reopening a store, and under qemu-user a
   # child holds its copy of the directory lock from fork to exec for far longer than
   # natively (one CI run saw the store stay `Locked` past the 2 s wait); it passes natively.
-  cargo test --locked -p crl-core --target "$S390X" --lib --tests -- \
+  cargo test --locked -p crl-core --target "$S390X" --lib --tests
+  echo "-- the durable store's tests (crl-net's tests/durable.rs: files, recovery, repair) on $S390X"
+  cargo test --locked -p crl-net --target "$S390X" --test durable -- \
     --skip a_real_full_disk_in_a_small_tmpfs \
     --skip reopening_while_processes_are_spawned_never_finds_the_lock_held
 }

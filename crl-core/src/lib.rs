@@ -9,13 +9,14 @@
 //!   acknowledgements, retransmit buffer, epochs).
 //! - [`liveness`]: heartbeats, leases and failure detection (who may use which copies, and
 //!   when a silent peer is fenced), fed the time by the driver.
-//! - [`durable`]: a home node's write-ahead log, group commit, checkpoints and recovery.
+//! - [`wal`]: the write-ahead log's format (records, log headers, checkpoint and epoch files,
+//!   all checksummed) and its replay into a home's durable state. The store that writes them
+//!   (files, fsync, group commit, recovery) is crl-net's.
 //! - `sim` (feature `sim`): a deterministic, seeded simulator driving many engines in one
 //!   thread against a reference model.
 //! - `lincheck` (feature `sim`): a linearizability checker (Wing–Gong/Lowe search) for
 //!   histories recorded by tests on real clusters.
 
-pub mod durable;
 pub mod engine;
 pub mod fragment;
 #[cfg(feature = "sim")]
@@ -25,6 +26,7 @@ pub mod region;
 pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod wal;
 pub mod wire;
 
 pub use crl_macros::Region;

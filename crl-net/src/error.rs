@@ -194,7 +194,7 @@ pub enum Error {
     LogFailed(String),
     /// The durable store could not be opened or recovered.
     #[error("cannot open the durable store: {0}")]
-    Store(#[from] crl_core::durable::StoreError),
+    Store(#[from] crate::durable::StoreError),
     /// A two-phase commit did not collect its votes in time; the transaction was aborted.
     #[error(
         "commit of transaction {txid:#x} timed out after {after:?} waiting for votes (aborted)"

@@ -3,6 +3,8 @@
 //! - `tls`: the cluster CA, per-node certificates and the rustls/quinn configurations.
 //! - `config`: a node's configuration, from a TOML file or built in code.
 //! - `fault`: a UDP socket for quinn that drops datagrams on command (the test nemesis).
+//! - `durable`: a home's durable store: the write-ahead log's files, group commit (a writer
+//!   thread, one fsync per batch), checkpoints, recovery and the operator's verify/repair.
 //! - `frame`: length-bounded frames on QUIC streams.
 //! - `liveness`: leases and failure detection at run time (the clock, the lease the hit path
 //!   checks, pings and fences).
@@ -17,6 +19,7 @@
 pub mod blocking;
 pub mod cluster;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod fault;
 pub mod frame;

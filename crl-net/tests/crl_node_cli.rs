@@ -255,7 +255,7 @@ fn run_with_valid_config_until_sigterm() {
 /// A data dir with `n` records (each creating one region), closed cleanly; returns the
 /// offsets where records start in `log.<1>`.
 fn make_store(dir: &Path, n: u64) -> Vec<u64> {
-    use crl_core::durable::{DurableStore, LogRecord, StoreConfig};
+    use crl_net::durable::{DurableStore, LogRecord, StoreConfig};
     let (store, _) = DurableStore::open(StoreConfig::new(dir)).unwrap();
     let mut starts = Vec::new();
     for seq in 2..2 + n {

@@ -12,7 +12,7 @@
 //! `run` logs to stderr through `tracing-subscriber`; `RUST_LOG` filters it (default `info`,
 //! for example `RUST_LOG=crl_net=debug`). The cluster file's format is described in
 //! `crl_net::config`; the log's rules (torn tail
-//! versus corruption) in `crl_core::durable`. Exit codes: 0 on success (and on a clean
+//! versus corruption) in `crl_net::durable`. Exit codes: 0 on success (and on a clean
 //! shutdown after SIGINT/SIGTERM, and for `log verify` on a log that recovery accepts), 1 on
 //! a runtime error such as a bad configuration, or corruption found by `log verify`, 2 on a
 //! command-line usage error.
@@ -330,7 +330,7 @@ fn run_txn(cmd: TxnCommand) -> Result<(), Failure> {
 }
 
 fn run_log(cmd: LogCommand) -> Result<(), Failure> {
-    use crl_core::durable;
+    use crl_net::durable;
     match cmd {
         LogCommand::Verify { data_dir } => {
             let what = "crl-node log verify";

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crl_core::durable::{DurableStore, LogRecord, StoreConfig};
+use crate::durable::{DurableStore, LogRecord, StoreConfig};
 use crl_core::engine::{
     Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, PeerReset,
     Progress, ReadGuard, RegionCell, Start, WriteGuard,
@@ -188,7 +188,7 @@ struct NodeInner {
     recovering: AtomicBool,
     recovered: Notify,
     /// What recovering the durable store did (with a data dir).
-    recovery_report: Option<crl_core::durable::RecoveryReport>,
+    recovery_report: Option<crate::durable::RecoveryReport>,
     /// Leases and failure detection (`None` without a peer timeout).
     liveness: Option<Arc<LivenessDriver>>,
     /// Creates this node asked other homes for, not answered yet.
@@ -546,7 +546,7 @@ impl Node {
 
     /// What recovering this node's durable store did when it started (records replayed,
     /// bytes, a torn tail cut, time); `None` without a data dir.
-    pub fn recovery_report(&self) -> Option<crl_core::durable::RecoveryReport> {
+    pub fn recovery_report(&self) -> Option<crate::durable::RecoveryReport> {
         self.inner.recovery_report.clone()
     }
 

@@ -19,8 +19,8 @@
 
 use std::path::Path;
 
+use crate::durable::{DurableStore, LogRecord, StoreConfig, StoreError};
 use crl_core::NodeId;
-use crl_core::durable::{DurableStore, LogRecord, StoreConfig, StoreError};
 
 /// A transaction prepared in this log and not decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub enum ResolveError {
     NotInDoubt(u64),
 }
 
-fn open(data_dir: &Path) -> Result<(DurableStore, crl_core::durable::Recovered), StoreError> {
+fn open(data_dir: &Path) -> Result<(DurableStore, crate::durable::Recovered), StoreError> {
     DurableStore::open(StoreConfig::new(data_dir.to_path_buf()))
 }
 

@@ -6,7 +6,7 @@
 //! durable.
 //!
 //! **With a data dir** every home logs what the transactions write to its regions
-//! ([`crl_core::durable`]: checksummed records, group commit, checkpoints) before the writer
+//! ([`crate::durable`]: checksummed records, group commit, checkpoints) before the writer
 //! releases its locks:
 //!
 //! - **Local commit.** If every region written lives at the committing node, one `Commit`
@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crl_core::durable::{DurableStore, LogRecord, StoreError};
+use crate::durable::{DurableStore, LogRecord, StoreError};
 use crl_core::wire::{Message, TxImage};
 use crl_core::{NodeId, RegionId};
 use parking_lot::Mutex;
@@ -220,8 +220,8 @@ impl Durability {
     /// participants may not know yet (the node then asks and re-sends, see `resend_decisions`).
     pub(crate) fn recovered(
         &self,
-        in_doubt: Vec<crl_core::durable::InDoubt>,
-        coordinating: Vec<crl_core::durable::Coordinating>,
+        in_doubt: Vec<crate::durable::InDoubt>,
+        coordinating: Vec<crate::durable::Coordinating>,
     ) {
         let mut prepared = self.prepared.lock();
         let mut doubt = self.in_doubt.lock();
@@ -1414,7 +1414,7 @@ mod tests {
         let txid = 0x1234;
         {
             let (store, _) =
-                DurableStore::open(crl_core::durable::StoreConfig::new(dir0.clone())).unwrap();
+                DurableStore::open(crate::durable::StoreConfig::new(dir0.clone())).unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
             store.append(
                 LogRecord::Prepare {

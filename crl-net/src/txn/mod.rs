@@ -53,7 +53,7 @@
 //! durable.
 //!
 //! **With a data dir** every home logs what the transactions write to its regions
-//! ([`crl_core::durable`]: checksummed records, group commit, checkpoints) before the writer
+//! ([`crate::durable`]: checksummed records, group commit, checkpoints) before the writer
 //! releases its locks:
 //!
 //! - **Local commit.** If every region written lives at the committing node, one `Commit`

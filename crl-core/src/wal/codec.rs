@@ -1,25 +1,25 @@
-//! Encoding and validated decoding of log records (and the fields checkpoints share with
-//! them). Every length read from disk is checked against the bytes that remain before it is
+//! Encoding and validated decoding of log records and log file headers (and the fields
+//! checkpoints share with them). Every length read from disk is checked against the bytes that remain before it is
 //! used, so a corrupt input gives an error, never a panic or a huge allocation.
 
-use super::{LogRecord, StoreError};
+use super::{LogRecord, RecordTooLarge};
 use crate::region::{NodeId, RegionId};
 
 /// The largest payload of one log record: 64 MiB.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Magic of a log frame: `b"CRLR"` (format version 2; version 1 used `b"CRLW"`).
-pub(crate) const RECORD_MAGIC: [u8; 4] = *b"CRLR";
+pub const RECORD_MAGIC: [u8; 4] = *b"CRLR";
 /// Size of a log frame's header: magic, payload length, sequence number, previous record's
 /// checksum, payload checksum, header checksum.
-pub(crate) const FRAME_HEADER: usize = 28;
+pub const FRAME_HEADER: usize = 28;
 
 /// Magic of a log file's header: `b"CRLL"`.
-pub(crate) const LOG_MAGIC: [u8; 4] = *b"CRLL";
+pub const LOG_MAGIC: [u8; 4] = *b"CRLL";
 /// Size of a log file's header.
-pub(crate) const LOG_HEADER: usize = 40;
+pub const LOG_HEADER: usize = 40;
 /// The on-disk format version of log, checkpoint and epoch files.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 2;
 
 const TAG_CREATE: u8 = 1;
 const TAG_DELETE: u8 = 2;
@@ -91,7 +91,7 @@ fn regions_len(regions: &[RegionId]) -> usize {
 }
 
 /// The encoded payload size of `record` (saturating: a huge record gives a huge size).
-pub(crate) fn payload_len(record: &LogRecord) -> usize {
+pub fn payload_len(record: &LogRecord) -> usize {
     1 + match record {
         LogRecord::Create {
             type_name, bytes, ..
@@ -175,10 +175,10 @@ fn encode_payload(record: &LogRecord, e: &mut Enc<'_>) {
 /// Encodes `record` as one log frame appended to `out`: the payload and its checksum, with
 /// the rest of the header left for [`seal_frame`] (which the writer thread calls, in log
 /// order, once it knows the record's sequence number and the previous record's checksum).
-pub(crate) fn encode_frame(record: &LogRecord, out: &mut Vec<u8>) -> Result<(), StoreError> {
+pub fn encode_frame(record: &LogRecord, out: &mut Vec<u8>) -> Result<(), RecordTooLarge> {
     let len = payload_len(record);
     if len > MAX_RECORD_BYTES {
-        return Err(StoreError::RecordTooLarge {
+        return Err(RecordTooLarge {
             size: len,
             max: MAX_RECORD_BYTES,
         });
@@ -208,7 +208,7 @@ fn header_crc(store_id: u64, header: &[u8]) -> u32 {
 /// Completes the header of a frame made by [`encode_frame`]: its sequence number, the
 /// previous record's checksum (the chain) and the header checksum, which it returns (the next
 /// record's `prev`).
-pub(crate) fn seal_frame(frame: &mut [u8], store_id: u64, seq: u64, prev: u32) -> u32 {
+pub fn seal_frame(frame: &mut [u8], store_id: u64, seq: u64, prev: u32) -> u32 {
     frame[8..16].copy_from_slice(&seq.to_le_bytes());
     frame[16..20].copy_from_slice(&prev.to_le_bytes());
     let crc = header_crc(store_id, frame);
@@ -218,20 +218,20 @@ pub(crate) fn seal_frame(frame: &mut [u8], store_id: u64, seq: u64, prev: u32) -
 
 /// A log file's header: which store and generation it belongs to, and where its chain starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct LogHeader {
+pub struct LogHeader {
     /// The random id of the store (data directory) that wrote it.
-    pub(crate) store_id: u64,
+    pub store_id: u64,
     /// Its generation.
-    pub(crate) generation: u64,
+    pub generation: u64,
     /// The sequence number of its first record.
-    pub(crate) first_seq: u64,
+    pub first_seq: u64,
     /// The checksum of the record before its first one (0 before the very first record).
-    pub(crate) prev: u32,
+    pub prev: u32,
 }
 
 impl LogHeader {
     /// The header's bytes.
-    pub(crate) fn encode(&self) -> [u8; LOG_HEADER] {
+    pub fn encode(&self) -> [u8; LOG_HEADER] {
         let mut b = [0; LOG_HEADER];
         b[0..4].copy_from_slice(&LOG_MAGIC);
         b[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -245,7 +245,7 @@ impl LogHeader {
     }
 
     /// Decodes a header; the error says what is wrong.
-    pub(crate) fn decode(b: &[u8]) -> Result<LogHeader, String> {
+    pub fn decode(b: &[u8]) -> Result<LogHeader, String> {
         if b.len() < LOG_HEADER {
             return Err(format!(
                 "a log header of {LOG_HEADER} bytes, found {} bytes",
@@ -277,7 +277,10 @@ impl LogHeader {
 
 /// Why bytes did not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct DecodeError(pub &'static str);
+pub struct DecodeError(
+    /// What was wrong.
+    pub &'static str,
+);
 
 type DResult<T> = Result<T, DecodeError>;
 
@@ -383,7 +386,7 @@ impl<'a> Dec<'a> {
 }
 
 /// Decodes a record's payload (exactly).
-pub(crate) fn decode_payload(payload: &[u8]) -> DResult<LogRecord> {
+pub fn decode_payload(payload: &[u8]) -> DResult<LogRecord> {
     let mut d = Dec::new(payload);
     let record = match d.u8()? {
         TAG_CREATE => LogRecord::Create {
@@ -420,7 +423,7 @@ pub(crate) fn decode_payload(payload: &[u8]) -> DResult<LogRecord> {
 
 /// Why the bytes at an offset of a log are not a valid frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// Fewer bytes than the header or the payload needs.
     Torn,
     /// The magic does not match.
@@ -453,21 +456,23 @@ impl std::fmt::Display for FrameError {
 
 /// A frame that checked out: its record, length and chain fields.
 #[derive(Debug)]
-pub(crate) struct Frame {
-    pub(crate) record: LogRecord,
+pub struct Frame {
+    /// The decoded record.
+    pub record: LogRecord,
     /// The frame's length (header and payload).
-    pub(crate) len: usize,
-    pub(crate) seq: u64,
+    pub len: usize,
+    /// The record's sequence number.
+    pub seq: u64,
     /// The previous record's checksum, as this frame claims it.
-    pub(crate) prev: u32,
+    pub prev: u32,
     /// This frame's header checksum (the next frame's `prev`).
-    pub(crate) crc: u32,
+    pub crc: u32,
 }
 
 /// Checks the frame at the start of `buf` written by store `store_id` (magic, length, both
 /// checksums) without decoding its payload; returns its length, sequence number, `prev` and
 /// checksum.
-pub(crate) fn check_frame(buf: &[u8], store_id: u64) -> Result<(usize, u64, u32, u32), FrameError> {
+pub fn check_frame(buf: &[u8], store_id: u64) -> Result<(usize, u64, u32, u32), FrameError> {
     if buf.len() < FRAME_HEADER {
         return Err(FrameError::Torn);
     }
@@ -495,7 +500,7 @@ pub(crate) fn check_frame(buf: &[u8], store_id: u64) -> Result<(usize, u64, u32,
 }
 
 /// Decodes the frame at the start of `buf` written by store `store_id`.
-pub(crate) fn decode_frame(buf: &[u8], store_id: u64) -> Result<Frame, FrameError> {
+pub fn decode_frame(buf: &[u8], store_id: u64) -> Result<Frame, FrameError> {
     let (len, seq, prev, crc) = check_frame(buf, store_id)?;
     let record = decode_payload(&buf[FRAME_HEADER..len]).map_err(FrameError::Decode)?;
     Ok(Frame {
@@ -510,7 +515,7 @@ pub(crate) fn decode_frame(buf: &[u8], store_id: u64) -> Result<Frame, FrameErro
 /// The offset of the first frame of store `store_id` that checks out (both checksums) at
 /// `from` or later in `buf`, if any: how recovery tells a torn tail (nothing valid after the
 /// bad bytes) from corruption (a valid record after them).
-pub(crate) fn find_valid_frame(buf: &[u8], from: usize, store_id: u64) -> Option<usize> {
+pub fn find_valid_frame(buf: &[u8], from: usize, store_id: u64) -> Option<usize> {
     let mut at = from;
     while at + FRAME_HEADER <= buf.len() {
         let rel = buf[at..].windows(4).position(|w| w == RECORD_MAGIC)?;
@@ -525,7 +530,7 @@ pub(crate) fn find_valid_frame(buf: &[u8], from: usize, store_id: u64) -> Option
 
 /// How many frames of store `store_id` check out at `from` or later in `buf` (each found by
 /// [`find_valid_frame`], skipping bad bytes in between).
-pub(crate) fn count_valid_frames(buf: &[u8], from: usize, store_id: u64) -> u64 {
+pub fn count_valid_frames(buf: &[u8], from: usize, store_id: u64) -> u64 {
     let mut n = 0;
     let mut at = from;
     while let Some(found) = find_valid_frame(buf, at, store_id) {
@@ -732,7 +737,7 @@ mod tests {
         let mut buf = Vec::new();
         assert!(matches!(
             encode_frame(&r, &mut buf),
-            Err(StoreError::RecordTooLarge { .. })
+            Err(RecordTooLarge { .. })
         ));
         assert!(buf.is_empty());
     }

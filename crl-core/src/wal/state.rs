@@ -1,4 +1,6 @@
-//! The durable state as an in-memory table, and how each log record changes it.
+//! The durable state of a home as an in-memory table, and how each log record changes it
+//! (replay): what a checkpoint holds, what recovery rebuilds and what the log writer keeps
+//! current.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,20 +10,26 @@ use super::{InDoubt, LogRecord, StoredRegion};
 use crate::region::{NodeId, RegionId};
 
 /// The smallest `next_seq` a store reports.
-pub(crate) const MIN_NEXT_SEQ: u64 = 2;
+pub const MIN_NEXT_SEQ: u64 = 2;
 
 /// The durable state of a home: what a checkpoint holds and what replaying the log builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Table {
-    pub(crate) regions: HashMap<RegionId, StoredRegion>,
-    pub(crate) in_doubt: BTreeMap<u64, InDoubt>,
-    pub(crate) coordinating: BTreeMap<u64, Vec<NodeId>>,
-    pub(crate) next_seq: u64,
+pub struct DurableState {
+    /// Every region of the home, with its last durable contents.
+    pub regions: HashMap<RegionId, StoredRegion>,
+    /// Transactions prepared here (a 2PC participant) with no decision yet.
+    pub in_doubt: BTreeMap<u64, InDoubt>,
+    /// Transactions committed here as 2PC coordinator whose participants have not all
+    /// acknowledged the decision: txid → participants.
+    pub coordinating: BTreeMap<u64, Vec<NodeId>>,
+    /// 1 + the largest region `seq` ever created here (deleted regions included); at least
+    /// [`MIN_NEXT_SEQ`].
+    pub next_seq: u64,
 }
 
-impl Default for Table {
+impl Default for DurableState {
     fn default() -> Self {
-        Table {
+        DurableState {
             regions: HashMap::new(),
             in_doubt: BTreeMap::new(),
             coordinating: BTreeMap::new(),
@@ -30,10 +38,10 @@ impl Default for Table {
     }
 }
 
-impl Table {
+impl DurableState {
     /// Applies one record in log order; returns the number of writes skipped because their
     /// region does not exist.
-    pub(crate) fn apply(&mut self, record: LogRecord) -> u64 {
+    pub fn apply(&mut self, record: LogRecord) -> u64 {
         match record {
             LogRecord::Create {
                 region,
@@ -138,7 +146,7 @@ impl Table {
     }
 
     /// The regions, sorted by id.
-    pub(crate) fn regions_sorted(&self) -> Vec<StoredRegion> {
+    pub fn regions_sorted(&self) -> Vec<StoredRegion> {
         let mut v: Vec<StoredRegion> = self.regions.values().cloned().collect();
         v.sort_unstable_by_key(|r| r.region);
         v

@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::codec::{
-    FrameError, LOG_HEADER, LogHeader, check_frame, count_valid_frames, decode_frame,
-};
-use super::files::{self, CHECKPOINT_FILE, CHECKPOINT_TMP, EPOCH_FILE, EPOCH_TMP, EpochFile};
-use super::table::Table;
+use super::files::{self, CHECKPOINT_FILE, CHECKPOINT_TMP, EPOCH_FILE, EPOCH_TMP};
 use super::{
     CheckpointSummary, LogSummary, RecoveryReport, RepairReport, StoreError, TornTail, VerifyReport,
+};
+use crl_core::wal::DurableState;
+use crl_core::wal::EpochFile;
+use crl_core::wal::{
+    FrameError, LOG_HEADER, LogHeader, check_frame, count_valid_frames, decode_frame,
 };
 
 /// What recovery found; [`super::DurableStore::open`] turns it into a store.
@@ -24,7 +25,7 @@ pub(crate) struct Recovery {
     pub(crate) epoch: u64,
     /// The store's random id (new on a fresh directory).
     pub(crate) store_id: u64,
-    pub(crate) table: Table,
+    pub(crate) table: DurableState,
     /// The log to append to.
     pub(crate) active_gen: u64,
     /// Its length (after any cut); 0 if it must be created.
@@ -54,7 +55,7 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 struct Scan {
     verify: VerifyReport,
     store_id: u64,
-    table: Table,
+    table: DurableState,
     next_record: u64,
     chain: u32,
     /// The first log generation after the checkpoint (1 without one).
@@ -109,13 +110,13 @@ fn scan(dir: &Path) -> Result<Scan, StoreError> {
             verify.checkpoint = Some(CheckpointSummary {
                 log_gen: c.log_gen,
                 first_record: c.first_seq,
-                regions: c.table.regions.len(),
-                in_doubt: c.table.in_doubt.len(),
-                coordinating: c.table.coordinating.len(),
+                regions: c.state.regions.len(),
+                in_doubt: c.state.in_doubt.len(),
+                coordinating: c.state.coordinating.len(),
             });
-            (c.log_gen, c.first_seq, c.prev, c.table)
+            (c.log_gen, c.first_seq, c.prev, c.state)
         }
-        None => (1, 1, 0, Table::default()),
+        None => (1, 1, 0, DurableState::default()),
     };
 
     // Logs older than the checkpoint: their removal after the checkpoint did not finish.

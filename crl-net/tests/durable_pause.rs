@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crl_core::durable::{DiskFault, DiskFaults, DiskOp, DurableStore, LogRecord, StoreConfig};
 use crl_core::{NodeId, RegionId};
+use crl_net::durable::{DiskFault, DiskFaults, DiskOp, DurableStore, LogRecord, StoreConfig};
 
 /// Every fsync takes a while once `slow` is set (the pause lands inside one).
 #[derive(Debug, Default)]

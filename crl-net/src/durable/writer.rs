@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 
-use super::codec::{LogHeader, encode_frame, seal_frame};
-use super::files::{self, EpochFile};
-use super::table::Table;
+use super::files;
 use super::{AppendDone, DiskFault, DiskFaults, DiskOp, LogRecord, StoreError, StoreStats};
+use crl_core::wal::DurableState;
+use crl_core::wal::EpochFile;
+use crl_core::wal::{LOG_HEADER, LogHeader, encode_frame, seal_frame};
 
 /// Queued lazy records that wake the writer even if nobody waits.
 const LAZY_FLUSH: usize = 1024;
@@ -130,7 +131,7 @@ impl Shared {
         }
         let mut frame = Vec::new();
         if let Err(err) = encode_frame(&record, &mut frame) {
-            return refuse(done, err);
+            return refuse(done, err.into());
         }
         let mut q = self.queue.lock();
         // Checked again under the queue lock: the watchdog fails the store, then drains the
@@ -286,7 +287,7 @@ pub(crate) struct Writer {
     pub(crate) chain: u32,
     pub(crate) log: File,
     pub(crate) log_bytes: u64,
-    pub(crate) table: Table,
+    pub(crate) table: DurableState,
     /// The directory lock, released when the writer stops.
     pub(crate) _lock: File,
     /// Dropped when the writer stops (so `close` knows).
@@ -496,7 +497,7 @@ impl Writer {
         self.log = new_log;
         let old_bytes = self.log_bytes;
         self.generation = next;
-        self.log_bytes = super::codec::LOG_HEADER as u64;
+        self.log_bytes = LOG_HEADER as u64;
         self.shared.log_bytes.store(self.log_bytes, Relaxed);
         self.shared.checkpoints.fetch_add(1, Relaxed);
         match files::list_logs(&self.dir) {

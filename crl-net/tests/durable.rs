@@ -6,11 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use crl_core::durable::{
+use crl_core::{NodeId, RegionId};
+use crl_net::durable::{
     Coordinating, DurableStore, InDoubt, LogRecord, Recovered, StoreConfig, StoreError,
     StoredRegion, fsync_probe,
 };
-use crl_core::{NodeId, RegionId};
 use proptest::prelude::*;
 
 /// Appends `record` and waits for its completion.
@@ -427,7 +427,7 @@ fn flipped_byte_in_the_middle_of_a_log_refuses_to_start() {
     assert!(msg.contains("valid records follow"), "{msg}");
     // Nothing was changed: the log is as it was.
     assert_eq!(fs::read(log).unwrap(), bytes);
-    let report = crl_core::durable::verify(dir).unwrap();
+    let report = crl_net::durable::verify(dir).unwrap();
     assert!(matches!(
         report.corruption,
         Some(StoreError::Corrupt { .. })
@@ -643,7 +643,7 @@ fn concurrent_appends_across_checkpoints_all_survive() {
 fn oversized_record_fails_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = open(tmp.path());
-    let huge = create(2, &vec![0; crl_core::durable::MAX_RECORD_BYTES]);
+    let huge = create(2, &vec![0; crl_net::durable::MAX_RECORD_BYTES]);
     let err = append_wait(&store, huge).unwrap_err();
     assert!(matches!(err, StoreError::RecordTooLarge { .. }), "{err}");
     assert!(store.failure().is_none());
@@ -898,7 +898,7 @@ fn a_stale_well_formed_record_is_never_replayed() {
     let log = logs(&dir)[0].clone();
     let stale = fs::read(&log).unwrap()[start as usize..end as usize].to_vec();
     // The operator cuts the last record off, the store goes on with another one.
-    let report = crl_core::durable::repair_cut(&dir, 1, start).unwrap();
+    let report = crl_net::durable::repair_cut(&dir, 1, start).unwrap();
     assert_eq!(report.cut_bytes, end - start);
     let (store, rec) = open(&dir);
     assert_eq!(rec.regions.len(), 2);
@@ -1067,7 +1067,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crl_core::durable::{DiskFault, DiskFaults, DiskOp};
+use crl_net::durable::{DiskFault, DiskFaults, DiskOp};
 
 /// The documented sizes of the format (see the module docs of `durable`).
 const LOG_HEADER: u64 = 40;
@@ -1588,7 +1588,7 @@ fn the_oracle_catches_truncating_at_the_first_bad_record() {
     let expect = expected(&image, &log.path, &changed, new_len);
     assert!(expect.is_err(), "{expect:?}");
     // The old behaviour: truncate there and delete the later logs, then start.
-    crl_core::durable::repair_cut(&dir, 2, start).unwrap();
+    crl_net::durable::repair_cut(&dir, 2, start).unwrap();
     let got = DurableStore::open(StoreConfig::new(&dir));
     assert!(got.is_ok(), "the planted behaviour starts");
     let verdict = judge(&image, &expect, &got);
