@@ -5,6 +5,8 @@
 //! - [`wire`]: the protocol's messages and their pinned, validated wire format.
 //! - [`engine`]: the coherence protocol as a state machine per node: fed messages and local
 //!   requests, emitting messages and completions. No I/O, no clock, no threads.
+//! - [`commit`]: two-phase commit as a state machine per node (coordinator, writer, decider,
+//!   participant; recovery and inquiries), fed messages, log completions and time.
 //! - [`session`]: exactly-once, in-order delivery across connection breaks (numbered messages,
 //!   acknowledgements, retransmit buffer, epochs).
 //! - [`liveness`]: heartbeats, leases and failure detection (who may use which copies, and
@@ -17,6 +19,7 @@
 //! - `lincheck` (feature `sim`): a linearizability checker (Wing–Gong/Lowe search) for
 //!   histories recorded by tests on real clusters.
 
+pub mod commit;
 pub mod engine;
 pub mod fragment;
 #[cfg(feature = "sim")]

@@ -593,9 +593,9 @@ pub enum TxFault {
     /// A planted bug for the serializability checker's test: reads release their lock as
     /// soon as the value has been read (not two-phase).
     ReleaseReadsEarly,
-    /// A slow writer, not a bug: a two-phase commit stalls this long once the participants
-    /// were sent their prepares, before the decision is made, so that a test can cut the
-    /// writer off while homes are prepared.
+    /// A slow writer, not a bug: a writer that homes none of what it wrote stalls this long
+    /// once the other homes were sent their prepares, before it hands the decision to its
+    /// deciding home, so that a test can cut the writer off while homes are prepared.
     StallMidCommit(std::time::Duration),
     /// A slow link, not a bug: a home deciding a transaction tells this participant of a
     /// commit this much later than everyone else, so that a test can check that the

@@ -48,6 +48,8 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+mod commits;
+pub(crate) mod locks;
 mod placement;
 
 pub use placement::MAX_PENDING_PLACEMENTS;
@@ -60,9 +62,9 @@ use crate::liveness::{LeaseSlot, LivenessDriver, LivenessStats};
 use crate::transport::{
     Inbound, PeerStats, SessionEnd, Transport, TransportError, TransportSettings,
 };
-use crate::txn::TxStats;
-use crate::txn::commit::{Durability, IN_DOUBT_RESEND};
-use crate::txn::locks::{LockTable, TxShared, next_priority};
+pub(crate) use commits::Durability;
+use commits::IN_DOUBT_RESEND;
+use locks::{LockTable, TxShared, next_priority};
 
 /// Most slow-path operations a node admits at once; this bounds the transport's queues.
 const MAX_OPS_IN_FLIGHT: usize = 4096;
@@ -195,6 +197,19 @@ struct NodeInner {
     placements: Placements,
     /// The largest region image one message carries.
     max_image_len: usize,
+}
+
+/// How a transaction ended, for statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxStats {
+    /// Transactions committed.
+    pub committed: u64,
+    /// Attempts aborted and retried (wounded or conflicting).
+    pub retried: u64,
+    /// Transactions aborted by the closure's own error.
+    pub aborted: u64,
+    /// Wounds dealt by this node's lock table.
+    pub wounds: u64,
 }
 
 /// Counters of [`TxStats`].
@@ -747,6 +762,18 @@ impl Node {
         let _ = self.inner.transport.send(to, msg);
     }
 
+    /// Runs `f` on the engine and the transport under the engine's lock (what `f` sends is
+    /// in order with the engine's messages), then sends what the engine produced.
+    pub(crate) fn with_engine_and_transport<R>(
+        &self,
+        f: impl FnOnce(&mut Engine, &Transport) -> R,
+    ) -> R {
+        let mut st = self.inner.state.lock();
+        let r = f(&mut st.engine, &self.inner.transport);
+        st.flush(&self.inner.transport, &self.inner.locks);
+        r
+    }
+
     /// Runs `f` on the engine (under its lock) and sends what it produced.
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
         let mut st = self.inner.state.lock();
@@ -1267,20 +1294,7 @@ async fn resend_decisions(node: Node) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
-        for (txid, participants) in d.undelivered() {
-            for p in participants {
-                node.send(p, Message::TxDecide { txid, commit: true });
-            }
-        }
-        for (txid, coordinator) in d.in_doubt() {
-            node.send(coordinator, Message::TxInquire { txid });
-        }
-        for (txid, decider) in d.overdue() {
-            node.send(decider, Message::TxInquire { txid });
-        }
-        for (txid, coordinator) in d.unanswered() {
-            node.send(coordinator, Message::TxInquire { txid });
-        }
+        d.resend(&node);
     }
 }
 

@@ -1,5 +1,6 @@
-//! Committing a transaction, and the home's side of it: the write-ahead log and two-phase
-//! commit.
+//! Committing a transaction: the write-ahead log and two-phase commit. The decisions are
+//! crl-core's commit machine (`crl_core::commit`), driven by the node (`node/commits.rs`);
+//! this is the committing transaction's side.
 //!
 //! **Without a data dir** committing only releases the locks: the transaction is atomic and
 //! serializable (its writes became visible all at once, when its locks were released) but not
@@ -36,923 +37,19 @@
 //! - **Failure of the log** (an fsync error) is fatal for that store: the commit fails with
 //!   [`Error::LogFailed`], later commits fail at once; nothing is retried silently.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use crate::durable::{DurableStore, LogRecord, StoreError};
-use crl_core::wire::{Message, TxImage};
+use crl_core::commit::Outcome;
+use crl_core::wire::TxImage;
 use crl_core::{NodeId, RegionId};
-use parking_lot::Mutex;
-use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::{CommitFailure, Tx};
+use crate::durable::LogRecord;
 use crate::error::Error;
-use crate::node::Node;
-
-/// A prepared transaction at a participant home, waiting for the decision.
-struct Prepared {
-    /// Who decides (and is asked after a crash or a fence).
-    coordinator: NodeId,
-    /// Who shipped the images (holds the regions exclusively until the decision).
-    writer: NodeId,
-    writes: Vec<(RegionId, Vec<u8>)>,
-    /// The regions it deletes if it commits.
-    deletes: Vec<RegionId>,
-    /// Whether the engine holds its regions until the decision (see `Engine::hold`); not for
-    /// a transaction found in doubt at recovery (the node serves nothing until it is decided).
-    held: bool,
-    /// When it was prepared: a decision that does not come is asked for (see `unanswered`).
-    since: std::time::Instant,
-}
-
-impl Prepared {
-    fn regions(&self) -> impl Iterator<Item = RegionId> + '_ {
-        self.writes
-            .iter()
-            .map(|(r, _)| *r)
-            .chain(self.deletes.iter().copied())
-    }
-}
-
-/// A transaction a writer handed to this node to decide (`TxCommit` from a writer that homes
-/// none of the regions it wrote): this node is a participant and the coordinator.
-struct Delegated {
-    writer: NodeId,
-    /// The other homes, prepared with this node as coordinator.
-    participants: Vec<NodeId>,
-    /// Participants whose vote has not arrived.
-    waiting: HashSet<NodeId>,
-    writes: Vec<(RegionId, Vec<u8>)>,
-    deletes: Vec<RegionId>,
-}
-
-/// A writer's transaction handed to a deciding home, waiting for its outcome.
-struct Awaiting {
-    decider: NodeId,
-    since: std::time::Instant,
-    reply: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// Votes per transaction (voter, yes, reason), oldest transaction first.
-type EarlyVotes = (VecDeque<u64>, HashMap<u64, Vec<(NodeId, bool, String)>>);
-
-/// The most votes kept for transactions whose `TxCommit` has not arrived yet.
-const MAX_EARLY_VOTES: usize = 4096;
-/// The most transaction ids remembered as aborted by an inquiry (so that a `TxCommit` that
-/// arrives after the answer is refused).
-const MAX_PRESUMED_ABORTS: usize = 65_536;
-/// The most participants one `TxCommit` may name.
-const MAX_PARTICIPANTS: usize = 1024;
-
-/// A set of transaction ids that forgets the oldest past `cap` entries.
-struct BoundedSet {
-    cap: usize,
-    order: VecDeque<u64>,
-    set: HashSet<u64>,
-}
-
-impl BoundedSet {
-    fn new(cap: usize) -> BoundedSet {
-        BoundedSet {
-            cap,
-            order: VecDeque::new(),
-            set: HashSet::new(),
-        }
-    }
-
-    fn insert(&mut self, txid: u64) {
-        if self.set.insert(txid) {
-            self.order.push_back(txid);
-            if self.order.len() > self.cap
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
-            }
-        }
-    }
-
-    fn contains(&self, txid: u64) -> bool {
-        self.set.contains(&txid)
-    }
-}
-
-/// Votes a coordinator waits for.
-struct Voting {
-    waiting: HashSet<NodeId>,
-    reply: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// A node's durable state and its part in two-phase commits.
-pub(crate) struct Durability {
-    store: DurableStore,
-    epoch: u64,
-    next_txid: AtomicU64,
-    /// The top 32 bits of every transaction id of this incarnation (node id, epoch).
-    txid_prefix: u64,
-    /// Participant: prepared, undecided.
-    prepared: Mutex<HashMap<u64, Prepared>>,
-    /// Coordinator: collecting votes.
-    voting: Mutex<HashMap<u64, Voting>>,
-    /// Coordinator: committed, waiting for `TxDone` from these participants.
-    deciding: Mutex<HashMap<u64, HashSet<NodeId>>>,
-    /// Participant, after a restart: in doubt until the coordinator answers.
-    in_doubt: Mutex<HashMap<u64, NodeId>>,
-    /// Decider: transactions handed over by their writers, collecting votes.
-    delegated: Mutex<HashMap<u64, Delegated>>,
-    /// Decider: votes that arrived before their writer's `TxCommit` (bounded).
-    early_votes: Mutex<EarlyVotes>,
-    /// Coordinator or decider: the decision is being logged. An inquiry then waits for it
-    /// (the decision is sent anyway); it never presumes abort.
-    logging: Mutex<HashSet<u64>>,
-    /// Transactions answered "abort" to an inquiry while this node had no record of them: a
-    /// `TxCommit` for one of them that arrives later is refused.
-    presumed_aborted: Mutex<BoundedSet>,
-    /// Writer: transactions handed to a deciding home, waiting for the outcome.
-    awaiting: Mutex<HashMap<u64, Awaiting>>,
-    /// Wakes the driver when a transaction that held a peer's incarnation is resolved.
-    resolved: tokio::sync::Notify,
-    /// How long a decider waits for the votes of a delegated transaction.
-    vote_timeout: Duration,
-}
-
-impl Durability {
-    pub(crate) fn new(store: DurableStore, node: NodeId, vote_timeout: Duration) -> Durability {
-        let epoch = store.epoch();
-        let txid_prefix =
-            (u64::from(node.0.min(crate::config::MAX_NODE_ID)) << 20) | (epoch & 0xf_ffff);
-        Durability {
-            store,
-            epoch,
-            next_txid: AtomicU64::new((txid_prefix << 32) | 1),
-            txid_prefix,
-            prepared: Mutex::new(HashMap::new()),
-            voting: Mutex::new(HashMap::new()),
-            deciding: Mutex::new(HashMap::new()),
-            in_doubt: Mutex::new(HashMap::new()),
-            delegated: Mutex::new(HashMap::new()),
-            early_votes: Mutex::new((VecDeque::new(), HashMap::new())),
-            logging: Mutex::new(HashSet::new()),
-            presumed_aborted: Mutex::new(BoundedSet::new(MAX_PRESUMED_ABORTS)),
-            awaiting: Mutex::new(HashMap::new()),
-            resolved: tokio::sync::Notify::new(),
-            vote_timeout,
-        }
-    }
-
-    /// Resolves when a transaction that held a peer's incarnation was decided (the driver
-    /// then checks [`holding`](Self::holding) again).
-    pub(crate) async fn resolved(&self) {
-        self.resolved.notified().await
-    }
-
-    pub(crate) fn store(&self) -> &DurableStore {
-        &self.store
-    }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Registers what recovery found: prepared transactions in doubt, and committed ones whose
-    /// participants may not know yet (the node then asks and re-sends, see `resend_decisions`).
-    pub(crate) fn recovered(
-        &self,
-        in_doubt: Vec<crate::durable::InDoubt>,
-        coordinating: Vec<crate::durable::Coordinating>,
-    ) {
-        let mut prepared = self.prepared.lock();
-        let mut doubt = self.in_doubt.lock();
-        for d in in_doubt {
-            doubt.insert(d.txid, d.coordinator);
-            prepared.insert(
-                d.txid,
-                Prepared {
-                    coordinator: d.coordinator,
-                    writer: d.coordinator,
-                    writes: d.writes,
-                    deletes: d.deletes,
-                    held: false,
-                    since: std::time::Instant::now(),
-                },
-            );
-        }
-        let mut deciding = self.deciding.lock();
-        for c in coordinating {
-            deciding.insert(c.txid, c.participants.into_iter().collect());
-        }
-    }
-
-    /// The transactions still in doubt here, with their coordinators.
-    pub(crate) fn in_doubt(&self) -> Vec<(u64, NodeId)> {
-        self.in_doubt.lock().iter().map(|(&t, &c)| (t, c)).collect()
-    }
-
-    /// How many undecided transactions here were written by `writer` (prepared here, or
-    /// handed here to decide): until they are decided, the regions they wrote must keep
-    /// `writer` as their holder even if its session ended, or this home would serve contents
-    /// that miss a committed write.
-    pub(crate) fn holding(&self, writer: NodeId) -> usize {
-        let prepared = self
-            .prepared
-            .lock()
-            .values()
-            .filter(|p| p.writer == writer)
-            .count();
-        let delegated = self
-            .delegated
-            .lock()
-            .values()
-            .filter(|d| d.writer == writer)
-            .count();
-        prepared + delegated
-    }
-
-    /// `peer`'s session ended (it restarted, or one of the two fenced the other): the
-    /// transactions prepared here that it wrote or decides are in doubt until their
-    /// coordinator answers (asked now, and again every second). Transactions this node handed
-    /// to `peer` to decide are asked about too: an answer sent on the old session is lost.
-    pub(crate) fn inquire_after_reset(&self, node: &Node, peer: NodeId) {
-        let asks: Vec<(u64, NodeId)> = self
-            .prepared
-            .lock()
-            .iter()
-            .filter(|(_, p)| p.coordinator == peer || p.writer == peer)
-            .map(|(&t, p)| (t, p.coordinator))
-            .collect();
-        {
-            let mut doubt = self.in_doubt.lock();
-            for &(txid, coordinator) in &asks {
-                doubt.insert(txid, coordinator);
-            }
-        }
-        for (txid, coordinator) in asks {
-            node.send(coordinator, Message::TxInquire { txid });
-        }
-        let handed: Vec<u64> = self
-            .awaiting
-            .lock()
-            .iter()
-            .filter(|(_, a)| a.decider == peer)
-            .map(|(&t, _)| t)
-            .collect();
-        for txid in handed {
-            node.send(peer, Message::TxInquire { txid });
-        }
-    }
-
-    /// Transactions this writer handed to a deciding home and has waited for longer than the
-    /// decider's vote timeout (its answer may have been lost with a session).
-    pub(crate) fn overdue(&self) -> Vec<(u64, NodeId)> {
-        self.awaiting
-            .lock()
-            .iter()
-            .filter(|(_, a)| a.since.elapsed() > self.vote_timeout)
-            .map(|(&t, a)| (t, a.decider))
-            .collect()
-    }
-
-    /// The decisions this coordinator still has to deliver.
-    pub(crate) fn undelivered(&self) -> Vec<(u64, Vec<NodeId>)> {
-        self.deciding
-            .lock()
-            .iter()
-            .map(|(&t, p)| (t, p.iter().copied().collect()))
-            .collect()
-    }
-
-    /// Logs the creation of a region at this home and waits until it is durable.
-    pub(crate) async fn log_create(
-        &self,
-        region: RegionId,
-        fingerprint: u64,
-        type_name: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        self.append_all(vec![LogRecord::Create {
-            region,
-            fingerprint,
-            type_name: type_name.to_owned(),
-            bytes,
-        }])
-        .await
-    }
-
-    /// A new transaction id: this node's id, 20 bits of its epoch, and a counter; `None`
-    /// once the incarnation has used the counter's 2^32 - 1 ids (the next would carry
-    /// another epoch's bits and could collide with a later incarnation's).
-    fn next_txid(&self) -> Option<u64> {
-        let txid = self.next_txid.fetch_add(1, Ordering::Relaxed);
-        (txid >> 32 == self.txid_prefix).then_some(txid)
-    }
-
-    /// The node whose transaction `txid` is (its writer: node ids fit in the top 12 bits,
-    /// see [`MAX_NODE_ID`](crate::config::MAX_NODE_ID)).
-    fn writer_of(txid: u64) -> NodeId {
-        NodeId((txid >> 52) as u32)
-    }
-
-    /// Appends `records` and waits until the last one is durable.
-    async fn append_all(&self, records: Vec<LogRecord>) -> Result<(), StoreError> {
-        let mut last = None;
-        for r in records {
-            let (tx, rx) = oneshot::channel();
-            self.store.append(
-                r,
-                Box::new(move |res| {
-                    let _ = tx.send(res);
-                }),
-            );
-            last = Some(rx);
-        }
-        // The writer completes records in order, so the last completion covers them all; an
-        // error fails every record of the batch and every later one.
-        match last {
-            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-            None => Ok(()),
-        }
-    }
-
-    /// Handles a transaction message from `from` (the driver routes them here).
-    pub(crate) fn handle(self: &Arc<Self>, node: &Node, from: NodeId, msg: Message) {
-        match msg {
-            Message::TxPrepare {
-                txid,
-                coordinator,
-                writes,
-                deletes,
-            } => self.on_prepare(node, from, txid, coordinator, writes, deletes),
-            Message::TxReply { txid, ok, reason } => self.on_reply(node, from, txid, ok, reason),
-            Message::TxDecide { txid, commit } => {
-                if self.answer_awaiting(node, from, txid, commit, String::new()) {
-                    return;
-                }
-                self.on_decide(node, from, txid, commit)
-            }
-            Message::TxDone { txid } => {
-                let mut deciding = self.deciding.lock();
-                if let Some(waiting) = deciding.get_mut(&txid) {
-                    waiting.remove(&from);
-                    if waiting.is_empty() {
-                        deciding.remove(&txid);
-                        self.store.append_lazy(LogRecord::Forget { txid });
-                    }
-                }
-            }
-            Message::TxInquire { txid } => self.on_inquire(node, from, txid),
-            Message::TxCommit {
-                txid,
-                writes,
-                deletes,
-                participants,
-            } => self.on_delegated_commit(node, from, txid, writes, deletes, participants),
-            other => warn!(%from, "not a transaction message: {other:?}"),
-        }
-    }
-
-    /// A vote (`TxReply` from a participant), or a deciding home's refusal of a transaction
-    /// this node handed to it.
-    fn on_reply(self: &Arc<Self>, node: &Node, from: NodeId, txid: u64, ok: bool, reason: String) {
-        if !ok && self.answer_awaiting(node, from, txid, false, reason.clone()) {
-            return;
-        }
-        {
-            let mut voting = self.voting.lock();
-            if let Some(v) = voting.get_mut(&txid) {
-                if !v.waiting.contains(&from) {
-                    // Not a participant, or one that has voted already: an authenticated
-                    // peer still may not decide another node's transaction.
-                    warn!(%from, txid, ok, "ignoring a vote from a node that owes none");
-                    return;
-                }
-                if !ok {
-                    if let Some(r) = v.reply.take() {
-                        let _ = r.send(Err(format!("{from} voted no: {reason}")));
-                    }
-                } else {
-                    v.waiting.remove(&from);
-                    if v.waiting.is_empty()
-                        && let Some(r) = v.reply.take()
-                    {
-                        let _ = r.send(Ok(()));
-                    }
-                }
-                return;
-            }
-        }
-        let all_voted = {
-            let mut delegated = self.delegated.lock();
-            match delegated.get_mut(&txid) {
-                Some(d) if !d.waiting.contains(&from) => {
-                    warn!(%from, txid, ok, "ignoring a vote from a node that owes none");
-                    return;
-                }
-                Some(d) => {
-                    if ok {
-                        d.waiting.remove(&from);
-                        Some(d.waiting.is_empty())
-                    } else {
-                        None
-                    }
-                }
-                None => {
-                    // The writer's TxCommit may still be on its way (another link): keep
-                    // the vote, within a bound. A vote for a transaction already decided or
-                    // forgotten is kept too, and ages out.
-                    if !self.presumed_aborted.lock().contains(txid) {
-                        let mut early = self.early_votes.lock();
-                        let (order, votes) = &mut *early;
-                        if !votes.contains_key(&txid) {
-                            order.push_back(txid);
-                            if order.len() > MAX_EARLY_VOTES
-                                && let Some(old) = order.pop_front()
-                            {
-                                votes.remove(&old);
-                            }
-                        }
-                        votes.entry(txid).or_default().push((from, ok, reason));
-                    }
-                    return;
-                }
-            }
-        };
-        match all_voted {
-            None => self.abort_delegated(node, txid, format!("{from} voted no: {reason}")),
-            Some(true) => self.decide_delegated(node, txid),
-            Some(false) => {}
-        }
-    }
-
-    /// The outcome of a transaction this node handed to `from` to decide; false if there is
-    /// no such transaction (the message is for another role).
-    fn answer_awaiting(
-        &self,
-        node: &Node,
-        from: NodeId,
-        txid: u64,
-        commit: bool,
-        reason: String,
-    ) -> bool {
-        let reply = {
-            let mut awaiting = self.awaiting.lock();
-            match awaiting.get(&txid) {
-                Some(a) if a.decider == from => awaiting.remove(&txid).and_then(|a| a.reply),
-                _ => return false,
-            }
-        };
-        if commit {
-            // The decider forgets the transaction once everyone, the writer too, knows.
-            node.send(from, Message::TxDone { txid });
-        }
-        if let Some(r) = reply {
-            let _ = r.send(if commit {
-                Ok(())
-            } else if reason.is_empty() {
-                Err(format!("{from} decided abort"))
-            } else {
-                Err(reason)
-            });
-        }
-        true
-    }
-
-    /// What was decided? Answered only from what this node knows for sure: a transaction
-    /// still voting or being logged gets no answer yet (its decision will be sent anyway).
-    fn on_inquire(&self, node: &Node, from: NodeId, txid: u64) {
-        // States move forward only (voting → logging → deciding, each entered before the
-        // previous is left), so checking them in that order never misses a transaction that
-        // is moving on meanwhile.
-        if self.voting.lock().contains_key(&txid)
-            || self.delegated.lock().contains_key(&txid)
-            || self.logging.lock().contains(&txid)
-        {
-            return;
-        }
-        if self.deciding.lock().contains_key(&txid) {
-            node.send(from, Message::TxDecide { txid, commit: true });
-            return;
-        }
-        // Presumed abort: a commit is always logged before it is announced. Remembered, so
-        // that a TxCommit still on its way is refused.
-        self.presumed_aborted.lock().insert(txid);
-        self.early_votes.lock().1.remove(&txid);
-        node.send(
-            from,
-            Message::TxDecide {
-                txid,
-                commit: false,
-            },
-        );
-    }
-
-    /// A writer hands this node a transaction to decide: this node's own part, and the other
-    /// participants (prepared by the writer, voting to this node).
-    fn on_delegated_commit(
-        self: &Arc<Self>,
-        node: &Node,
-        from: NodeId,
-        txid: u64,
-        writes: Vec<TxImage>,
-        deletes: Vec<RegionId>,
-        participants: Vec<NodeId>,
-    ) {
-        let refuse = |reason: String| {
-            warn!(%from, txid, "refusing a transaction to decide: {reason}");
-            node.send(
-                from,
-                Message::TxReply {
-                    txid,
-                    ok: false,
-                    reason,
-                },
-            );
-        };
-        let me = node.id();
-        if Self::writer_of(txid) != from {
-            return refuse(format!(
-                "transaction id {txid:#x} is not {from}'s (it is {}'s)",
-                Self::writer_of(txid)
-            ));
-        }
-        if writes.is_empty() && deletes.is_empty() {
-            return refuse("a commit with no part at its decider".into());
-        }
-        let others: HashSet<NodeId> = participants.iter().copied().collect();
-        if participants.len() > MAX_PARTICIPANTS
-            || others.len() != participants.len()
-            || others.contains(&me)
-            || others.contains(&from)
-        {
-            return refuse(format!("bad participants {participants:?}"));
-        }
-        if self.presumed_aborted.lock().contains(txid) {
-            return refuse(format!("{me} answered an inquiry about it: aborted"));
-        }
-        if self.prepared.lock().contains_key(&txid)
-            || self.voting.lock().contains_key(&txid)
-            || self.delegated.lock().contains_key(&txid)
-            || self.logging.lock().contains(&txid)
-            || self.deciding.lock().contains_key(&txid)
-        {
-            return refuse("the transaction id is in use".into());
-        }
-        let regions: Vec<RegionId> = writes
-            .iter()
-            .map(|w| w.region)
-            .chain(deletes.iter().copied())
-            .collect();
-        if let Some(bad) = node.with_engine(|engine| {
-            regions
-                .iter()
-                .copied()
-                .find(|&r| r.home != me || !engine.holds_exclusive(r, from))
-        }) {
-            return refuse(format!(
-                "{from} does not hold {bad} exclusively here (stale copy?)"
-            ));
-        }
-        let mut waiting = others;
-        let mut no = None;
-        for (voter, ok, reason) in self.early_votes.lock().1.remove(&txid).unwrap_or_default() {
-            if waiting.contains(&voter) {
-                if ok {
-                    waiting.remove(&voter);
-                } else {
-                    no.get_or_insert(format!("{voter} voted no: {reason}"));
-                }
-            }
-        }
-        let all_voted = waiting.is_empty();
-        self.delegated.lock().insert(
-            txid,
-            Delegated {
-                writer: from,
-                participants,
-                waiting,
-                writes: writes.into_iter().map(|w| (w.region, w.bytes)).collect(),
-                deletes,
-            },
-        );
-        if let Some(why) = no {
-            return self.abort_delegated(node, txid, why);
-        }
-        if all_voted {
-            return self.decide_delegated(node, txid);
-        }
-        let (this, node2, after) = (self.clone(), node.clone(), self.vote_timeout);
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            this.abort_delegated(&node2, txid, format!("votes timed out after {after:?}"));
-        });
-    }
-
-    /// Every vote of a delegated transaction is yes: log the decision with this node's part,
-    /// then announce it (participants, and the writer).
-    fn decide_delegated(self: &Arc<Self>, node: &Node, txid: u64) {
-        let d = {
-            let mut delegated = self.delegated.lock();
-            let Some(d) = delegated.remove(&txid) else {
-                return;
-            };
-            // Entered before `delegated` is left: an inquiry never sees neither.
-            self.logging.lock().insert(txid);
-            d
-        };
-        let mut told: Vec<NodeId> = d.participants.clone();
-        told.push(d.writer);
-        let record = LogRecord::Commit {
-            txid,
-            writes: d.writes.clone(),
-            deletes: d.deletes.clone(),
-            participants: told.clone(),
-        };
-        let (this, node2) = (self.clone(), node.clone());
-        // Completions run on the log's writer thread: a delayed send needs the runtime.
-        let rt = node
-            .tx_fault()
-            .and_then(|_| tokio::runtime::Handle::try_current().ok());
-        self.store.append(
-            record,
-            Box::new(move |res| {
-                match res {
-                    Ok(()) => {
-                        node2.with_engine(|engine| {
-                            for (region, bytes) in &d.writes {
-                                if let Err(e) = engine.install_master(*region, bytes) {
-                                    warn!(%region, txid, "installing a committed image: {e}");
-                                }
-                            }
-                            for &region in &d.deletes {
-                                engine.delete_committed(region);
-                            }
-                        });
-                        this.deciding
-                            .lock()
-                            .insert(txid, told.iter().copied().collect());
-                        this.logging.lock().remove(&txid);
-                        for &to in &told {
-                            if let Some(super::TxFault::DelayDecisionTo(slow, by)) =
-                                node2.tx_fault()
-                                && slow == to
-                            {
-                                let node3 = node2.clone();
-                                let Some(rt) = &rt else { continue };
-                                rt.spawn(async move {
-                                    tokio::time::sleep(by).await;
-                                    node3.send(to, Message::TxDecide { txid, commit: true });
-                                });
-                                continue;
-                            }
-                            node2.send(to, Message::TxDecide { txid, commit: true });
-                        }
-                        debug!(txid, writer = %d.writer, ?d.participants, "delegated commit decided");
-                    }
-                    Err(e) => {
-                        this.logging.lock().remove(&txid);
-                        for &p in &d.participants {
-                            node2.send(
-                                p,
-                                Message::TxDecide {
-                                    txid,
-                                    commit: false,
-                                },
-                            );
-                        }
-                        node2.send(
-                            d.writer,
-                            Message::TxReply {
-                                txid,
-                                ok: false,
-                                reason: format!("the decider's log failed: {e}"),
-                            },
-                        );
-                    }
-                }
-                this.resolved.notify_one();
-            }),
-        );
-    }
-
-    /// Aborts a delegated transaction that is still collecting votes (a no, a timeout, a
-    /// participant that restarted); nothing if it was decided meanwhile.
-    fn abort_delegated(&self, node: &Node, txid: u64, why: String) {
-        let Some(d) = self.delegated.lock().remove(&txid) else {
-            return;
-        };
-        debug!(txid, writer = %d.writer, "delegated transaction aborted: {why}");
-        for &p in &d.participants {
-            node.send(
-                p,
-                Message::TxDecide {
-                    txid,
-                    commit: false,
-                },
-            );
-        }
-        node.send(
-            d.writer,
-            Message::TxReply {
-                txid,
-                ok: false,
-                reason: why,
-            },
-        );
-        self.resolved.notify_one();
-    }
-
-    fn on_prepare(
-        self: &Arc<Self>,
-        node: &Node,
-        from: NodeId,
-        txid: u64,
-        coordinator: NodeId,
-        writes: Vec<TxImage>,
-        deletes: Vec<RegionId>,
-    ) {
-        let me = node.id();
-        // The vote goes to the coordinator: the writer itself, or the home it handed the
-        // decision to (which must be another node).
-        let refuse = |reason: String| {
-            let to = if coordinator == me { from } else { coordinator };
-            node.send(
-                to,
-                Message::TxReply {
-                    txid,
-                    ok: false,
-                    reason,
-                },
-            );
-        };
-        if Self::writer_of(txid) != from {
-            // Every prepare comes from the transaction's writer: a peer may not prepare (and
-            // so hold regions under) another node's transaction id.
-            warn!(%from, txid, "refusing a prepare with another node's transaction id");
-            return refuse(format!(
-                "transaction id {txid:#x} is not {from}'s (it is {}'s)",
-                Self::writer_of(txid)
-            ));
-        }
-        if coordinator == me {
-            warn!(%from, txid, "refusing a prepare that names this node its coordinator");
-            return refuse(format!(
-                "prepare from {from} names {me}, a participant, as its coordinator"
-            ));
-        }
-        if writes.is_empty() && deletes.is_empty() {
-            // Nothing to make durable: a correct coordinator never sends one, and storing it
-            // would let any peer grow this node's log and in-doubt table for free.
-            warn!(%from, txid, "refusing an empty prepare");
-            return refuse("an empty prepare".into());
-        }
-        if self.prepared.lock().contains_key(&txid) {
-            // Sessions drop duplicates, so this is another node's transaction id.
-            warn!(%from, txid, "refusing a prepare whose transaction id is in use here");
-            return refuse("the transaction id is in use".into());
-        }
-        let regions: Vec<RegionId> = writes
-            .iter()
-            .map(|w| w.region)
-            .chain(deletes.iter().copied())
-            .collect();
-        if let Some(bad) = node.with_engine(|engine| {
-            regions
-                .iter()
-                .copied()
-                .find(|&r| r.home != me || !engine.holds_exclusive(r, from))
-        }) {
-            return refuse(format!(
-                "{from} does not hold {bad} exclusively here (stale copy?)"
-            ));
-        }
-        let writes: Vec<(RegionId, Vec<u8>)> =
-            writes.into_iter().map(|w| (w.region, w.bytes)).collect();
-        // Until the decision is known here, nobody gets these regions: the writer may let
-        // them go as soon as it learns the decision, possibly before this node does (from
-        // another coordinator), and what this node serves must include the decision.
-        node.with_engine(|engine| {
-            for &r in &regions {
-                if let Err(e) = engine.hold(r) {
-                    warn!(region = %r, txid, "holding a prepared region: {e}");
-                }
-            }
-        });
-        self.prepared.lock().insert(
-            txid,
-            Prepared {
-                coordinator,
-                writer: from,
-                writes: writes.clone(),
-                deletes: deletes.clone(),
-                held: true,
-                since: std::time::Instant::now(),
-            },
-        );
-        let node2 = node.clone();
-        self.store.append(
-            LogRecord::Prepare {
-                txid,
-                coordinator,
-                writes,
-                deletes,
-            },
-            Box::new(move |res| {
-                let (ok, reason) = match res {
-                    Ok(()) => (true, String::new()),
-                    Err(e) => (false, e.to_string()),
-                };
-                node2.send(coordinator, Message::TxReply { txid, ok, reason });
-            }),
-        );
-    }
-
-    fn on_decide(self: &Arc<Self>, node: &Node, from: NodeId, txid: u64, commit: bool) {
-        let Some(p) = self.prepared.lock().remove(&txid) else {
-            // Already decided (a repeated decision): just confirm.
-            node.send(from, Message::TxDone { txid });
-            return;
-        };
-        if p.coordinator != from {
-            warn!(%from, txid, "decision from a node that does not coordinate the transaction");
-            self.prepared.lock().insert(txid, p);
-            return;
-        }
-        self.in_doubt.lock().remove(&txid);
-        // Queued first: whatever is logged after the holds are released (a later commit on
-        // these regions) follows the decision in the log, and replays after it.
-        let node2 = node.clone();
-        self.store.append(
-            LogRecord::Decide { txid, commit },
-            Box::new(move |res| match res {
-                Ok(()) => node2.send(from, Message::TxDone { txid }),
-                Err(e) => warn!(txid, "logging a decision failed: {e}"),
-            }),
-        );
-        node.with_engine(|engine| {
-            if commit {
-                for (region, bytes) in &p.writes {
-                    if let Err(e) = engine.install_master(*region, bytes) {
-                        warn!(%region, txid, "installing a committed image: {e}");
-                    }
-                }
-                for &region in &p.deletes {
-                    engine.delete_committed(region);
-                }
-            }
-            if p.held {
-                for region in p.regions() {
-                    engine.release_hold(region);
-                }
-            }
-        });
-        self.resolved.notify_one();
-    }
-
-    /// Transactions prepared here for longer than twice the vote timeout without a decision:
-    /// the decision may never be sent (a coordinator that aborted before this prepare
-    /// arrived, from another link), so the coordinator is asked. Safe: a coordinator commits
-    /// only after this node's vote, so it cannot have forgotten a commit this node has not
-    /// confirmed; what it does not know was aborted.
-    pub(crate) fn unanswered(&self) -> Vec<(u64, NodeId)> {
-        let patience = self.vote_timeout * 2;
-        self.prepared
-            .lock()
-            .iter()
-            .filter(|(_, p)| p.held && p.since.elapsed() > patience)
-            .map(|(&t, p)| (t, p.coordinator))
-            .collect()
-    }
-
-    /// A peer restarted (and the node resolved the transactions it coordinated that were
-    /// prepared here, see the driver): votes it owed will never come; decisions it had not
-    /// confirmed are sent again.
-    pub(crate) fn peer_restarted(&self, node: &Node, peer: NodeId) {
-        let orphaned: Vec<u64> = self
-            .delegated
-            .lock()
-            .iter()
-            .filter(|(_, d)| d.waiting.contains(&peer))
-            .map(|(&t, _)| t)
-            .collect();
-        for txid in orphaned {
-            self.abort_delegated(node, txid, format!("{peer} restarted before voting"));
-        }
-        self.inquire_after_reset(node, peer);
-        for v in self.voting.lock().values_mut() {
-            if v.waiting.contains(&peer)
-                && let Some(r) = v.reply.take()
-            {
-                let _ = r.send(Err(format!("{peer} restarted before voting")));
-            }
-        }
-        for (&txid, waiting) in self.deciding.lock().iter() {
-            if waiting.contains(&peer) {
-                node.send(peer, Message::TxDecide { txid, commit: true });
-            }
-        }
-    }
-}
+use crate::liveness::clock;
+use crate::node::{Durability, Node};
 
 /// Commits `tx` (its closure returned `Ok`).
 pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
@@ -986,7 +83,7 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
     let Some(durability) = node.durability() else {
         return finish(tx, &node).await;
     };
-    if let Some(e) = durability.store.failure() {
+    if let Some(e) = durability.store().failure() {
         super::abort(tx).await;
         return Err(CommitFailure::Fatal(Error::LogFailed(e.to_string())));
     }
@@ -1028,61 +125,7 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
         return commit_delegated(tx, &node, durability, txid, remote).await;
     }
     let participants: Vec<NodeId> = remote.keys().copied().collect();
-    if !remote.is_empty() {
-        // Phase 1: prepare at every other home.
-        let (reply, votes) = oneshot::channel();
-        durability.voting.lock().insert(
-            txid,
-            Voting {
-                waiting: participants.iter().copied().collect(),
-                reply: Some(reply),
-            },
-        );
-        for (&home, (writes, deletes)) in &remote {
-            node.send(
-                home,
-                Message::TxPrepare {
-                    txid,
-                    coordinator: me,
-                    writes: writes.clone(),
-                    deletes: deletes.clone(),
-                },
-            );
-        }
-        let outcome = tokio::time::timeout(node.op_timeout(), votes).await;
-        if let Some(super::TxFault::StallMidCommit(d)) = node.tx_fault() {
-            tokio::time::sleep(d).await;
-        }
-        if matches!(outcome, Ok(Ok(Ok(())))) {
-            // Entered before `voting` is left: an inquiry never sees neither, so it never
-            // presumes abort while the commit record is being written.
-            durability.logging.lock().insert(txid);
-        }
-        durability.voting.lock().remove(&txid);
-        let failure = match outcome {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(why))) => Some(CommitFailure::Retry(why)),
-            Ok(Err(_)) => Some(CommitFailure::Fatal(Error::ShutDown)),
-            Err(_) => Some(CommitFailure::Fatal(Error::CommitTimedOut {
-                txid,
-                after: node.op_timeout(),
-            })),
-        };
-        if let Some(f) = failure {
-            for &home in &participants {
-                node.send(
-                    home,
-                    Message::TxDecide {
-                        txid,
-                        commit: false,
-                    },
-                );
-            }
-            super::abort(tx).await;
-            return Err(f);
-        }
-    }
-    // The commit point: this node's part and (for 2PC) the decision, durable in one batch.
+    // This node's part and (for 2PC) the decision, durable in one batch: the commit point.
     let mut records: Vec<LogRecord> = creates
         .iter()
         .map(|c| LogRecord::Create {
@@ -1096,36 +139,49 @@ pub(crate) async fn commit(tx: &Tx) -> Result<(), CommitFailure> {
         txid,
         writes: local,
         deletes: local_deletes,
-        participants: participants.clone(),
+        participants,
     });
-    if let Err(e) = durability.append_all(records).await {
-        durability.logging.lock().remove(&txid);
-        for &home in &participants {
-            node.send(
-                home,
-                Message::TxDecide {
+    if remote.is_empty() {
+        // One phase: nothing to vote on.
+        if let Err(e) = durability.append_all(records).await {
+            super::abort(tx).await;
+            return Err(CommitFailure::Fatal(Error::LogFailed(e.to_string())));
+        }
+        return finish(tx, &node).await;
+    }
+    let mut outcome = durability.wait_for(txid);
+    durability.run(&node, |m, _| m.begin_two_phase(txid, records, remote));
+    let outcome = match tokio::time::timeout(node.op_timeout(), &mut outcome).await {
+        Ok(o) => o,
+        Err(_) => {
+            if durability.run(&node, |m, _| m.votes_timed_out(txid)) {
+                durability.stop_waiting(txid);
+                super::abort(tx).await;
+                return Err(CommitFailure::Fatal(Error::CommitTimedOut {
                     txid,
-                    commit: false,
-                },
-            );
+                    after: node.op_timeout(),
+                }));
+            }
+            // Every vote came in: the commit record is being written (bounded by the log's
+            // I/O timeout), and its outcome follows.
+            outcome.await
         }
-        super::abort(tx).await;
-        return Err(CommitFailure::Fatal(Error::LogFailed(e.to_string())));
-    }
-    if !participants.is_empty() {
-        durability
-            .deciding
-            .lock()
-            .insert(txid, participants.iter().copied().collect());
-        durability.logging.lock().remove(&txid);
-        // Before the locks are released: FIFO links then deliver the decision ahead of any
-        // later message about these regions.
-        for &home in &participants {
-            node.send(home, Message::TxDecide { txid, commit: true });
+    };
+    match outcome {
+        Ok(Outcome::Committed) => finish(tx, &node).await,
+        Ok(Outcome::Aborted(why)) => {
+            super::abort(tx).await;
+            Err(CommitFailure::Retry(why))
         }
-        debug!(txid, ?participants, "two-phase commit decided");
+        Ok(Outcome::LogFailed(e)) => {
+            super::abort(tx).await;
+            Err(CommitFailure::Fatal(Error::LogFailed(e)))
+        }
+        Err(_) => {
+            super::abort(tx).await;
+            Err(CommitFailure::Fatal(Error::ShutDown))
+        }
     }
-    finish(tx, &node).await
 }
 
 /// Commits a transaction that wrote nothing homed here: the lowest-numbered home it wrote
@@ -1140,53 +196,28 @@ async fn commit_delegated(
     txid: u64,
     mut remote: BTreeMap<NodeId, (Vec<TxImage>, Vec<RegionId>)>,
 ) -> Result<(), CommitFailure> {
-    let Some((decider, (writes, deletes))) = remote.pop_first() else {
+    let Some((decider, part)) = remote.pop_first() else {
         return finish(tx, node).await;
     };
     let participants: Vec<NodeId> = remote.keys().copied().collect();
-    let (reply, mut outcome) = oneshot::channel();
-    durability.awaiting.lock().insert(
-        txid,
-        Awaiting {
-            decider,
-            since: std::time::Instant::now(),
-            reply: Some(reply),
-        },
-    );
-    for (&home, (writes, deletes)) in &remote {
-        node.send(
-            home,
-            Message::TxPrepare {
-                txid,
-                coordinator: decider,
-                writes: writes.clone(),
-                deletes: deletes.clone(),
-            },
-        );
-    }
+    let mut outcome = durability.wait_for(txid);
+    let now = clock::now();
+    durability.run(node, |m, _| m.begin_delegated(now, txid, decider, remote));
     if let Some(super::TxFault::StallMidCommit(d)) = node.tx_fault() {
         tokio::time::sleep(d).await;
     }
-    node.send(
-        decider,
-        Message::TxCommit {
-            txid,
-            writes,
-            deletes,
-            participants,
-        },
-    );
+    durability.run(node, |m, _| m.hand_over(txid, part, participants));
     // The decider answers within its vote timeout plus a log write, unless the link to it
     // fails; then the outcome is asked again on the next session (`inquire_after_reset`).
     let patience = node.op_timeout() * 2;
     match tokio::time::timeout(patience, &mut outcome).await {
-        Ok(Ok(Ok(()))) => finish(tx, node).await,
-        Ok(Ok(Err(why))) => {
+        Ok(Ok(Outcome::Committed)) => finish(tx, node).await,
+        Ok(Ok(Outcome::Aborted(why) | Outcome::LogFailed(why))) => {
             super::abort(tx).await;
             Err(CommitFailure::Retry(why))
         }
         Ok(Err(_)) => {
-            durability.awaiting.lock().remove(&txid);
+            durability.run(node, |m, _| m.forget_awaiting(txid));
             super::abort(tx).await;
             Err(CommitFailure::Fatal(Error::ShutDown))
         }
@@ -1197,7 +228,7 @@ async fn commit_delegated(
             let (tx, node) = (tx.clone(), node.clone());
             tokio::spawn(async move {
                 match outcome.await {
-                    Ok(Ok(())) => {
+                    Ok(Outcome::Committed) => {
                         let _ = finish(&tx, &node).await;
                     }
                     _ => super::abort(&tx).await,
@@ -1230,15 +261,17 @@ async fn finish(tx: &Tx, node: &Node) -> Result<(), CommitFailure> {
     Ok(())
 }
 
-/// How often a restarting participant asks again about its in-doubt transactions.
-pub(crate) const IN_DOUBT_RESEND: Duration = Duration::from_millis(250);
-
 #[cfg(test)]
 mod tests {
     //! Hostile transaction messages from authenticated peers (issue 9): refused and logged,
     //! never stored or obeyed.
+    use std::time::Duration;
+
+    use crl_core::wire::Message;
+
     use super::*;
     use crate::cluster::Cluster;
+    use crate::durable::DurableStore;
 
     async fn durable_cluster(name: &str) -> (Cluster, std::path::PathBuf) {
         let base = std::env::temp_dir().join(format!("crl-hostile-{name}-{}", std::process::id()));
@@ -1269,7 +302,7 @@ mod tests {
             );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let prepared = n0.durability().unwrap().prepared.lock().len();
+        let prepared = n0.durability().unwrap().holding(n1.id());
         assert_eq!(
             prepared, 0,
             "empty prepares were stored as in-doubt transactions"
@@ -1302,8 +335,9 @@ mod tests {
             prepare(n2.durability().unwrap().next_txid().unwrap()),
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let d0 = n0.durability().unwrap();
         assert_eq!(
-            n0.durability().unwrap().prepared.lock().len(),
+            d0.holding(n1.id()) + d0.holding(n2.id()),
             0,
             "a prepare under another node's transaction id was stored"
         );
@@ -1313,7 +347,7 @@ mod tests {
             prepare(n1.durability().unwrap().next_txid().unwrap()),
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(n0.durability().unwrap().prepared.lock().len(), 1);
+        assert_eq!(n0.durability().unwrap().holding(n1.id()), 1);
         drop(h);
         cluster.shutdown().await;
         let _ = std::fs::remove_dir_all(&base);
@@ -1327,7 +361,7 @@ mod tests {
         let n0 = cluster.node(0);
         let d = n0.durability().unwrap();
         let first = d.next_txid().unwrap();
-        d.next_txid.store(first | 0xffff_ffff, Ordering::Relaxed);
+        d.run(n0, |m, _| m.skip_txids_to(first | 0xffff_ffff));
         assert_eq!(d.next_txid(), Some(first | 0xffff_ffff));
         assert_eq!(d.next_txid(), None);
         #[derive(crl_core::Region, Clone, Debug)]
@@ -1348,50 +382,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_vote_from_a_node_outside_the_transaction_is_ignored() {
-        let (cluster, base) = durable_cluster("vote").await;
-        let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
-        let d = n0.durability().unwrap();
-        let txid = d.next_txid().unwrap();
-        let (reply, mut votes) = oneshot::channel();
-        d.voting.lock().insert(
-            txid,
-            Voting {
-                waiting: [n1.id()].into_iter().collect(),
-                reply: Some(reply),
-            },
-        );
-        // Node 2 is not a participant: its "no" must not abort the transaction.
-        n2.send(
-            n0.id(),
-            Message::TxReply {
-                txid,
-                ok: false,
-                reason: "not mine to say".into(),
-            },
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            votes.try_recv().is_err(),
-            "a non-participant's vote decided the transaction"
-        );
-        n1.send(
-            n0.id(),
-            Message::TxReply {
-                txid,
-                ok: true,
-                reason: String::new(),
-            },
-        );
-        let vote = tokio::time::timeout(Duration::from_secs(5), votes)
-            .await
-            .expect("the participant's vote")
-            .unwrap();
-        assert_eq!(vote, Ok(()));
-        cluster.shutdown().await;
-        let _ = std::fs::remove_dir_all(&base);
-    }
+    // A vote from a node outside the transaction: crl-core's commit machine tests.
 
     /// A participant whose coordinator is gone fails to start with `InDoubt`, releasing its
     /// address and its store; an operator lists the transaction and resolves it, and the node

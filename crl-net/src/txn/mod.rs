@@ -105,7 +105,6 @@
 
 pub mod admin;
 pub(crate) mod commit;
-pub(crate) mod locks;
 
 use std::any::Any;
 use std::future::Future;
@@ -121,23 +120,11 @@ use parking_lot::Mutex;
 use tracing::debug;
 
 use crate::error::Error;
+use crate::node::locks::TxShared;
 use crate::node::{Handle, Node};
-use locks::TxShared;
 
 pub use crate::config::TxFault;
-
-/// How a transaction ended, for statistics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TxStats {
-    /// Transactions committed.
-    pub committed: u64,
-    /// Attempts aborted and retried (wounded or conflicting).
-    pub retried: u64,
-    /// Transactions aborted by the closure's own error.
-    pub aborted: u64,
-    /// Wounds dealt by this node's lock table.
-    pub wounds: u64,
-}
+pub use crate::node::TxStats;
 
 /// One region held by a transaction.
 struct Held {
