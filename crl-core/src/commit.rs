@@ -37,7 +37,7 @@
 //! reuse an id in use; votes count only from participants that owe one; decisions only from
 //! the coordinator. Early votes and remembered aborts are bounded.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -206,7 +206,7 @@ struct Delegated {
     /// The other homes, prepared with this node as coordinator.
     participants: Vec<NodeId>,
     /// Participants whose vote has not arrived.
-    waiting: HashSet<NodeId>,
+    waiting: BTreeSet<NodeId>,
     writes: Vec<(RegionId, Vec<u8>)>,
     deletes: Vec<RegionId>,
 }
@@ -214,7 +214,7 @@ struct Delegated {
 /// A coordinator's transaction collecting votes.
 #[derive(Clone, Debug)]
 struct Voting {
-    waiting: HashSet<NodeId>,
+    waiting: BTreeSet<NodeId>,
     participants: Vec<NodeId>,
     /// Its own part and the decision, appended once every vote is yes.
     records: Vec<LogRecord>,
@@ -237,14 +237,14 @@ struct Awaiting {
 }
 
 /// Votes per transaction (voter, yes, reason), oldest transaction first.
-type EarlyVotes = (VecDeque<u64>, HashMap<u64, Vec<(NodeId, bool, String)>>);
+type EarlyVotes = (VecDeque<u64>, BTreeMap<u64, Vec<(NodeId, bool, String)>>);
 
 /// A set of transaction ids that forgets the oldest past `cap` entries.
 #[derive(Debug)]
 struct BoundedSet {
     cap: usize,
     order: VecDeque<u64>,
-    set: HashSet<u64>,
+    set: BTreeSet<u64>,
 }
 
 impl BoundedSet {
@@ -252,7 +252,7 @@ impl BoundedSet {
         BoundedSet {
             cap,
             order: VecDeque::new(),
-            set: HashSet::new(),
+            set: BTreeSet::new(),
         }
     }
 
@@ -297,23 +297,26 @@ pub struct CommitMachine {
     next_txid: u64,
     vote_timeout: Duration,
     /// Participant: prepared, undecided.
-    prepared: HashMap<u64, Prepared>,
+    prepared: BTreeMap<u64, Prepared>,
+    /// Participant: decided, the `Decide` record not durable yet (a repeated decision is
+    /// confirmed only once it is).
+    deciding_here: BTreeSet<u64>,
     /// Participant, after a restart or a peer's reset: in doubt until the coordinator answers.
-    in_doubt: HashMap<u64, NodeId>,
+    in_doubt: BTreeMap<u64, NodeId>,
     /// Coordinator: collecting votes.
-    voting: HashMap<u64, Voting>,
+    voting: BTreeMap<u64, Voting>,
     /// Coordinator or decider: the decision is being logged.
-    logging: HashMap<u64, Logging>,
+    logging: BTreeMap<u64, Logging>,
     /// Coordinator or decider: committed, waiting for `TxDone` from these nodes.
-    deciding: HashMap<u64, HashSet<NodeId>>,
+    deciding: BTreeMap<u64, BTreeSet<NodeId>>,
     /// Decider: transactions handed over by their writers, collecting votes.
-    delegated: HashMap<u64, Delegated>,
+    delegated: BTreeMap<u64, Delegated>,
     /// Decider: votes that arrived before their writer's `TxCommit` (bounded), oldest first.
     early_votes: EarlyVotes,
     /// Transactions answered "abort" to an inquiry while this node had no record of them.
     presumed_aborted: BoundedSet,
     /// Writer: transactions handed to a deciding home, waiting for the outcome.
-    awaiting: HashMap<u64, Awaiting>,
+    awaiting: BTreeMap<u64, Awaiting>,
     bug: CommitBug,
     out: VecDeque<CommitOutput>,
 }
@@ -328,15 +331,16 @@ impl CommitMachine {
             txid_prefix,
             next_txid: (txid_prefix << 32) | 1,
             vote_timeout,
-            prepared: HashMap::new(),
-            in_doubt: HashMap::new(),
-            voting: HashMap::new(),
-            logging: HashMap::new(),
-            deciding: HashMap::new(),
-            delegated: HashMap::new(),
-            early_votes: (VecDeque::new(), HashMap::new()),
+            prepared: BTreeMap::new(),
+            deciding_here: BTreeSet::new(),
+            in_doubt: BTreeMap::new(),
+            voting: BTreeMap::new(),
+            logging: BTreeMap::new(),
+            deciding: BTreeMap::new(),
+            delegated: BTreeMap::new(),
+            early_votes: (VecDeque::new(), BTreeMap::new()),
             presumed_aborted: BoundedSet::new(MAX_PRESUMED_ABORTS),
-            awaiting: HashMap::new(),
+            awaiting: BTreeMap::new(),
             bug: CommitBug::None,
             out: VecDeque::new(),
         }
@@ -438,6 +442,7 @@ impl CommitMachine {
     /// handed over or awaited).
     pub fn is_idle(&self) -> bool {
         self.prepared.is_empty()
+            && self.deciding_here.is_empty()
             && self.voting.is_empty()
             && self.logging.is_empty()
             && self.deciding.is_empty()
@@ -786,7 +791,7 @@ impl CommitMachine {
         } else if writes.is_empty() && deletes.is_empty() {
             Some("a commit with no part at its decider".into())
         } else {
-            let others: HashSet<NodeId> = participants.iter().copied().collect();
+            let others: BTreeSet<NodeId> = participants.iter().copied().collect();
             if participants.len() > MAX_PARTICIPANTS
                 || others.len() != participants.len()
                 || others.contains(&me)
@@ -819,7 +824,7 @@ impl CommitMachine {
             );
             return;
         }
-        let mut waiting: HashSet<NodeId> = participants.iter().copied().collect();
+        let mut waiting: BTreeSet<NodeId> = participants.iter().copied().collect();
         let mut no = None;
         for (voter, ok, reason) in self.early_votes.1.remove(&txid).unwrap_or_default() {
             if waiting.contains(&voter) {
@@ -1002,8 +1007,13 @@ impl CommitMachine {
         commit: bool,
     ) {
         let Some(p) = self.prepared.get(&txid) else {
-            // Already decided (a repeated decision): just confirm.
-            self.send(from, Message::TxDone { txid });
+            // Already decided (a repeated decision): confirm, but only once the decision is
+            // durable here; until then the confirmation follows its log write. (Confirming
+            // at once let the coordinator forget a commit whose `Decide` a crash here could
+            // still lose: this node then found it in doubt, asked, and was told "abort".)
+            if !self.deciding_here.contains(&txid) {
+                self.send(from, Message::TxDone { txid });
+            }
             return;
         };
         if p.coordinator != from {
@@ -1012,6 +1022,7 @@ impl CommitMachine {
         }
         let p = self.prepared.remove(&txid).expect("present");
         self.in_doubt.remove(&txid);
+        self.deciding_here.insert(txid);
         // Appended first: whatever is logged after the holds are released (a later commit on
         // these regions) follows the decision in the log, and replays after it.
         self.out.push_back(CommitOutput::Append {
@@ -1047,10 +1058,13 @@ impl CommitMachine {
                 };
                 self.send(coordinator, Message::TxReply { txid, ok, reason });
             }
-            LogDone::Decided { txid, coordinator } => match result {
-                Ok(()) => self.send(coordinator, Message::TxDone { txid }),
-                Err(e) => warn!(txid, "logging a decision failed: {e}"),
-            },
+            LogDone::Decided { txid, coordinator } => {
+                self.deciding_here.remove(&txid);
+                match result {
+                    Ok(()) => self.send(coordinator, Message::TxDone { txid }),
+                    Err(e) => warn!(txid, "logging a decision failed: {e}"),
+                }
+            }
             LogDone::Committed { txid } => {
                 let Some(logging) = self.logging.remove(&txid) else {
                     return;
@@ -1238,9 +1252,9 @@ mod tests {
     /// Regions as a map: contents, the node holding each exclusively, holds, deletes.
     #[derive(Default)]
     struct Model {
-        contents: HashMap<RegionId, Vec<u8>>,
-        holder: HashMap<RegionId, NodeId>,
-        held: HashSet<RegionId>,
+        contents: BTreeMap<RegionId, Vec<u8>>,
+        holder: BTreeMap<RegionId, NodeId>,
+        held: BTreeSet<RegionId>,
     }
 
     impl CommitRegions for Model {
@@ -1429,6 +1443,71 @@ mod tests {
         assert_eq!(m.holding(N1), 0);
         assert_eq!(model.contents.get(&r), Some(&vec![1]));
         assert!(model.held.is_empty());
+    }
+
+    /// Found by the transactional simulator (seed 3): a repeated decision was confirmed at
+    /// once, before the participant's `Decide` was durable; the coordinator then forgot the
+    /// commit, a crash lost the `Decide`, and the participant, in doubt, was told "abort".
+    #[test]
+    fn a_repeated_decision_is_confirmed_only_once_it_is_durable() {
+        let mut m = CommitMachine::new(N1, 1, Duration::from_secs(1));
+        let mut model = Model::default();
+        let r = RegionId::new(N1, 3);
+        model.holder.insert(r, N0);
+        model.contents.insert(r, vec![0]);
+        let txid = CommitMachine::new(N0, 1, Duration::from_secs(1))
+            .next_txid()
+            .unwrap();
+        let prepare = Message::TxPrepare {
+            txid,
+            coordinator: N0,
+            writes: vec![image(r, 5)],
+            deletes: vec![],
+        };
+        m.handle(T0, &mut model, N0, prepare);
+        drain(&mut m);
+        m.logged(
+            &mut model,
+            LogDone::Prepared {
+                txid,
+                coordinator: N0,
+            },
+            Ok(()),
+        );
+        drain(&mut m);
+        let decide = Message::TxDecide { txid, commit: true };
+        m.handle(T0, &mut model, N0, decide.clone());
+        let out = drain(&mut m);
+        assert!(matches!(
+            &out[0],
+            CommitOutput::Append {
+                done: Some(LogDone::Decided { .. }),
+                ..
+            }
+        ));
+        let done = CommitOutput::Send {
+            to: N0,
+            msg: Message::TxDone { txid },
+        };
+        // The decision again (re-sent, or answering an inquiry) while `Decide` is written.
+        m.handle(T0, &mut model, N0, decide.clone());
+        assert!(
+            !drain(&mut m).contains(&done),
+            "confirmed before it was durable"
+        );
+        m.logged(
+            &mut model,
+            LogDone::Decided {
+                txid,
+                coordinator: N0,
+            },
+            Ok(()),
+        );
+        assert_eq!(drain(&mut m), vec![done.clone()]);
+        // Once durable, a repeated decision is confirmed at once.
+        m.handle(T0, &mut model, N0, decide);
+        assert_eq!(drain(&mut m), vec![done]);
+        assert!(m.is_idle());
     }
 
     #[test]

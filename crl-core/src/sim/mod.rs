@@ -52,6 +52,10 @@
 //! plant the bugs this must catch.
 //!
 //! Every failure reports the seed (when there is one), the step, and the last events.
+//!
+//! **Transactions** are simulated apart, by [`commit`]: every node's two-phase commit machine
+//! under crashes that lose unsynced log appends, stalled disks and every interleaving of the
+//! links, with atomicity, durability, serializability and liveness checks.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -69,6 +73,7 @@ use crate::region::{CodecError, NodeId, Region, RegionId};
 use crate::session::SessionEpoch;
 use crate::wire::{self, Message};
 
+pub mod commit;
 mod describe;
 mod link;
 mod network;
