@@ -7,6 +7,8 @@
 //!   requests, emitting messages and completions. No I/O, no clock, no threads.
 //! - [`commit`]: two-phase commit as a state machine per node (coordinator, writer, decider,
 //!   participant; recovery and inquiries), fed messages, log completions and time.
+//! - [`wound_wait`]: the lock table for wound-wait (who holds and waits for each region, whom
+//!   to wound).
 //! - [`session`]: exactly-once, in-order delivery across connection breaks (numbered messages,
 //!   acknowledgements, retransmit buffer, epochs).
 //! - [`liveness`]: heartbeats, leases and failure detection (who may use which copies, and
@@ -31,6 +33,7 @@ pub mod session;
 pub mod sim;
 pub mod wal;
 pub mod wire;
+pub mod wound_wait;
 
 pub use crl_macros::Region;
 pub use region::{CodecError, NodeId, Region, RegionId};

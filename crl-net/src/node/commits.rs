@@ -2,8 +2,9 @@
 //! crl-core's [`CommitMachine`] (which holds every decision; see `crl_core::commit`).
 //!
 //! Every call into the machine runs under the engine's lock (the machine reaches the regions
-//! through the engine), and what it emits is carried out under that same lock, in order:
-//! messages go out on the sessions in order with the engine's own, and records are queued
+//! through the engine), and what it emits is carried out under that same lock, in order,
+//! after the messages the engine produced meanwhile: messages go out on the sessions in
+//! order with the engine's own, and records are queued
 //! to the write-ahead log in the order the machine decided (a participant's `Decide` is
 //! queued before the regions it held are released, so a later commit on them follows it in
 //! the log). A log completion feeds the machine again, from the log's writer thread; one that
@@ -172,13 +173,20 @@ impl Durability {
 
     fn run_once(self: &Arc<Self>, node: &Node, f: &mut dyn FnMut(&mut CommitMachine, &mut Engine)) {
         let was_driving = DRIVING.with(|d| d.replace(true));
-        node.with_engine_and_transport(|engine, transport| {
-            let mut machine = self.machine.lock();
-            f(&mut machine, engine);
-            while let Some(output) = machine.poll() {
-                self.carry_out(node, transport, output);
-            }
-        });
+        node.with_engine_then(
+            |engine| {
+                let mut machine = self.machine.lock();
+                f(&mut machine, engine);
+                std::iter::from_fn(|| machine.poll()).collect::<Vec<_>>()
+            },
+            |outputs, transport| {
+                // Still under the engine's lock (so in order with every other call), after
+                // the engine's own messages, as before the machine existed.
+                for output in outputs {
+                    self.carry_out(node, transport, output);
+                }
+            },
+        );
         DRIVING.with(|d| d.set(was_driving));
         if !was_driving {
             loop {

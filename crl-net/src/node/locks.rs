@@ -1,28 +1,18 @@
-//! The node's lock table for wound-wait: which local transactions hold or wait for each region.
-//!
-//! A transaction's locks *are* its coherence accesses (a held read or write defers every
-//! recall, DESIGN.md §5), so this table does not grant anything: it only records who holds
-//! what, so that an older transaction that has to wait can **wound** the younger transactions
-//! in its way. A wounded transaction aborts at its next blocking point (or commits first if it
-//! is already past its last lock); a transaction that has started to commit is never wounded.
-//!
-//! Waits come from three places, and each ends in a wound of the younger holders:
+//! The node's lock table for wound-wait (crl-core's [`WoundWaitTable`], whose docs explain
+//! the scheme) and the part of a transaction the table and the driver see ([`TxShared`]:
+//! wounds wake it). Waits come from three places, and each ends in a wound of the younger
+//! holders:
 //! - a local transaction waiting for a region held by local transactions (checked when it
 //!   starts to wait, again while it waits, and when a younger one starts to hold the region);
 //! - a remote request waiting for this node's copy (the engine reports it as
 //!   `Event::Wanted { region, priority }`);
 //! - an older request queued behind a younger one at the home (the engine forwards the older
 //!   priority with `Contend`, which ends up as `Event::Wanted` at the holder).
-//!
-//! The oldest transaction in the system is never wounded and every wait it has is on a
-//! younger transaction (wounded, so it releases), a committing one (which finishes) or a plain
-//! access (which ends), so it commits: no deadlock hangs and no transaction starves, since a
-//! retried transaction keeps its first priority.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crl_core::wound_wait::{Transaction, WoundWaitTable};
 use crl_core::{NodeId, RegionId};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -109,17 +99,23 @@ impl TxShared {
     }
 }
 
-#[derive(Default)]
-struct RegionLocks {
-    holders: Vec<Arc<TxShared>>,
-    waiters: Vec<Arc<TxShared>>,
+impl Transaction for TxShared {
+    fn priority(&self) -> u64 {
+        self.priority
+    }
+    fn wound(&self) -> bool {
+        TxShared::wound(self)
+    }
+    fn is_wounded(&self) -> bool {
+        TxShared::is_wounded(self)
+    }
 }
 
-/// Who holds and who waits for each region, among this node's transactions.
+/// Who holds and who waits for each region, among this node's transactions: crl-core's
+/// [`WoundWaitTable`] behind a lock.
 #[derive(Default)]
 pub(crate) struct LockTable {
-    regions: Mutex<HashMap<RegionId, RegionLocks>>,
-    wounds: AtomicU64,
+    table: Mutex<WoundWaitTable<TxShared>>,
 }
 
 impl LockTable {
@@ -127,89 +123,46 @@ impl LockTable {
     /// holds one of its regions lost that lock with the old session. Each is marked (its commit
     /// refuses) and wounded (it aborts at its next blocking point); returns how many.
     pub(crate) fn home_reset(&self, home: NodeId) -> usize {
-        let regions = self.regions.lock();
+        let holders = self.table.lock().holders_of(home);
         let mut n = 0;
-        for (region, locks) in regions.iter() {
-            if region.home != home {
-                continue;
+        for h in holders {
+            if !h.lost_a_lock.swap(true, Ordering::AcqRel) {
+                n += 1;
             }
-            for h in &locks.holders {
-                if !h.lost_a_lock.swap(true, Ordering::AcqRel) {
-                    n += 1;
-                }
-                h.wound();
-            }
+            h.wound();
         }
         n
     }
 
     /// Wounds the holders of `region` younger than `priority`; returns how many.
     pub(crate) fn wound_younger(&self, region: RegionId, priority: u64) -> usize {
-        let regions = self.regions.lock();
-        let Some(locks) = regions.get(&region) else {
-            return 0;
-        };
-        let mut n = 0;
-        for h in &locks.holders {
-            if h.priority > priority && !h.is_wounded() && h.wound() {
-                n += 1;
-            }
-        }
-        self.wounds.fetch_add(n as u64, Ordering::Relaxed);
-        n
+        self.table.lock().wound_younger(region, priority)
     }
 
     /// Records that `tx` holds `region`. If an older local transaction waits for it, `tx` is
     /// wounded at once (it will release the region at its next blocking point).
     pub(crate) fn hold(&self, region: RegionId, tx: &Arc<TxShared>) {
-        let mut regions = self.regions.lock();
-        let locks = regions.entry(region).or_default();
-        if !locks.holders.iter().any(|h| Arc::ptr_eq(h, tx)) {
-            locks.holders.push(tx.clone());
-        }
-        if locks.waiters.iter().any(|w| w.priority < tx.priority) && tx.wound() {
-            self.wounds.fetch_add(1, Ordering::Relaxed);
-        }
+        self.table.lock().hold(region, tx);
     }
 
     /// Records that `tx` no longer holds `region`.
     pub(crate) fn release(&self, region: RegionId, tx: &Arc<TxShared>) {
-        let mut regions = self.regions.lock();
-        if let Some(locks) = regions.get_mut(&region) {
-            locks.holders.retain(|h| !Arc::ptr_eq(h, tx));
-            if locks.holders.is_empty() && locks.waiters.is_empty() {
-                regions.remove(&region);
-            }
-        }
+        self.table.lock().release(region, tx);
     }
 
     /// Records that `tx` waits for `region` and wounds the younger holders.
     pub(crate) fn wait(&self, region: RegionId, tx: &Arc<TxShared>) {
-        self.regions
-            .lock()
-            .entry(region)
-            .or_default()
-            .waiters
-            .push(tx.clone());
-        self.wound_younger(region, tx.priority);
+        self.table.lock().wait(region, tx);
     }
 
     /// Records that `tx` stopped waiting for `region`.
     pub(crate) fn stop_waiting(&self, region: RegionId, tx: &Arc<TxShared>) {
-        let mut regions = self.regions.lock();
-        if let Some(locks) = regions.get_mut(&region) {
-            if let Some(i) = locks.waiters.iter().position(|w| Arc::ptr_eq(w, tx)) {
-                locks.waiters.swap_remove(i);
-            }
-            if locks.holders.is_empty() && locks.waiters.is_empty() {
-                regions.remove(&region);
-            }
-        }
+        self.table.lock().stop_waiting(region, tx);
     }
 
     /// How many wounds this table has dealt.
     pub(crate) fn wounds(&self) -> u64 {
-        self.wounds.load(Ordering::Relaxed)
+        self.table.lock().wounds()
     }
 }
 
@@ -249,7 +202,7 @@ mod tests {
         assert!(young.is_wounded());
         table.stop_waiting(r, &old);
         table.release(r, &young);
-        assert!(table.regions.lock().is_empty());
+        assert!(table.table.lock().is_empty());
     }
 
     #[test]

@@ -762,16 +762,18 @@ impl Node {
         let _ = self.inner.transport.send(to, msg);
     }
 
-    /// Runs `f` on the engine and the transport under the engine's lock (what `f` sends is
-    /// in order with the engine's messages), then sends what the engine produced.
-    pub(crate) fn with_engine_and_transport<R>(
+    /// Runs `f` on the engine under its lock, sends what the engine produced, then runs
+    /// `then` on `f`'s result and the transport, still under the lock (what `then` sends
+    /// follows the engine's messages, and precedes everything sent after the lock).
+    pub(crate) fn with_engine_then<R, S>(
         &self,
-        f: impl FnOnce(&mut Engine, &Transport) -> R,
-    ) -> R {
+        f: impl FnOnce(&mut Engine) -> R,
+        then: impl FnOnce(R, &Transport) -> S,
+    ) -> S {
         let mut st = self.inner.state.lock();
-        let r = f(&mut st.engine, &self.inner.transport);
+        let r = f(&mut st.engine);
         st.flush(&self.inner.transport, &self.inner.locks);
-        r
+        then(r, &self.inner.transport)
     }
 
     /// Runs `f` on the engine (under its lock) and sends what it produced.
