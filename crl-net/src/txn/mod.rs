@@ -18,10 +18,10 @@
 //! read, takes the write and checks that the contents did not change in between (else the
 //! transaction conflicts and is retried).
 //!
-//! **Deadlocks** are broken by wound-wait (`txn/locks.rs`): every transaction has a priority (its
-//! first start time); an older transaction that waits for a younger one wounds it, and the
-//! wounded one aborts at its next blocking point and is retried with its original priority,
-//! so it eventually becomes the oldest and commits.
+//! **Deadlocks** are broken by wound-wait (`crl_core::wound_wait`, kept by `node/locks.rs`):
+//! every transaction has a priority (its first start time); an older transaction that waits
+//! for a younger one wounds it, and the wounded one aborts at its next blocking point and is
+//! retried with its original priority, so it eventually becomes the oldest and commits.
 //!
 //! **Abort** restores every written region from the before-image taken when the write was
 //! first granted, deletes the regions the transaction created, and releases everything. No
