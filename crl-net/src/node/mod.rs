@@ -778,10 +778,7 @@ impl Node {
 
     /// Runs `f` on the engine (under its lock) and sends what it produced.
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
-        let mut st = self.inner.state.lock();
-        let r = f(&mut st.engine);
-        st.flush(&self.inner.transport, &self.inner.locks);
-        r
+        self.with_engine_then(f, |r, _| r)
     }
 
     pub(crate) fn durability(&self) -> Option<&Arc<Durability>> {
