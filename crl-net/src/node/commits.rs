@@ -2,16 +2,14 @@
 //! crl-core's [`CommitMachine`] (which holds every decision; see `crl_core::commit`).
 //!
 //! Every call into the machine runs under the engine's lock (the machine reaches the regions
-//! through the engine), and what it emits is carried out under that same lock, in order,
-//! after the messages the engine produced meanwhile: messages go out on the sessions in
-//! order with the engine's own, and records are queued
-//! to the write-ahead log in the order the machine decided (a participant's `Decide` is
-//! queued before the regions it held are released, so a later commit on them follows it in
-//! the log). A log completion feeds the machine again, from the log's writer thread; one that
-//! runs at once (the store failed) is deferred until the call that appended it is done.
+//! through the engine), and what it emits is carried out under that same lock, in order:
+//! records are queued to the write-ahead log at once, before the engine's own messages and
+//! events of the call go out (a participant's `Decide` is queued before anything its
+//! released holds let through can commit, so a later commit on those regions follows it in
+//! the log); messages go out after the engine's, on the sessions in order. A log completion
+//! feeds the machine again from a task on the runtime (see [`Durability::append`]).
 //! Outcomes wake the local waiter (a committing transaction); timers are tokio sleeps.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +29,6 @@ use crate::liveness::clock;
 /// How often a restarting participant asks again about its in-doubt transactions.
 pub(crate) const IN_DOUBT_RESEND: Duration = Duration::from_millis(250);
 
-thread_local! {
-    /// Whether this thread is carrying out a machine's outputs (a log completion that runs at
-    /// once is then deferred: it would take the engine's lock again).
-    static DRIVING: Cell<bool> = const { Cell::new(false) };
-}
-
 /// A node's durable store and its commit machine.
 pub(crate) struct Durability {
     store: DurableStore,
@@ -44,11 +36,9 @@ pub(crate) struct Durability {
     machine: Mutex<CommitMachine>,
     /// The local waiters of transactions (a coordinator's or a writer's commit).
     waiters: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
-    /// Log completions that ran at once, to feed the machine after the current call.
-    deferred: Mutex<Vec<(LogDone, Result<(), String>)>>,
     /// Wakes the driver when a transaction that held a peer's incarnation is resolved.
     resolved: tokio::sync::Notify,
-    /// Where timers and delayed sends run (log completions run on the writer thread).
+    /// Where log completions, timers and delayed sends run.
     runtime: tokio::runtime::Handle,
 }
 
@@ -61,7 +51,6 @@ impl Durability {
             store,
             epoch,
             waiters: Mutex::new(HashMap::new()),
-            deferred: Mutex::new(Vec::new()),
             resolved: tokio::sync::Notify::new(),
             runtime: tokio::runtime::Handle::current(),
         }
@@ -172,12 +161,21 @@ impl Durability {
     }
 
     fn run_once(self: &Arc<Self>, node: &Node, f: &mut dyn FnMut(&mut CommitMachine, &mut Engine)) {
-        let was_driving = DRIVING.with(|d| d.replace(true));
         node.with_engine_then(
             |engine| {
                 let mut machine = self.machine.lock();
                 f(&mut machine, engine);
-                std::iter::from_fn(|| machine.poll()).collect::<Vec<_>>()
+                // Appends are queued now, before the engine's messages and events go out: a
+                // participant's `Decide` must precede in the log whatever a transaction that
+                // its released holds let through (granted only by those events) commits.
+                let mut rest = Vec::new();
+                while let Some(output) = machine.poll() {
+                    match output {
+                        CommitOutput::Append { record, done } => self.append(node, record, done),
+                        other => rest.push(other),
+                    }
+                }
+                rest
             },
             |outputs, transport| {
                 // Still under the engine's lock (so in order with every other call), after
@@ -187,23 +185,27 @@ impl Durability {
                 }
             },
         );
-        DRIVING.with(|d| d.set(was_driving));
-        if !was_driving {
-            loop {
-                let deferred = std::mem::take(&mut *self.deferred.lock());
-                if deferred.is_empty() {
-                    break;
-                }
-                for (done, result) in deferred {
-                    let mut fed = Some((done, result));
-                    self.run_once(node, &mut |m, engine| {
-                        if let Some((done, result)) = fed.take() {
-                            m.logged(engine, done, result);
-                        }
-                    });
-                }
-            }
-        }
+    }
+
+    /// Queues `record` in the log; once it is durable (or failed), `done` is fed back to the
+    /// machine from a task on the runtime, so the log's writer thread never waits for the
+    /// engine's lock (and a completion that runs at once, on a failed store, does not take
+    /// the lock this call holds).
+    fn append(self: &Arc<Self>, node: &Node, record: LogRecord, done: Option<LogDone>) {
+        let Some(done) = done else {
+            return self.store.append_lazy(record);
+        };
+        let (this, node) = (self.clone(), node.internal());
+        self.store.append(
+            record,
+            Box::new(move |res| {
+                let result = res.map_err(|e| e.to_string());
+                let runtime = this.runtime.clone();
+                runtime.spawn(async move {
+                    this.run(&node, |m, engine| m.logged(engine, done, result));
+                });
+            }),
+        );
     }
 
     fn carry_out(
@@ -230,24 +232,7 @@ impl Durability {
                 // A refusal (an oversized message) is logged and counted by the transport.
                 let _ = transport.send(to, msg);
             }
-            CommitOutput::Append { record, done: None } => self.store.append_lazy(record),
-            CommitOutput::Append {
-                record,
-                done: Some(done),
-            } => {
-                let (this, node) = (self.clone(), node.internal());
-                self.store.append(
-                    record,
-                    Box::new(move |res| {
-                        let result = res.map_err(|e| e.to_string());
-                        if DRIVING.with(|d| d.get()) {
-                            this.deferred.lock().push((done, result));
-                        } else {
-                            this.run(&node, |m, engine| m.logged(engine, done, result));
-                        }
-                    }),
-                );
-            }
+            CommitOutput::Append { record, done } => self.append(node, record, done),
             CommitOutput::Timer { timer, at } => {
                 let (this, node) = (self.clone(), node.internal());
                 let after = at.saturating_since(clock::now());
