@@ -10,19 +10,7 @@ fn soak(config: &CommitSimConfig, seeds: std::ops::Range<u64>) -> CommitSimRepor
     let mut total = CommitSimReport::default();
     for seed in seeds {
         match run(config, seed) {
-            Ok(r) => {
-                total.steps += r.steps;
-                total.started += r.started;
-                total.acked += r.acked;
-                total.aborted += r.aborted;
-                total.unknown += r.unknown;
-                total.committed += r.committed;
-                total.two_phase += r.two_phase;
-                total.messages += r.messages;
-                total.records += r.records;
-                total.crashes += r.crashes;
-                total.heal_steps = total.heal_steps.max(r.heal_steps);
-            }
+            Ok(r) => total.add(&r),
             Err(_) => panic!("{}", shrink(config, seed).expect("fails again")),
         }
     }
@@ -42,18 +30,7 @@ fn two_phase_commit_survives_crashes_and_stalled_disks() {
             steps: 20_000,
             ..CommitSimConfig::default()
         };
-        let r = soak(&config, seed..seed + 1);
-        total.steps += r.steps;
-        total.started += r.started;
-        total.acked += r.acked;
-        total.aborted += r.aborted;
-        total.unknown += r.unknown;
-        total.committed += r.committed;
-        total.two_phase += r.two_phase;
-        total.messages += r.messages;
-        total.records += r.records;
-        total.crashes += r.crashes;
-        total.heal_steps = total.heal_steps.max(r.heal_steps);
+        total.add(&soak(&config, seed..seed + 1));
     }
     println!(
         "commit simulation: {} steps, {} transactions ({} two-phase), {} acknowledged, {} committed, {} aborted, {} outcome unknown to a crashed writer, {} messages, {} durable records, {} crashes, longest healing {} steps",

@@ -886,6 +886,12 @@ impl CommitMachine {
             return;
         };
         debug!(txid, writer = %d.writer, "delegated transaction aborted: {why}");
+        self.abort_decided(txid, &d, why);
+    }
+
+    /// A decider's abort of `d`: the participants and the writer are told, and what the
+    /// writer held here is resolved.
+    fn abort_decided(&mut self, txid: u64, d: &Delegated, why: String) {
         for &p in &d.participants {
             self.decide(p, txid, false);
         }
@@ -1103,18 +1109,7 @@ impl CommitMachine {
                         self.out.push_back(CommitOutput::Resolved);
                     }
                     (Logging::Decider(d), Err(e)) => {
-                        for &p in &d.participants {
-                            self.decide(p, txid, false);
-                        }
-                        self.send(
-                            d.writer,
-                            Message::TxReply {
-                                txid,
-                                ok: false,
-                                reason: format!("the decider's log failed: {e}"),
-                            },
-                        );
-                        self.out.push_back(CommitOutput::Resolved);
+                        self.abort_decided(txid, &d, format!("the decider's log failed: {e}"));
                     }
                 }
             }

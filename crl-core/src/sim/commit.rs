@@ -111,6 +111,23 @@ pub struct CommitSimReport {
     pub heal_steps: u64,
 }
 
+impl CommitSimReport {
+    /// Adds `other`'s counts to these (the longest healing is kept).
+    pub fn add(&mut self, other: &CommitSimReport) {
+        self.steps += other.steps;
+        self.started += other.started;
+        self.acked += other.acked;
+        self.aborted += other.aborted;
+        self.unknown += other.unknown;
+        self.committed += other.committed;
+        self.two_phase += other.two_phase;
+        self.messages += other.messages;
+        self.records += other.records;
+        self.crashes += other.crashes;
+        self.heal_steps = self.heal_steps.max(other.heal_steps);
+    }
+}
+
 /// A failed check.
 #[derive(Clone, Debug)]
 pub struct CommitSimFailure {
