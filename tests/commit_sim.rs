@@ -18,7 +18,8 @@ fn soak(config: &CommitSimConfig, seeds: std::ops::Range<u64>) -> CommitSimRepor
 }
 
 /// 10^6 steps over 50 seeds of varied shapes: 2 to 6 nodes, 3 to 6 regions each, from no
-/// crash to a crash every 200 steps.
+/// crash to a crash every 200 steps, and failed syncs (the store fails, part of the batch may
+/// be on the disk, the node restarts) in three seeds of five.
 #[test]
 fn two_phase_commit_survives_crashes_and_stalled_disks() {
     let mut total = CommitSimReport::default();
@@ -27,6 +28,7 @@ fn two_phase_commit_survives_crashes_and_stalled_disks() {
             nodes: 2 + (seed % 5) as u32,
             regions_per_node: 3 + (seed % 4) as u32,
             crash_per_million: [0, 500, 2_000, 5_000][(seed % 4) as usize],
+            store_failure_per_million: [0, 2_000, 0, 500, 5_000][(seed % 5) as usize],
             steps: 20_000,
             ..CommitSimConfig::default()
         };
@@ -69,4 +71,26 @@ fn the_simulator_catches_planted_two_phase_commit_bugs() {
         let failure = caught.unwrap_or_else(|| panic!("{bug:?} was not caught in 50 seeds"));
         println!("{bug:?} caught: {}", failure.reason);
     }
+}
+
+/// A longer soak (not in CI): `cargo test --release --test commit_sim -- --ignored --nocapture`.
+/// **It fails at seed 1042** (8 nodes, 6 regions each, also without failed stores): a home
+/// serves a region with a newer transaction's value while its log ends with an older
+/// transaction's decision applied after it; not diagnosed yet (a real late-decision case, or
+/// a gap in the simulator's model of holds). Kept so that it is not forgotten.
+#[test]
+#[ignore]
+fn a_longer_soak_with_failed_stores() {
+    let mut total = CommitSimReport::default();
+    for seed in 1_000..1_500u64 {
+        let config = CommitSimConfig {
+            nodes: 2 + (seed % 7) as u32,
+            regions_per_node: 2 + (seed % 5) as u32,
+            crash_per_million: [500, 2_000, 5_000][(seed % 3) as usize],
+            store_failure_per_million: [1_000, 5_000][(seed % 2) as usize],
+            ..CommitSimConfig::default()
+        };
+        total.add(&soak(&config, seed..seed + 1));
+    }
+    println!("longer commit soak: {total:?}");
 }

@@ -11,8 +11,11 @@
 //!   votes awaited) → *logging* (every vote yes; its own part and the decision are being
 //!   appended as one `Commit` record naming the participants) → *deciding* (durable: the
 //!   decision is sent to every participant and re-sent until each confirms with `TxDone`)
-//!   → *forgotten* (a lazy `Forget` record). A no vote, a timeout or a failed log aborts:
-//!   `TxDecide { commit: false }` to every participant.
+//!   → *forgotten* (a lazy `Forget` record). A no vote or a timeout aborts:
+//!   `TxDecide { commit: false }` to every participant. A failed write of the commit record
+//!   decides nothing: the record may still be on the disk, so the transaction stays
+//!   undecided (no abort sent, no inquiry answered) until the node restarts and its recovery
+//!   finds the record or not.
 //! - **Writer** of a transaction that homes none of what it wrote: it prepares the other
 //!   homes with a *decider* (the lowest home) as coordinator and hands the decider its part
 //!   (`TxCommit`); it awaits the decider's outcome.
@@ -307,6 +310,9 @@ pub struct CommitMachine {
     voting: BTreeMap<u64, Voting>,
     /// Coordinator or decider: the decision is being logged.
     logging: BTreeMap<u64, Logging>,
+    /// Coordinator or decider: the decision's record failed to be written (it may still be
+    /// on the disk): undecided until this node restarts and its recovery decides.
+    unknown: BTreeSet<u64>,
     /// Coordinator or decider: committed, waiting for `TxDone` from these nodes.
     deciding: BTreeMap<u64, BTreeSet<NodeId>>,
     /// Decider: transactions handed over by their writers, collecting votes.
@@ -336,6 +342,7 @@ impl CommitMachine {
             in_doubt: BTreeMap::new(),
             voting: BTreeMap::new(),
             logging: BTreeMap::new(),
+            unknown: BTreeSet::new(),
             deciding: BTreeMap::new(),
             delegated: BTreeMap::new(),
             early_votes: (VecDeque::new(), BTreeMap::new()),
@@ -445,6 +452,7 @@ impl CommitMachine {
             && self.deciding_here.is_empty()
             && self.voting.is_empty()
             && self.logging.is_empty()
+            && self.unknown.is_empty()
             && self.deciding.is_empty()
             && self.delegated.is_empty()
             && self.awaiting.is_empty()
@@ -735,7 +743,9 @@ impl CommitMachine {
         if self.voting.contains_key(&txid) || self.delegated.contains_key(&txid) {
             return;
         }
-        if self.logging.contains_key(&txid) && self.bug != CommitBug::PresumeAbortWhileLogging {
+        if (self.logging.contains_key(&txid) || self.unknown.contains(&txid))
+            && self.bug != CommitBug::PresumeAbortWhileLogging
+        {
             return;
         }
         if self.deciding.contains_key(&txid) {
@@ -767,6 +777,7 @@ impl CommitMachine {
             || self.voting.contains_key(&txid)
             || self.delegated.contains_key(&txid)
             || self.logging.contains_key(&txid)
+            || self.unknown.contains(&txid)
             || self.deciding.contains_key(&txid)
     }
 
@@ -1064,13 +1075,16 @@ impl CommitMachine {
                 };
                 self.send(coordinator, Message::TxReply { txid, ok, reason });
             }
-            LogDone::Decided { txid, coordinator } => {
-                self.deciding_here.remove(&txid);
-                match result {
-                    Ok(()) => self.send(coordinator, Message::TxDone { txid }),
-                    Err(e) => warn!(txid, "logging a decision failed: {e}"),
+            LogDone::Decided { txid, coordinator } => match result {
+                Ok(()) => {
+                    self.deciding_here.remove(&txid);
+                    self.send(coordinator, Message::TxDone { txid });
                 }
-            }
+                // Never confirmed, not even to a repeated decision: the coordinator would
+                // forget it, and after this node's restart (which a failed store needs) the
+                // transaction is in doubt here and must still be answerable.
+                Err(e) => warn!(txid, "logging a decision failed; it stays unconfirmed: {e}"),
+            },
             LogDone::Committed { txid } => {
                 let Some(logging) = self.logging.remove(&txid) else {
                     return;
@@ -1091,10 +1105,16 @@ impl CommitMachine {
                         }
                         self.outcome(txid, Outcome::Committed);
                     }
-                    (Logging::Coordinator { participants }, Err(e)) => {
-                        for p in participants {
-                            self.decide(p, txid, false);
-                        }
+                    (Logging::Coordinator { .. }, Err(e)) => {
+                        // The record may still be on the disk (a failed or hung fsync): the
+                        // outcome is unknown until this node restarts and its recovery
+                        // decides. No abort is sent, no inquiry answered; the participants
+                        // stay prepared.
+                        warn!(
+                            txid,
+                            "the commit record's write failed: outcome unknown until a restart: {e}"
+                        );
+                        self.unknown.insert(txid);
                         self.outcome(txid, Outcome::LogFailed(e));
                     }
                     (Logging::Decider(d), Ok(())) => {
@@ -1109,7 +1129,11 @@ impl CommitMachine {
                         self.out.push_back(CommitOutput::Resolved);
                     }
                     (Logging::Decider(d), Err(e)) => {
-                        self.abort_decided(txid, &d, format!("the decider's log failed: {e}"));
+                        // As for a coordinator: unknown until a restart; the writer learns
+                        // nothing now (it times out with an unknown outcome and asks again).
+                        warn!(txid, writer = %d.writer, "the decision record's write failed: outcome unknown until a restart: {e}");
+                        self.unknown.insert(txid);
+                        self.out.push_back(CommitOutput::Resolved);
                     }
                 }
             }
@@ -1503,6 +1527,98 @@ mod tests {
         m.handle(T0, &mut model, N0, decide);
         assert_eq!(drain(&mut m), vec![done]);
         assert!(m.is_idle());
+    }
+
+    /// Found by the transactional simulator once it failed stores: a failed write of the
+    /// commit record decided abort, although a record whose fsync failed may still be found
+    /// by recovery (which then decides commit). Now nothing is decided until a restart.
+    #[test]
+    fn a_failed_commit_record_decides_nothing() {
+        let mut m = CommitMachine::new(N0, 1, Duration::from_secs(1));
+        let mut model = Model::default();
+        let txid = two_phase(&mut m, RegionId::new(N1, 5));
+        drain(&mut m);
+        let yes = Message::TxReply {
+            txid,
+            ok: true,
+            reason: String::new(),
+        };
+        m.handle(T0, &mut model, N1, yes);
+        drain(&mut m);
+        m.logged(
+            &mut model,
+            LogDone::Committed { txid },
+            Err("fsync failed".into()),
+        );
+        let out = drain(&mut m);
+        assert!(
+            !out.iter().any(|o| matches!(
+                o,
+                CommitOutput::Send {
+                    msg: Message::TxDecide { .. },
+                    ..
+                }
+            )),
+            "a decision was sent: {out:?}"
+        );
+        assert!(out.contains(&CommitOutput::Outcome {
+            txid,
+            outcome: Outcome::LogFailed("fsync failed".into())
+        }));
+        m.handle(T0, &mut model, N1, Message::TxInquire { txid });
+        assert_eq!(drain(&mut m), vec![], "an inquiry was answered");
+    }
+
+    /// Also found with failed stores: a participant whose `Decide` failed to be written
+    /// confirmed the decision when it came again, so the coordinator forgot it; restarted,
+    /// the participant was in doubt and was told "abort".
+    #[test]
+    fn a_decision_that_failed_to_be_logged_is_never_confirmed() {
+        let mut m = CommitMachine::new(N1, 1, Duration::from_secs(1));
+        let mut model = Model::default();
+        let r = RegionId::new(N1, 3);
+        model.holder.insert(r, N0);
+        model.contents.insert(r, vec![0]);
+        let txid = CommitMachine::new(N0, 1, Duration::from_secs(1))
+            .next_txid()
+            .unwrap();
+        let prepare = Message::TxPrepare {
+            txid,
+            coordinator: N0,
+            writes: vec![image(r, 5)],
+            deletes: vec![],
+        };
+        m.handle(T0, &mut model, N0, prepare);
+        m.logged(
+            &mut model,
+            LogDone::Prepared {
+                txid,
+                coordinator: N0,
+            },
+            Ok(()),
+        );
+        let decide = Message::TxDecide { txid, commit: true };
+        m.handle(T0, &mut model, N0, decide.clone());
+        drain(&mut m);
+        m.logged(
+            &mut model,
+            LogDone::Decided {
+                txid,
+                coordinator: N0,
+            },
+            Err("fsync failed".into()),
+        );
+        m.handle(T0, &mut model, N0, decide);
+        assert!(
+            !drain(&mut m).iter().any(|o| matches!(
+                o,
+                CommitOutput::Send {
+                    msg: Message::TxDone { .. },
+                    ..
+                }
+            )),
+            "a decision that is not durable was confirmed"
+        );
     }
 
     #[test]

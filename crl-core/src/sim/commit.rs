@@ -61,6 +61,10 @@ pub struct CommitSimConfig {
     pub crash_per_million: u32,
     /// Percentage of transactions that delete one of their regions.
     pub delete_percent: u32,
+    /// Syncs per million that fail (a failed or hung fsync): a random prefix of the batch
+    /// reached the disk anyway, every pending append fails, the store accepts no more, and
+    /// the node is restarted soon after (a failed store's node must be).
+    pub store_failure_per_million: u32,
     /// A decider's wait for votes.
     pub vote_timeout: Duration,
     /// A coordinator's wait for votes.
@@ -77,6 +81,7 @@ impl Default for CommitSimConfig {
             steps: 20_000,
             crash_per_million: 2_000,
             delete_percent: 10,
+            store_failure_per_million: 0,
             vote_timeout: Duration::from_millis(60),
             op_timeout: Duration::from_millis(150),
             bug: CommitBug::None,
@@ -223,6 +228,9 @@ struct Node {
     pending: VecDeque<(LogRecord, Completion)>,
     /// The disk takes nothing before this.
     stalled_until: Timestamp,
+    /// The store failed: every append fails until the node restarts, which it does at this
+    /// time.
+    failed_until: Option<Timestamp>,
     waiting: BTreeMap<u64, Path>,
     timers: Vec<(Timestamp, CommitTimer)>,
     /// Peers whose new incarnation waits for what they wrote here to be decided.
@@ -346,6 +354,7 @@ impl Sim {
                 next_seq: 2,
                 pending: VecDeque::new(),
                 stalled_until: Timestamp::ZERO,
+                failed_until: None,
                 waiting: BTreeMap::new(),
                 timers: Vec::new(),
                 restarting: BTreeSet::new(),
@@ -475,6 +484,11 @@ impl Sim {
                 self.drive(id, |m, _| m.resends(now));
             }
         }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].up && self.nodes[i].failed_until.is_some_and(|t| t <= now) {
+                self.crash(NodeId(i as u32));
+            }
+        }
         self.release_restarted();
     }
 
@@ -546,7 +560,23 @@ impl Sim {
         let tx = self.txs[&txid].clone();
         let result = match &outcome {
             Outcome::Committed => Ok(()),
-            Outcome::Aborted(why) | Outcome::LogFailed(why) => Err(why.clone()),
+            Outcome::Aborted(why) => Err(why.clone()),
+            Outcome::LogFailed(why) => {
+                // The commit record may or may not be on the disk: the outcome is unknown
+                // to the writer (`Error::maybe_committed`), and the node restarts soon.
+                self.note(format!("{id} learns {txid:#x}: log failed ({why})"));
+                self.report.unknown += 1;
+                let tx = self.txs.get_mut(&txid).expect("known");
+                tx.unknown = true;
+                let regions: Vec<RegionId> = tx.regions().collect();
+                for r in regions {
+                    if self.locks.get(&r) == Some(&(id, txid)) {
+                        self.locks.remove(&r);
+                    }
+                }
+                let _ = path;
+                return;
+            }
         };
         self.note(format!("{id} learns {txid:#x}: {result:?}"));
         if result.is_ok() {
@@ -607,7 +637,39 @@ impl Sim {
         if !n.up || n.pending.is_empty() || n.stalled_until > now {
             return;
         }
+        if n.failed_until.is_some() {
+            // A failed store: nothing more is written, every append fails.
+            let failed: Vec<Completion> = n.pending.drain(..).map(|(_, c)| c).collect();
+            for c in failed {
+                self.complete(id, c, Err("the store failed".into()));
+            }
+            return;
+        }
         let len = n.pending.len();
+        if self.rng.random_range(0..1_000_000u32) < self.config.store_failure_per_million {
+            // The fsync fails: a prefix of the batch may have reached the disk anyway, and
+            // every append of it fails.
+            let keep = self.rng.random_range(0..=len);
+            let restart_in = Duration::from_millis(self.rng.random_range(1..200));
+            let batch: Vec<(LogRecord, Completion)> = self.node(id).pending.drain(..).collect();
+            self.note(format!(
+                "{id}'s store fails ({keep} of {len} records reached the disk)"
+            ));
+            self.node(id).failed_until = Some(now.saturating_add(restart_in));
+            let mut failed = Vec::new();
+            for (i, (record, c)) in batch.into_iter().enumerate() {
+                if i < keep {
+                    let n = self.node(id);
+                    n.state.apply(record.clone());
+                    n.durable.push(record);
+                }
+                failed.push(c);
+            }
+            for c in failed {
+                self.complete(id, c, Err("the store failed".into()));
+            }
+            return;
+        }
         let k = 1 + self.rng.random_range(0..len);
         let batch: Vec<(LogRecord, Completion)> = self.node(id).pending.drain(..k).collect();
         let mut done = Vec::new();
@@ -624,11 +686,7 @@ impl Sim {
             done.push(c);
         }
         for c in done {
-            match c {
-                Completion::Machine(d) => self.drive(id, |m, regions| m.logged(regions, d, Ok(()))),
-                Completion::OnePhase(txid) => self.finish(id, txid, Outcome::Committed),
-                Completion::Nothing => {}
-            }
+            self.complete(id, c, Ok(()));
         }
         // What this home serves must be what it made durable, for every region no record
         // still on its way to the disk touches: no commit is ever half visible.
@@ -651,6 +709,21 @@ impl Sim {
                 self.failed = Some(self.fail(reason));
                 return;
             }
+        }
+    }
+
+    /// An append of `id` completes with `result`.
+    fn complete(&mut self, id: NodeId, c: Completion, result: Result<(), String>) {
+        match c {
+            Completion::Machine(d) => self.drive(id, |m, regions| m.logged(regions, d, result)),
+            Completion::OnePhase(txid) => {
+                let outcome = match result {
+                    Ok(()) => Outcome::Committed,
+                    Err(e) => Outcome::LogFailed(e),
+                };
+                self.finish(id, txid, outcome)
+            }
+            Completion::Nothing => {}
         }
     }
 
@@ -785,6 +858,7 @@ impl Sim {
         n.durable.extend(reached);
         n.pending.clear();
         n.up = false;
+        n.failed_until = None;
         n.timers.clear();
         n.down_until = now.saturating_add(down_for);
         let lost: Vec<u64> = std::mem::take(&mut n.waiting).into_keys().collect();
@@ -897,6 +971,7 @@ impl Sim {
             }
             self.nodes[i].stalled_until = Timestamp::ZERO;
         }
+        self.config.store_failure_per_million = 0;
         let limit = 200_000;
         let start = self.step;
         loop {
@@ -922,6 +997,7 @@ impl Sim {
                 )));
             }
             self.tick();
+            self.restart_due();
             match self.rng.random_range(0..2u32) {
                 0 => self.deliver_any(),
                 _ => {
