@@ -565,15 +565,7 @@ impl Sim {
                 // The commit record may or may not be on the disk: the outcome is unknown
                 // to the writer (`Error::maybe_committed`), and the node restarts soon.
                 self.note(format!("{id} learns {txid:#x}: log failed ({why})"));
-                self.report.unknown += 1;
-                let tx = self.txs.get_mut(&txid).expect("known");
-                tx.unknown = true;
-                let regions: Vec<RegionId> = tx.regions().collect();
-                for r in regions {
-                    if self.locks.get(&r) == Some(&(id, txid)) {
-                        self.locks.remove(&r);
-                    }
-                }
+                self.outcome_unknown(id, txid);
                 let _ = path;
                 return;
             }
@@ -602,6 +594,19 @@ impl Sim {
             let home = &mut self.nodes[r.home.0 as usize];
             if home.up && home.regions.holder.get(&r) == Some(&id) {
                 home.regions.holder.remove(&r);
+            }
+        }
+    }
+
+    /// Writer `id` will not learn how `txid` ended (its log failed, or it crashed): the
+    /// outcome is unknown, and its locks go (what the homes still hold stays held).
+    fn outcome_unknown(&mut self, id: NodeId, txid: u64) {
+        let tx = self.txs.get_mut(&txid).expect("known");
+        tx.unknown = true;
+        let regions: Vec<RegionId> = tx.regions().collect();
+        for r in regions {
+            if self.locks.get(&r) == Some(&(id, txid)) {
+                self.locks.remove(&r);
             }
         }
     }
@@ -864,15 +869,7 @@ impl Sim {
         let lost: Vec<u64> = std::mem::take(&mut n.waiting).into_keys().collect();
         self.links.retain(|&(a, b), _| a != id && b != id);
         for txid in lost {
-            self.report.unknown += 1;
-            let tx = self.txs.get_mut(&txid).expect("known");
-            tx.unknown = true;
-            let regions: Vec<RegionId> = tx.regions().collect();
-            for r in regions {
-                if self.locks.get(&r) == Some(&(id, txid)) {
-                    self.locks.remove(&r);
-                }
-            }
+            self.outcome_unknown(id, txid);
         }
         self.note(format!(
             "{id} crashes ({keep} unsynced records reached the disk)"
