@@ -74,10 +74,12 @@ fn the_simulator_catches_planted_two_phase_commit_bugs() {
 }
 
 /// A longer soak (not in CI): `cargo test --release --test commit_sim -- --ignored --nocapture`.
-/// **It fails at seed 1042** (8 nodes, 6 regions each, also without failed stores): a home
-/// serves a region with a newer transaction's value while its log ends with an older
-/// transaction's decision applied after it; not diagnosed yet (a real late-decision case, or
-/// a gap in the simulator's model of holds). Kept so that it is not forgotten.
+/// **It fails at seed 1042** (8 nodes, 6 regions each, also without failed stores): the
+/// simulator's model keeps holds as a set while the engine counts them, so a stale prepare's
+/// abort lets go of a region another prepared transaction still holds (counting them fixes
+/// that seed). With that fixed it fails at seed 1089, most likely a real bug: `holding`
+/// does not count a handed-over transaction whose decision is being logged. Both open; see
+/// the closing note of stop 16.
 #[test]
 #[ignore]
 fn a_longer_soak_with_failed_stores() {
