@@ -167,7 +167,9 @@ impl fmt::Display for CommitSimFailure {
 struct Regions {
     contents: BTreeMap<RegionId, Vec<u8>>,
     holder: BTreeMap<RegionId, NodeId>,
-    held: BTreeSet<RegionId>,
+    /// Holds per region, counted as the engine counts them (two prepared transactions of a
+    /// writer's old and new incarnation may hold one region).
+    held: BTreeMap<RegionId, u32>,
 }
 
 impl CommitRegions for Regions {
@@ -175,11 +177,16 @@ impl CommitRegions for Regions {
         self.contents.contains_key(&region) && self.holder.get(&region) == Some(&node)
     }
     fn hold(&mut self, region: RegionId) -> Result<(), String> {
-        self.held.insert(region);
+        *self.held.entry(region).or_default() += 1;
         Ok(())
     }
     fn release_hold(&mut self, region: RegionId) {
-        self.held.remove(&region);
+        if let Some(n) = self.held.get_mut(&region) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&region);
+            }
+        }
     }
     fn install_master(&mut self, region: RegionId, bytes: &[u8]) -> Result<(), String> {
         match self.contents.get_mut(&region) {
@@ -737,17 +744,17 @@ impl Sim {
         if !self.nodes[id.0 as usize].up {
             return;
         }
-        let free: Vec<RegionId> =
-            self.nodes
-                .iter()
-                .filter(|n| n.up && n.machine.in_doubt().is_empty())
-                .flat_map(|n| {
-                    n.regions.contents.keys().copied().filter(|r| {
-                        !n.regions.holder.contains_key(r) && !n.regions.held.contains(r)
-                    })
+        let free: Vec<RegionId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.machine.in_doubt().is_empty())
+            .flat_map(|n| {
+                n.regions.contents.keys().copied().filter(|r| {
+                    !n.regions.holder.contains_key(r) && !n.regions.held.contains_key(r)
                 })
-                .filter(|r| !self.locks.contains_key(r) && !self.retired.contains(r))
-                .collect();
+            })
+            .filter(|r| !self.locks.contains_key(r) && !self.retired.contains(r))
+            .collect();
         if free.is_empty() {
             return;
         }
