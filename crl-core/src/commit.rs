@@ -430,7 +430,7 @@ impl CommitMachine {
     }
 
     /// How many undecided transactions here were written by `writer` (prepared here, or
-    /// handed here to decide): until they are decided, the regions they wrote must keep
+    /// handed here to decide, including while the decision record is written): until they are decided, the regions they wrote must keep
     /// `writer` as their holder even if its session ended, or this home would serve contents
     /// that miss a committed write.
     pub fn holding(&self, writer: NodeId) -> usize {
@@ -442,6 +442,11 @@ impl CommitMachine {
                 .delegated
                 .values()
                 .filter(|d| d.writer == writer)
+                .count()
+            + self
+                .logging
+                .values()
+                .filter(|l| matches!(l, Logging::Decider(d) if d.writer == writer))
                 .count()
     }
 
@@ -1629,5 +1634,39 @@ mod tests {
         m.skip_txids_to(first | 0xffff_ffff);
         assert_eq!(m.next_txid(), Some(first | 0xffff_ffff));
         assert_eq!(m.next_txid(), None);
+    }
+
+    /// Found by the transactional simulator (seed 1089 of the longer soak): while a deciding
+    /// home wrote the decision record of a transaction handed to it, `holding` counted
+    /// nothing for its writer; the writer restarted, the driver forgot what the old
+    /// incarnation held, a newer transaction committed the region, and the old decision,
+    /// once durable, installed its older image over it.
+    #[test]
+    fn a_decision_being_written_still_holds_its_writer() {
+        let mut m = CommitMachine::new(N0, 1, Duration::from_secs(1));
+        let mut model = Model::default();
+        let r = RegionId::new(N0, 1);
+        model.holder.insert(r, N1);
+        let txid = CommitMachine::new(N1, 1, Duration::from_secs(1))
+            .next_txid()
+            .unwrap();
+        let commit = Message::TxCommit {
+            txid,
+            writes: vec![image(r, 9)],
+            deletes: vec![],
+            participants: vec![],
+        };
+        m.handle(T0, &mut model, N1, commit);
+        assert!(matches!(
+            &drain(&mut m)[..],
+            [CommitOutput::Append {
+                done: Some(LogDone::Committed { .. }),
+                ..
+            }]
+        ));
+        assert_eq!(m.holding(N1), 1, "the decision record is being written");
+        m.logged(&mut model, LogDone::Committed { txid }, Ok(()));
+        assert_eq!(model.contents.get(&r), Some(&vec![9]));
+        assert_eq!(m.holding(N1), 0);
     }
 }
