@@ -654,7 +654,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         wc.predicates.push(parse_quote!(
             Self: ::core::marker::Send + ::core::marker::Sync + 'static
                 + for<'__a> #rkyv::Serialize<#rkyv::api::high::HighSerializer<
-                    #rkyv::util::AlignedVec,
+                    ::std::vec::Vec<u8>,
                     #rkyv::ser::allocator::ArenaHandle<'__a>,
                     #rkyv::rancor::Error,
                 >>
@@ -676,8 +676,10 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             const FINGERPRINT: u64 = <Self as #region_field>::FIELD_FINGERPRINT;
 
             fn encode_region(&self) -> ::core::result::Result<::std::vec::Vec<u8>, #krate::CodecError> {
-                #rkyv::to_bytes::<#rkyv::rancor::Error>(self)
-                    .map(|bytes| bytes.into_vec())
+                // Into a plain `Vec` (rkyv aligns relative to the buffer's start, and
+                // `decode_region` aligns what it reads): `AlignedVec::into_vec` would copy
+                // the whole image once more, which a big region pays on every miss.
+                #rkyv::api::high::to_bytes_in::<_, #rkyv::rancor::Error>(self, ::std::vec::Vec::new())
                     .map_err(|e| #krate::CodecError::Encode {
                         type_name: <Self as #krate::Region>::TYPE_NAME,
                         reason: ::std::string::ToString::to_string(&e),
