@@ -471,8 +471,13 @@ fn fragmented_messages_survive_breaks_crashes_and_fences() {
     }
     print_faults("fragments", &total, started.elapsed().as_secs_f64());
     println!(
-        "fragments: {} pieces before {} messages",
-        total.fragments, total.messages
+        "fragments: {} pieces before {} messages ({} images after their heads)",
+        total.fragments, total.messages, total.images_joined
+    );
+    assert!(
+        total.images_joined > 100,
+        "too few images after their heads: {}",
+        total.images_joined
     );
     assert!(
         total.fragments > total.messages,

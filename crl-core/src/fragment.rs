@@ -15,10 +15,28 @@
 //! hold is bounded by the session's message limit ([`Reassembly::new`]): a piece that would
 //! take the message past it is a protocol violation, as is an empty piece announcing more.
 //!
+//! # Images that follow their message
+//!
+//! A [`Message::Data`], [`Message::RecallAck`] or [`Message::Flush`] whose image is longer than
+//! a fragment is not archived whole: archiving would copy the image into the archive, and
+//! decoding would copy it out again, twice the bytes of a big region in fresh memory at each
+//! end. Instead its head, a [`Message::ImageFollows`] naming the message, the region, the
+//! version and the image's length, is sent as a message of its own, and the image's bytes
+//! follow raw, cut into fragments (every one but the last flagged
+//! [`FLAG_MORE`](crate::wire::FLAG_MORE)). The receiver collects exactly that many bytes into
+//! one buffer and hands on the message the head names, with that buffer as its image: the
+//! region's bytes are copied once on the way in. An image piece that is empty, that takes the
+//! image past its announced length, or that ends it short (no `FLAG_MORE` before the length is
+//! reached, or `FLAG_MORE` once it is) is a protocol violation, as is a head announcing an
+//! empty image or one over the message limit.
+//!
 //! Sessions keep their order, so a message queued behind a big one waits for the whole big
 //! one: fragments bound what one frame costs to read, not how long a link is busy.
 
-use crate::wire::{self, FrameHeader, HEADER_LEN, MAX_FRAME_LEN, Message, WireError};
+use crate::region::RegionId;
+use crate::wire::{
+    self, FrameHeader, HEADER_LEN, ImageOf, MAX_FRAME_LEN, Message, RegionImage, WireError,
+};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -32,13 +50,87 @@ pub const DEFAULT_MAX_MESSAGE_LEN: usize =
 
 /// Encodes `msg` as the frames that carry it: one frame if its archive is at most
 /// `fragment_len` bytes (the same bytes as [`wire::encode_frame`]), otherwise one frame per
-/// `fragment_len` bytes, every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE).
+/// `fragment_len` bytes, every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE). A
+/// message with an image longer than `fragment_len` is sent as its head
+/// ([`Message::ImageFollows`]) followed by the image's raw bytes (see the module docs).
 ///
 /// Each frame starts with `prefix_len` zero bytes the caller fills in (a session's sequence
 /// number), so a frame is one buffer and one write. `fragment_len` is clamped to
-/// `1..=MAX_FRAME_LEN`. A message whose archive exceeds `max_message_len` is refused with
-/// [`WireError::MessageTooLarge`] before anything is produced.
+/// `1..=MAX_FRAME_LEN`. A message whose archive (or image) exceeds `max_message_len` is
+/// refused with [`WireError::MessageTooLarge`] before anything is produced.
 pub fn encode_fragments(
+    msg: &Message,
+    fragment_len: usize,
+    max_message_len: usize,
+    prefix_len: usize,
+) -> Result<Vec<Vec<u8>>, WireError> {
+    let fragment_len = fragment_len.clamp(1, MAX_FRAME_LEN);
+    let Some((head, image)) = split_image(msg, fragment_len) else {
+        return encode_archive(msg, fragment_len, max_message_len, prefix_len);
+    };
+    if image.len() > max_message_len {
+        return Err(WireError::MessageTooLarge {
+            len: image.len(),
+            max: max_message_len,
+        });
+    }
+    let mut frames = encode_archive(&head, fragment_len, max_message_len, prefix_len)?;
+    frames.reserve(image.len().div_ceil(fragment_len));
+    push_pieces(&mut frames, image, fragment_len, prefix_len);
+    Ok(frames)
+}
+
+/// The head to send instead of `msg` and the image to send after it, if `msg` carries an
+/// image longer than `fragment_len`.
+fn split_image(msg: &Message, fragment_len: usize) -> Option<(Message, &[u8])> {
+    let (of, region, image) = match msg {
+        Message::Data {
+            region,
+            grant,
+            image: Some(image),
+        } => (ImageOf::Data { grant: *grant }, *region, image),
+        Message::RecallAck {
+            region,
+            image: Some(image),
+        } => (ImageOf::RecallAck, *region, image),
+        Message::Flush {
+            region,
+            image: Some(image),
+        } => (ImageOf::Flush, *region, image),
+        _ => return None,
+    };
+    (image.bytes.len() > fragment_len).then(|| {
+        let head = Message::ImageFollows {
+            of,
+            region,
+            version: image.version,
+            len: image.bytes.len() as u64,
+        };
+        (head, &image.bytes[..])
+    })
+}
+
+/// Appends `bytes` to `frames` cut into frames of at most `fragment_len` bytes of payload,
+/// every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE), each after `prefix_len`
+/// zero bytes. Nothing is appended for no bytes.
+fn push_pieces(frames: &mut Vec<Vec<u8>>, bytes: &[u8], fragment_len: usize, prefix_len: usize) {
+    let mut chunks = bytes.chunks(fragment_len).peekable();
+    while let Some(chunk) = chunks.next() {
+        let flags = if chunks.peek().is_some() {
+            wire::FLAG_MORE
+        } else {
+            0
+        };
+        let mut f = Vec::with_capacity(prefix_len + HEADER_LEN + chunk.len());
+        f.resize(prefix_len, 0);
+        wire::write_header(&mut f, chunk.len(), flags);
+        f.extend_from_slice(chunk);
+        frames.push(f);
+    }
+}
+
+/// `msg` archived and cut into frames (see [`encode_fragments`]); `fragment_len` is clamped.
+fn encode_archive(
     msg: &Message,
     fragment_len: usize,
     max_message_len: usize,
@@ -58,43 +150,62 @@ pub fn encode_fragments(
             max: max_message_len,
         });
     }
-    let fragment_len = fragment_len.clamp(1, MAX_FRAME_LEN);
-    let pieces = payload.len().div_ceil(fragment_len).max(1);
-    let mut frames = Vec::with_capacity(pieces);
+    let mut frames = Vec::with_capacity(payload.len().div_ceil(fragment_len).max(1));
     // An empty archive cannot happen (the root is never empty), but one empty frame would
     // still be the right encoding of it.
-    let mut chunks = payload.chunks(fragment_len).peekable();
-    if chunks.peek().is_none() {
+    if payload.is_empty() {
         let mut f = vec![0u8; prefix_len];
         wire::write_header(&mut f, 0, 0);
         frames.push(f);
     }
-    while let Some(chunk) = chunks.next() {
-        let flags = if chunks.peek().is_some() {
-            wire::FLAG_MORE
-        } else {
-            0
-        };
-        let mut f = Vec::with_capacity(prefix_len + HEADER_LEN + chunk.len());
-        f.resize(prefix_len, 0);
-        wire::write_header(&mut f, chunk.len(), flags);
-        f.extend_from_slice(chunk);
-        frames.push(f);
-    }
+    push_pieces(&mut frames, &payload, fragment_len, prefix_len);
     Ok(frames)
 }
 
 /// The receiving side: the pieces of the message in progress on one session.
 ///
 /// Reset it (a new one) whenever the receiving session starts again: pieces of a previous
-/// session's message must never be joined to a new session's. The pieces are kept as they
-/// came and joined once, into one buffer of the exact length, when the last arrives.
+/// session's message must never be joined to a new session's. The pieces of an archive are
+/// kept as they came and joined once, into one buffer of the exact length, when the last
+/// arrives; an image that follows its head is collected into one buffer of its announced
+/// length.
 #[derive(Debug)]
 pub struct Reassembly {
     pieces: Vec<Vec<u8>>,
     /// Bytes in `pieces`.
     pending: usize,
+    /// The image being received after its head, if one is.
+    image: Option<IncomingImage>,
     max_message_len: usize,
+}
+
+/// An image following its [`Message::ImageFollows`].
+#[derive(Debug)]
+struct IncomingImage {
+    of: ImageOf,
+    region: RegionId,
+    version: u64,
+    len: usize,
+    bytes: Vec<u8>,
+}
+
+impl IncomingImage {
+    fn into_message(self) -> Message {
+        let image = Some(RegionImage {
+            version: self.version,
+            bytes: self.bytes,
+        });
+        let region = self.region;
+        match self.of {
+            ImageOf::Data { grant } => Message::Data {
+                region,
+                grant,
+                image,
+            },
+            ImageOf::RecallAck => Message::RecallAck { region, image },
+            ImageOf::Flush => Message::Flush { region, image },
+        }
+    }
 }
 
 impl Reassembly {
@@ -103,6 +214,7 @@ impl Reassembly {
         Reassembly {
             pieces: Vec::new(),
             pending: 0,
+            image: None,
             max_message_len,
         }
     }
@@ -120,43 +232,117 @@ impl Reassembly {
         payload: &mut Vec<u8>,
     ) -> Result<Option<Message>, WireError> {
         debug_assert_eq!(header.payload_len, payload.len());
-        if !header.more && self.pieces.is_empty() {
-            return wire::decode_payload(payload).map(Some);
+        if self.image.is_some() {
+            return self.push_image(header, payload);
         }
-        if header.more && payload.is_empty() {
+        let msg = if !header.more && self.pieces.is_empty() {
+            wire::decode_payload(payload)?
+        } else {
+            if header.more && payload.is_empty() {
+                self.clear();
+                return Err(WireError::EmptyFragment);
+            }
+            let len = self.pending + payload.len();
+            if len > self.max_message_len {
+                self.clear();
+                return Err(WireError::MessageTooLarge {
+                    len,
+                    max: self.max_message_len,
+                });
+            }
+            self.pending = len;
+            self.pieces.push(std::mem::take(payload));
+            if header.more {
+                return Ok(None);
+            }
+            let mut whole = AlignedVec::<16>::with_capacity(len);
+            for piece in self.pieces.drain(..) {
+                whole.extend_from_slice(&piece);
+            }
             self.clear();
-            return Err(WireError::EmptyFragment);
-        }
-        let len = self.pending + payload.len();
-        if len > self.max_message_len {
-            self.clear();
-            return Err(WireError::MessageTooLarge {
+            wire::decode_aligned(&whole)?
+        };
+        let Message::ImageFollows {
+            of,
+            region,
+            version,
+            len,
+        } = msg
+        else {
+            return Ok(Some(msg));
+        };
+        let len = match usize::try_from(len) {
+            Ok(0) => {
+                return Err(WireError::ImageLength {
+                    announced: 0,
+                    got: 0,
+                    more: false,
+                });
+            }
+            Ok(len) if len <= self.max_message_len => len,
+            _ => {
+                return Err(WireError::MessageTooLarge {
+                    len: usize::try_from(len).unwrap_or(usize::MAX),
+                    max: self.max_message_len,
+                });
+            }
+        };
+        // Reserved as announced (within the bound above) but only touched as pieces arrive,
+        // so a head alone costs no resident memory.
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|_| WireError::MessageTooLarge {
                 len,
                 max: self.max_message_len,
-            });
+            })?;
+        self.image = Some(IncomingImage {
+            of,
+            region,
+            version,
+            len,
+            bytes,
+        });
+        Ok(None)
+    }
+
+    /// The next piece of the image being received.
+    fn push_image(
+        &mut self,
+        header: FrameHeader,
+        payload: &[u8],
+    ) -> Result<Option<Message>, WireError> {
+        let Some(image) = &mut self.image else {
+            return Ok(None);
+        };
+        let got = image.bytes.len() + payload.len();
+        let complete = got == image.len;
+        if payload.is_empty() || got > image.len || header.more == complete {
+            let err = WireError::ImageLength {
+                announced: image.len,
+                got,
+                more: header.more,
+            };
+            self.clear();
+            return Err(err);
         }
-        self.pending = len;
-        self.pieces.push(std::mem::take(payload));
+        image.bytes.extend_from_slice(payload);
         if header.more {
             return Ok(None);
         }
-        let mut whole = AlignedVec::<16>::with_capacity(len);
-        for piece in self.pieces.drain(..) {
-            whole.extend_from_slice(&piece);
-        }
-        self.clear();
-        wire::decode_aligned(&whole).map(Some)
+        Ok(self.image.take().map(IncomingImage::into_message))
     }
 
     /// Bytes of the message in progress.
     pub fn pending_bytes(&self) -> usize {
-        self.pending
+        self.pending + self.image.as_ref().map_or(0, |i| i.bytes.len())
     }
 
     /// Drops the message in progress, and its memory.
     pub fn clear(&mut self) {
         self.pieces = Vec::new();
         self.pending = 0;
+        self.image = None;
     }
 }
 
@@ -204,9 +390,19 @@ mod tests {
         assert_eq!(frames, vec![wire::encode(&msg).unwrap()]);
     }
 
+    /// A message archived whole however long (a placed create's bytes do not follow it).
+    fn create_at(len: usize) -> Message {
+        Message::CreateAt {
+            request: 9,
+            fingerprint: 5,
+            type_name: "T".into(),
+            bytes: (0..len).map(|i| (i * 7 % 253) as u8).collect(),
+        }
+    }
+
     #[test]
-    fn a_big_message_is_cut_and_joined_again() {
-        let msg = data(10_000);
+    fn a_big_archive_is_cut_and_joined_again() {
+        let msg = create_at(10_000);
         let frames = encode_fragments(&msg, 1000, usize::MAX, SEQ_TEST_PREFIX).unwrap();
         assert!(frames.len() >= 10, "{}", frames.len());
         for f in &frames[..frames.len() - 1] {
@@ -220,19 +416,150 @@ mod tests {
     }
 
     #[test]
+    fn a_big_image_follows_its_head_raw() {
+        for msg in [
+            data(10_000),
+            Message::RecallAck {
+                region: RegionId::new(NodeId(1), 7),
+                image: Some(RegionImage {
+                    bytes: vec![4; 2500],
+                    version: 9,
+                }),
+            },
+            Message::Flush {
+                region: RegionId::new(NodeId(1), 7),
+                image: Some(RegionImage {
+                    bytes: vec![5; 1001],
+                    version: 1,
+                }),
+            },
+        ] {
+            let frames = encode_fragments(&msg, 1000, usize::MAX, 0).unwrap();
+            let head = wire::decode_frame(&frames[0]).unwrap();
+            let (Message::Data { image, .. }
+            | Message::RecallAck { image, .. }
+            | Message::Flush { image, .. }) = &msg
+            else {
+                unreachable!()
+            };
+            let image = image.as_ref().unwrap();
+            assert!(
+                matches!(head, Message::ImageFollows { len, version, .. } if len == image.bytes.len() as u64 && version == image.version),
+                "{head:?}"
+            );
+            // The image's bytes are the frames' payloads, raw and in order.
+            let raw: Vec<u8> = frames[1..]
+                .iter()
+                .flat_map(|f| f[HEADER_LEN..].iter().copied())
+                .collect();
+            assert_eq!(raw, image.bytes);
+            assert_eq!(reassemble(&frames, 0, usize::MAX).unwrap(), vec![msg]);
+        }
+        // An image of at most one fragment stays in its archive.
+        let frames = encode_fragments(&data(900), 1000, usize::MAX, 0).unwrap();
+        assert!(matches!(
+            wire::decode_frame(&frames[0]).unwrap(),
+            Message::Data { .. }
+        ));
+    }
+
+    #[test]
     fn a_message_over_the_limit_is_refused_at_both_ends() {
-        let msg = data(10_000);
-        let err = encode_fragments(&msg, 1000, 5000, 0).unwrap_err();
-        assert!(matches!(err, WireError::MessageTooLarge { max: 5000, len } if len > 10_000));
-        // A peer that sends it anyway is refused once its pieces pass the bound.
-        let frames = encode_fragments(&msg, 1000, usize::MAX, 0).unwrap();
-        let err = reassemble(&frames, 0, 5000).unwrap_err();
+        for msg in [create_at(10_000), data(10_000)] {
+            let err = encode_fragments(&msg, 1000, 5000, 0).unwrap_err();
+            assert!(
+                matches!(err, WireError::MessageTooLarge { max: 5000, len } if len >= 10_000),
+                "{err}"
+            );
+        }
+        // A peer that sends it anyway is refused once its pieces pass the bound, or at the
+        // head that announces an image over it.
+        let frames = encode_fragments(&create_at(10_000), 1000, usize::MAX, 0).unwrap();
         assert_eq!(
-            err,
+            reassemble(&frames, 0, 5000).unwrap_err(),
             WireError::MessageTooLarge {
                 len: 6000,
                 max: 5000
             }
+        );
+        let frames = encode_fragments(&data(10_000), 1000, usize::MAX, 0).unwrap();
+        assert_eq!(
+            reassemble(&frames, 0, 5000).unwrap_err(),
+            WireError::MessageTooLarge {
+                len: 10_000,
+                max: 5000
+            }
+        );
+    }
+
+    #[test]
+    fn image_pieces_that_do_not_add_up_are_violations_and_leave_nothing() {
+        let frames = encode_fragments(&data(3000), 1000, usize::MAX, 0).unwrap();
+        assert_eq!(frames.len(), 4, "a head and three pieces");
+        let header =
+            |f: &Vec<u8>| wire::parse_fragment_header(f[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let piece = |f: &Vec<u8>| f[HEADER_LEN..].to_vec();
+        let start = || {
+            let mut r = Reassembly::new(1 << 20);
+            assert_eq!(r.push(header(&frames[0]), &mut piece(&frames[0])), Ok(None));
+            r
+        };
+        let more = |len| FrameHeader {
+            payload_len: len,
+            more: true,
+        };
+        let last = |len| FrameHeader {
+            payload_len: len,
+            more: false,
+        };
+        // An empty piece; one past the announced length; an end before it; more after it.
+        let cases: Vec<Vec<(FrameHeader, Vec<u8>)>> = vec![
+            vec![(more(0), vec![])],
+            vec![(more(2000), vec![1; 2000]), (last(1001), vec![1; 1001])],
+            vec![(last(1000), vec![1; 1000])],
+            vec![(more(2000), vec![1; 2000]), (more(1000), vec![1; 1000])],
+        ];
+        for case in cases {
+            let mut r = start();
+            let n = case.len();
+            for (i, (h, mut p)) in case.into_iter().enumerate() {
+                let got = r.push(h, &mut p);
+                if i + 1 < n {
+                    assert_eq!(got, Ok(None));
+                } else {
+                    assert!(matches!(got, Err(WireError::ImageLength { .. })), "{got:?}");
+                }
+            }
+            assert_eq!(r.pending_bytes(), 0);
+            // Nothing of it is left: a whole small message decodes on its own.
+            let small = wire::encode(&data(10)).unwrap();
+            assert_eq!(
+                r.push(header(&small), &mut piece(&small)),
+                Ok(Some(data(10)))
+            );
+        }
+        // A head announcing an empty image.
+        let head = Message::ImageFollows {
+            of: ImageOf::Flush,
+            region: RegionId::new(NodeId(1), 7),
+            version: 1,
+            len: 0,
+        };
+        let f = wire::encode(&head).unwrap();
+        assert!(matches!(
+            Reassembly::new(1 << 20).push(header(&f), &mut piece(&f)),
+            Err(WireError::ImageLength { announced: 0, .. })
+        ));
+        // A clear (a new session) drops an image in progress.
+        let mut r = start();
+        r.push(more(1000), &mut vec![1; 1000]).unwrap();
+        assert_eq!(r.pending_bytes(), 1000);
+        r.clear();
+        assert_eq!(r.pending_bytes(), 0);
+        let small = wire::encode(&data(10)).unwrap();
+        assert_eq!(
+            r.push(header(&small), &mut piece(&small)),
+            Ok(Some(data(10)))
         );
     }
 
@@ -245,15 +572,16 @@ mod tests {
         };
         assert_eq!(r.push(more, &mut Vec::new()), Err(WireError::EmptyFragment));
         // A damaged piece in the middle: the joined archive fails validation.
-        let msg = data(5000);
+        let msg = create_at(5000);
         let mut frames = encode_fragments(&msg, 1000, usize::MAX, 0).unwrap();
         let last = frames.len() - 1;
         let n = frames[last].len();
-        frames[last][n - 3] ^= 0xff;
-        assert!(matches!(
-            reassemble(&frames, 0, usize::MAX),
-            Err(WireError::Invalid(_))
-        ));
+        // The root (at the archive's end) overwritten: its enum tag is no variant.
+        for b in &mut frames[last][n - 40..] {
+            *b = 0xff;
+        }
+        let got = reassemble(&frames, 0, usize::MAX);
+        assert!(matches!(got, Err(WireError::Invalid(_))), "{:?}", got.err());
         let mut r = Reassembly::new(1 << 20);
         let h = FrameHeader {
             payload_len: 4,
@@ -282,7 +610,10 @@ mod tests {
             lens in proptest::collection::vec(0usize..5000, 1..6),
             fragment_len in 1usize..3000,
         ) {
-            let msgs: Vec<Message> = lens.iter().map(|&l| data(l)).collect();
+            let msgs: Vec<Message> = lens
+                .iter()
+                .map(|&l| if l % 2 == 0 { data(l) } else { create_at(l) })
+                .collect();
             let mut frames = Vec::new();
             for m in &msgs {
                 frames.extend(encode_fragments(m, fragment_len, usize::MAX, 0).unwrap());

@@ -899,7 +899,8 @@ impl Engine {
             | Message::TxInquire { .. }
             | Message::CreateAt { .. }
             | Message::Created { .. }
-            | Message::CreateRefused { .. } => {
+            | Message::CreateRefused { .. }
+            | Message::ImageFollows { .. } => {
                 return Err(self.violation(
                     from,
                     Some(id),

@@ -776,7 +776,8 @@ impl Engine {
     pub fn handle_message(&mut self, from: NodeId, msg: Message) -> Result<(), ProtocolViolation> {
         self.process_drained();
         self.stats.messages_received += 1;
-        if msg.is_transaction() || msg.is_placement() {
+        if msg.is_transaction() || msg.is_placement() || matches!(msg, Message::ImageFollows { .. })
+        {
             return Err(self.violation(
                 from,
                 None,

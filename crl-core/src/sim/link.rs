@@ -459,6 +459,20 @@ impl Sim {
             Err(e) => return Err(self.fail(format!("n{from} -> n{to}: decode #{seq}: {e}"))),
         };
         self.report.messages += 1;
+        if let Message::Data {
+            image: Some(image), ..
+        }
+        | Message::RecallAck {
+            image: Some(image), ..
+        }
+        | Message::Flush {
+            image: Some(image), ..
+        } = &msg
+            && self.cfg.fragment_len > 0
+            && image.bytes.len() > self.cfg.fragment_len
+        {
+            self.report.images_joined += 1;
+        }
         if matches!(msg, Message::Contend { .. }) {
             self.report.contends += 1;
         }

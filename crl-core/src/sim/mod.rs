@@ -299,6 +299,9 @@ pub struct SimReport {
     pub messages: u64,
     /// Fragments delivered that did not complete a message ([`SimConfig::fragment_len`]).
     pub fragments: u64,
+    /// Messages delivered whose image followed their head as raw pieces (an image longer
+    /// than [`SimConfig::fragment_len`]; see [`crate::fragment`]).
+    pub images_joined: u64,
     /// Accesses that hit (no message).
     pub hits: u64,
     /// Accesses that missed and were granted later.
@@ -371,6 +374,7 @@ impl SimReport {
         self.steps += o.steps;
         self.messages += o.messages;
         self.fragments += o.fragments;
+        self.images_joined += o.images_joined;
         self.hits += o.hits;
         self.misses += o.misses;
         self.deleted_errors += o.deleted_errors;
