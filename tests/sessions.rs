@@ -136,6 +136,58 @@ async fn a_big_transfer_survives_a_broken_connection_in_its_middle() {
     c.shutdown().await;
 }
 
+/// Found by `examples/big_regions` (outside the tests): after a region larger than the
+/// retransmit buffer's hard bound went out (taken whole, as messages are), every message
+/// after it on that link was refused until most of it was acknowledged: a small read miss's
+/// answer was lost and the read waited out its timeout. Here the bound is about 18 MiB (a
+/// 1 MiB buffer, twice, plus a frame) and the region 40 MiB; small misses on the same link
+/// during the transfer, and after it, must all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_messages_after_a_region_larger_than_the_buffer_are_not_refused() {
+    const LEN: usize = 40 << 20;
+    let c = Cluster::local_with(2, |c| {
+        c.op_timeout = Duration::from_secs(20);
+        c.send_buffer_bytes = 1 << 20;
+    })
+    .await
+    .unwrap();
+    let (a, b) = (c.node(0), c.node(1));
+    let big = a
+        .create(Blob {
+            bytes: pattern(LEN, 3),
+        })
+        .await
+        .unwrap();
+    let small = a.create(Counter { value: 0 }).await.unwrap();
+    let far = b.map::<Blob>(big.id()).await.unwrap();
+    let near = b.map::<Counter>(small.id()).await.unwrap();
+    let prober = {
+        let small = small.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for i in 1..=40u64 {
+                small.start_write().await?.value = i;
+                last = near.start_read().await?.value;
+                assert_eq!(last, i, "a stale read");
+            }
+            Ok::<_, Error>(last)
+        })
+    };
+    let started = Instant::now();
+    let g = far.start_read().await.unwrap();
+    assert_eq!(g.bytes.len(), LEN);
+    drop(g);
+    let took = started.elapsed();
+    assert_eq!(
+        prober.await.unwrap().unwrap(),
+        40,
+        "small misses after the big one ({took:?})"
+    );
+    let refused: u64 = a.stats().peers.iter().map(|p| p.messages_refused).sum();
+    assert_eq!(refused, 0, "messages refused by the home's transport");
+    c.shutdown().await;
+}
+
 /// A caching node that grows a region past `max_region_len` cannot return it: its write is
 /// dropped when the home recalls the copy (logged and counted at the writer, as a lost write
 /// is), and the home serves its last image at once. It used to leave the region blocked: the

@@ -30,8 +30,9 @@
 //! buffer holds at most [`SessionLimits::max_unacked_bytes`] bytes before
 //! [`SendSession::has_room`] turns false: the node's operations then wait (under their own
 //! timeout) for acknowledgements; the engine, which cannot wait, is never refused except by
-//! the hard limit, [`SessionLimits::hard_unacked_bytes`], which no live peer that reads its
-//! stream reaches.
+//! the hard limit, [`SessionLimits::hard_unacked_bytes`], which a live peer that reads its
+//! stream reaches only when messages larger than the soft bound add up past it (room for
+//! one largest message is part of it: [`SessionLimits::with_largest_message`]).
 //!
 //! The session is a pure state machine: no I/O, no clock. The transport (crl-net) writes what
 //! [`SendSession::next_to_write`] returns, feeds acknowledgements and handshake answers back,
@@ -75,6 +76,21 @@ impl SessionLimits {
             hard_unacked_bytes: max_unacked_bytes
                 .saturating_mul(2)
                 .saturating_add(max_message_len),
+        }
+    }
+
+    /// The same limits for a session whose messages, fragments together, may be up to
+    /// `largest` bytes: the hard bound becomes twice the soft one plus one largest message,
+    /// so a message of any allowed size, taken whole below the bound, never pushes the
+    /// buffer over it by itself and the messages after it are still taken while the peer
+    /// reads.
+    pub fn with_largest_message(self, largest: usize) -> Self {
+        SessionLimits {
+            hard_unacked_bytes: self
+                .max_unacked_bytes
+                .saturating_mul(2)
+                .saturating_add(largest.max(self.max_message_len)),
+            ..self
         }
     }
 }
@@ -545,6 +561,31 @@ mod tests {
         assert_eq!((s.unacked_len(), s.unacked_bytes()), (1, 10));
         s.on_ack(1).unwrap(); // stale: harmless
         assert!(s.on_ack(3).is_err(), "ack of a message never sent");
+    }
+
+    /// Found by `examples/big_regions` (outside the tests): a 256 MiB region, taken whole
+    /// below the hard bound, left the buffer over it until most of it was acknowledged, so
+    /// every message after it on that link (a small miss's answer, a recall) was refused and
+    /// lost, and the small read waited out its timeout. The hard bound leaves room for one
+    /// largest message beside the rest.
+    #[test]
+    fn one_largest_message_never_blocks_those_after_it() {
+        let limits = SessionLimits::new(100, 250).with_largest_message(1000);
+        assert_eq!(limits.hard_unacked_bytes, 1500);
+        let mut s = SendSession::new(limits);
+        let big: Vec<Vec<u8>> = (0..10).map(|i| frame(i, 100)).collect();
+        s.push_all(big, |_, _| {}).unwrap();
+        for i in 0..5 {
+            s.push(frame(i, 100)).unwrap();
+        }
+        // A peer that acknowledges nothing still reaches the bound.
+        while s.unacked_bytes() <= limits.hard_unacked_bytes {
+            s.push(frame(9, 100)).unwrap();
+        }
+        assert!(matches!(
+            s.push(frame(9, 1)),
+            Err(SendError::Overflow { .. })
+        ));
     }
 
     #[test]

@@ -59,9 +59,11 @@
 //! retransmit buffer per peer has a soft bound in bytes ([`TransportSettings::max_unacked_bytes`]):
 //! operations wait for room with [`Transport::wait_for_room`] under their own timeout, while the
 //! engine's own answers are always taken, up to a hard bound (twice the soft one plus one
-//! frame; a message in fragments goes in whole while the buffer is under it) that only a peer
-//! which stops reading can reach; past it, messages to that peer are
-//! dropped and counted, and its connections closed.
+//! largest message; a message in fragments goes in whole while the buffer is under it, so one
+//! message of any allowed size never blocks those after it) that a peer which stops reading
+//! reaches, and a reading one only when big messages adding up to more than one largest
+//! message are in flight to it at once; past it, messages to that peer are dropped and
+//! counted, and its connections closed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -308,11 +310,20 @@ impl Transport {
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         // A frame on a link is its number, the wire header and the payload.
-        // Fragmented messages go in whole below the hard bound (see `SessionLimits::new`).
+        // Fragmented messages go in whole below the hard bound, which leaves room for one
+        // largest message (see `SessionLimits::with_largest_message`): its frames, with a
+        // number and a header each, and an image's head.
+        let per_frame = wire::HEADER_LEN + SEQ_LEN;
+        let fragment_len = DEFAULT_FRAGMENT_LEN.min(settings.max_frame_len).max(1);
+        let largest = settings
+            .max_message_len
+            .saturating_add((settings.max_message_len / fragment_len + 2) * per_frame)
+            .saturating_add(4096);
         let limits = SessionLimits::new(
-            settings.max_frame_len + wire::HEADER_LEN + SEQ_LEN,
+            settings.max_frame_len + per_frame,
             settings.max_unacked_bytes,
-        );
+        )
+        .with_largest_message(largest);
         let links = peers
             .iter()
             .map(|(&peer, &addr)| {
