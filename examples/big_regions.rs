@@ -15,7 +15,7 @@
 //! recalls node 1's copy, and reads it on node 1 (a miss), in a loop. Sessions keep their
 //! order, so the recall and the answer wait behind the big transfer's fragments: the longest
 //! such write+read round trip is printed (the head-of-line cost, stated rather than hidden).
-//! (Until this stop the probe timed the read alone, which came after the wait: it printed
+//! (An earlier version timed the read alone, which came after the wait: it printed
 //! 0.3 ms while the round trip took the whole transfer.)
 //!
 //! Run: `cargo run --release --example big_regions [-- --sizes 1,64,256 --reps 3]`.
