@@ -43,6 +43,10 @@ use rkyv::util::AlignedVec;
 /// Default length of a fragment's payload: 1 MiB.
 pub const DEFAULT_FRAGMENT_LEN: usize = 1 << 20;
 
+/// How much of an announced image ([`Message::ImageFollows`]) the receiver reserves before
+/// its pieces arrive: 256 MiB.
+const IMAGE_RESERVE_LEN: usize = 256 << 20;
+
 /// Default bound on one message's archived length, fragments together: 1 GiB plus room for
 /// the fields around a region image of 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_LEN: usize =
@@ -287,11 +291,12 @@ impl Reassembly {
                 });
             }
         };
-        // Reserved as announced (within the bound above) but only touched as pieces arrive,
-        // so a head alone costs no resident memory.
+        // Reserved as announced up to `IMAGE_RESERVE_LEN` (beyond it the buffer grows as
+        // pieces come), and only touched as pieces arrive: a head alone costs no resident
+        // memory, and a peer's word reserves no more address space than that.
         let mut bytes = Vec::new();
         bytes
-            .try_reserve_exact(len)
+            .try_reserve_exact(len.min(IMAGE_RESERVE_LEN))
             .map_err(|_| WireError::MessageTooLarge {
                 len,
                 max: self.max_message_len,
