@@ -188,6 +188,97 @@ async fn small_messages_after_a_region_larger_than_the_buffer_are_not_refused() 
     c.shutdown().await;
 }
 
+/// More than the retransmit buffer's hard bound in flight to a peer that reads (here eight
+/// 3 MiB regions asked for at once, against a bound of about 5 MiB: a 1 MiB buffer, twice,
+/// plus one 3 MiB message): the message past the bound used to be dropped inside a session
+/// that went on, so its read waited out `op_timeout` (20 s here) and its region could stay
+/// blocked. Now the home stops talking to the peer until its failure detector fences it
+/// (2 s peer timeout), the pair starts over as after a cut, and every read completes or
+/// fails within a few seconds; afterwards every region reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_the_hard_bound_in_flight_ends_in_a_fence_not_a_lost_message() {
+    const LEN: usize = 3 << 20;
+    const N: usize = 8;
+    let c = Cluster::local_with(2, |c| {
+        c.op_timeout = Duration::from_secs(20);
+        c.send_buffer_bytes = 1 << 20;
+        c.max_region_len = LEN + 1024;
+        c.peer_timeout = Some(Duration::from_secs(2));
+    })
+    .await
+    .unwrap();
+    let (a, b) = (c.node(0), c.node(1));
+    let mut fars = Vec::new();
+    for i in 0..N {
+        let h = a
+            .create(Blob {
+                bytes: pattern(LEN, i as u8),
+            })
+            .await
+            .unwrap();
+        fars.push(b.map::<Blob>(h.id()).await.unwrap());
+    }
+    let started = Instant::now();
+    let reads: Vec<_> = fars
+        .iter()
+        .enumerate()
+        .map(|(i, far)| {
+            let far = far.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let ok = far
+                    .start_read()
+                    .await
+                    .map(|g| g.bytes == pattern(LEN, i as u8));
+                (t.elapsed(), ok)
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for r in reads {
+        let (took, ok) = r.await.unwrap();
+        assert!(
+            took < Duration::from_secs(12),
+            "a read waited {took:?} (a lost message waits out op_timeout): {ok:?}"
+        );
+        match ok {
+            Ok(same) => assert!(same, "a copy differs from its home's"),
+            Err(e) => {
+                assert!(!matches!(e, Error::TimedOut { .. }), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    let refused: u64 = a.stats().peers.iter().map(|p| p.messages_refused).sum();
+    println!(
+        "{N} reads of {} MiB at once: {failed} failed, {refused} messages refused at the home, {:?}",
+        LEN >> 20,
+        started.elapsed()
+    );
+    assert!(
+        refused > 0,
+        "the home's buffer never passed its bound: the test proves nothing"
+    );
+    // The pair started over: every region reads back whole, one after the other.
+    for (i, far) in fars.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match far.start_read().await {
+                Ok(g) => {
+                    assert!(g.bytes == pattern(LEN, i as u8), "region {i} differs");
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "region {i} never came back: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        far.flush().await.unwrap();
+    }
+    c.shutdown().await;
+}
+
 /// A caching node that grows a region past `max_region_len` cannot return it: its write is
 /// dropped when the home recalls the copy (logged and counted at the writer, as a lost write
 /// is), and the home serves its last image at once. It used to leave the region blocked: the

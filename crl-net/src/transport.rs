@@ -62,8 +62,9 @@
 //! largest message; a message in fragments goes in whole while the buffer is under it, so one
 //! message of any allowed size never blocks those after it) that a peer which stops reading
 //! reaches, and a reading one only when big messages adding up to more than one largest
-//! message are in flight to it at once; past it, messages to that peer are dropped and
-//! counted, and its connections closed.
+//! message are in flight to it at once. Past it, this node stops talking to the peer until
+//! the failure detector fences it ([`TransportSettings::silence_on_overflow`]), so the pair
+//! starts over as after a cut instead of losing a message inside a session that goes on.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -209,6 +210,13 @@ pub struct TransportSettings {
     pub max_unacked_bytes: usize,
     /// This node's incarnation, sent in every hello (a greater one after each restart).
     pub epoch: u64,
+    /// What happens when a peer's retransmit buffer passes its hard bound. `true` (a
+    /// failure detector runs: `peer_timeout`): this node stops talking to the peer (nothing
+    /// sent, nothing delivered, its connections closed) until the failure detector fences it
+    /// after the peer timeout, and the pair starts over, as after a cut; no message is lost
+    /// inside a session that goes on. `false` (no failure detector): the message past the
+    /// bound is dropped (logged, counted) and the peer's connections closed.
+    pub silence_on_overflow: bool,
 }
 
 /// What this node knows of a peer's incarnation, and its receiving session.
@@ -255,6 +263,9 @@ struct Link {
     ack_pending: AtomicBool,
     /// Connections accepted from the peer (to close them on a protocol violation).
     accepted: Mutex<Vec<quinn::Connection>>,
+    /// Its retransmit buffer passed the hard bound: nothing is sent to it, delivered from it
+    /// or connected until it is fenced ([`TransportSettings::silence_on_overflow`]).
+    silenced: AtomicBool,
 }
 
 struct Inner {
@@ -346,6 +357,7 @@ impl Transport {
                     ack_now: Notify::new(),
                     ack_pending: AtomicBool::new(false),
                     accepted: Mutex::new(Vec::new()),
+                    silenced: AtomicBool::new(false),
                 };
                 (peer, Arc::new(link))
             })
@@ -395,6 +407,16 @@ impl Transport {
             warn!(node = %self.inner.node, peer = %to, "dropping a message to a node outside the cluster");
             return Ok(());
         };
+        if link.silenced.load(Ordering::Acquire) {
+            // The session is void: it ends with the fence the silence leads to.
+            link.counters
+                .messages_refused
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(node = %self.inner.node, peer = %to, "not sending a {} to a silenced peer", msg.kind_name());
+            return Err(SendError::Overflow {
+                bytes: link.send.lock().unacked_bytes(),
+            });
+        }
         // Each frame as written on the stream: its number, then the wire frame (the whole
         // message, or one fragment of it). The numbers are filled in under the session lock;
         // one buffer means one write per frame.
@@ -440,6 +462,17 @@ impl Transport {
                 link.counters
                     .messages_refused
                     .fetch_add(1, Ordering::Relaxed);
+                if matches!(e, SendError::Overflow { .. })
+                    && self.inner.settings.silence_on_overflow
+                {
+                    // Between a fence (or the peer's restart) and the driver's
+                    // `restart_handled`, the buffer still holds the old session, which that
+                    // call drops with this message: nothing to silence.
+                    if !link.state.lock().restart_pending {
+                        self.silence(to, &format!("{e} (with a {})", msg.kind_name()));
+                    }
+                    return Err(e);
+                }
                 error!(node = %self.inner.node, peer = %to, "refusing to send a {}: {e}", msg.kind_name());
                 if matches!(e, SendError::Overflow { .. }) {
                     self.close_peer(to, "it acknowledges nothing: retransmit buffer overflow");
@@ -495,6 +528,26 @@ impl Transport {
         link.room.notify_waiters();
     }
 
+    /// Stops talking to `peer` until it is fenced (see
+    /// [`TransportSettings::silence_on_overflow`]): nothing more is sent to it or delivered
+    /// from it, its connections are closed and no new one is made or accepted, so the
+    /// failure detector hears nothing and fences it after the peer timeout, when the peer's
+    /// leases on this node's regions have ended too (its pings go unanswered), exactly as
+    /// after a cut. The fence ends the silence.
+    fn silence(&self, peer: NodeId, why: &str) {
+        let Some(link) = self.inner.links.get(&peer) else {
+            return;
+        };
+        if !link.silenced.swap(true, Ordering::AcqRel) {
+            error!(node = %self.inner.node, %peer, "the retransmit buffer to the peer passed its hard bound: {why}; not talking to it until it is fenced (after the peer timeout), as after a cut");
+        }
+        self.close_peer(
+            peer,
+            "silenced: the retransmit buffer passed its hard bound",
+        );
+        link.wake.notify_one();
+    }
+
     /// Fences `peer` (DESIGN.md §6, rule 3): the pair's session is retired for good. This
     /// node's session epoch towards the peer gets a new generation, nothing more of the old
     /// session is delivered, and [`Inbound::PeerRestarted`] (cause [`SessionEnd::Fenced`])
@@ -511,6 +564,7 @@ impl Transport {
             state.recv = None;
             state.partial.clear();
             state.restart_pending = true;
+            link.silenced.store(false, Ordering::Release);
             warn!(node = %self.inner.node, %peer, epoch = %state.mine, "fenced the peer: its session is retired");
             let _ = self.inner.inbound.send(Inbound::PeerRestarted {
                 peer,
@@ -735,6 +789,13 @@ async fn read_stream(
         return;
     };
     let link = inner.links[&from].clone();
+    if link.silenced.load(Ordering::Acquire) {
+        return refuse(
+            &conn,
+            close_code::REFUSED,
+            &format!("{from} is silenced until it is fenced"),
+        );
+    }
     let my_epoch = link.state.lock().mine;
     if peer_epoch > my_epoch {
         return refuse(
@@ -864,6 +925,11 @@ async fn read_stream(
             (buf.len() + wire::HEADER_LEN + SEQ_LEN) as u64,
             Ordering::Relaxed,
         );
+        if link.silenced.load(Ordering::Acquire) {
+            // Nothing is delivered (so nothing is heard) until the fence.
+            conn.close(close_code::REFUSED.into(), b"silenced");
+            return;
+        }
         let mut state = link.state.lock();
         if state.mine != my_epoch {
             // This node fenced the peer since the stream began: its messages are void.
@@ -1057,7 +1123,7 @@ async fn connect(
 /// Whether the sender should (re)connect now: something to deliver (or an announce), and no
 /// restart of the peer waiting for the driver.
 fn should_connect(link: &Link) -> bool {
-    if link.state.lock().restart_pending {
+    if link.silenced.load(Ordering::Acquire) || link.state.lock().restart_pending {
         return false;
     }
     link.connect_requested.load(Ordering::Acquire) || link.send.lock().unacked_len() > 0
@@ -1206,6 +1272,10 @@ async fn write_session(
     // one write, one wake of the connection); a large frame is written on its own, uncopied.
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
     loop {
+        if link.silenced.load(Ordering::Acquire) {
+            conn.close(close_code::REFUSED.into(), b"silenced");
+            return Some("silenced: the retransmit buffer passed its hard bound".to_string());
+        }
         batch.clear();
         let mut large = None;
         {

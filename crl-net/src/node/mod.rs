@@ -353,6 +353,7 @@ impl Node {
                 .saturating_add(crl_core::engine::MESSAGE_OVERHEAD),
             max_unacked_bytes: config.send_buffer_bytes,
             epoch,
+            silence_on_overflow: config.peer_timeout.is_some(),
         };
         let (transport, inbound) = Transport::start_with_abstract_socket(
             &config.identity,
