@@ -507,6 +507,28 @@ fn planted_bug_duplicate_fragments_appended_is_caught() {
     panic!("the simulator missed duplicate fragments appended in 200 seeds");
 }
 
+/// The planted bug: the receiver keeps the pieces of a message in progress, and an image
+/// following its head, when its session starts again (after a crash, a fence or a restart).
+/// With whole archives that went unseen (an archive is read from its end, so stale bytes
+/// before it are ignored); an image following its head is collected by length, so the new
+/// session's first pieces are joined to the old image and the simulator must catch it.
+#[test]
+fn planted_bug_pieces_kept_across_a_reset_is_caught() {
+    for seed in 0..200u64 {
+        let cfg = SimConfig {
+            fragment_len: 8,
+            break_percent: 5,
+            session_fault: Some(SessionFault::KeepPiecesAcrossReset),
+            ..faults(seed)
+        };
+        if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
+            println!("KeepPiecesAcrossReset caught at seed {seed}:\n{failure}");
+            return;
+        }
+    }
+    panic!("the simulator missed pieces kept across a session reset in 200 seeds");
+}
+
 /// Lets a scripted schedule run for `ms` virtual milliseconds: deliveries between ticks.
 fn run_for(choices: &mut Vec<Choice>, ms: u16) {
     for i in 0..ms / 5 {

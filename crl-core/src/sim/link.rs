@@ -48,11 +48,14 @@ pub(super) struct SimSession {
     written: u64,
     /// The number of the last protocol message (not a ping or pong) of the sending session.
     protocol_seq: u64,
+    /// The planted [`SessionFault::KeepPiecesAcrossReset`].
+    keep_pieces_across_reset: bool,
 }
 
 impl SimSession {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(fault: Option<SessionFault>) -> Self {
         SimSession {
+            keep_pieces_across_reset: fault == Some(SessionFault::KeepPiecesAcrossReset),
             send: SendSession::new(SessionLimits::new(wire::MAX_FRAME_LEN, usize::MAX / 4)),
             recv: None,
             partial: Reassembly::new(usize::MAX),
@@ -68,7 +71,9 @@ impl SimSession {
     /// belong to the old one and are dropped.
     pub(super) fn set_recv(&mut self, recv: Option<RecvSession>) {
         self.recv = recv;
-        self.partial.clear();
+        if !self.keep_pieces_across_reset {
+            self.partial.clear();
+        }
     }
 
     /// The sender crashed: a new sending session (nothing to re-send, peer epoch unknown);

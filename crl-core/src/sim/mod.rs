@@ -228,6 +228,10 @@ pub enum SessionFault {
     /// although the session says it is a duplicate (pieces appended as they are read, before
     /// the duplicate check).
     AppendDuplicateFragments,
+    /// The receiver keeps the pieces of a message in progress (and an image following its
+    /// head) when its session starts again, so the new session's first pieces are joined to
+    /// the old one's.
+    KeepPiecesAcrossReset,
 }
 
 /// The shape of a simulated cluster.
@@ -578,7 +582,9 @@ impl Sim {
         }
         let mut sim = Sim {
             links: (0..n * n).map(|_| VecDeque::new()).collect(),
-            sessions: (0..n * n).map(|_| SimSession::new()).collect(),
+            sessions: (0..n * n)
+                .map(|_| SimSession::new(cfg.session_fault))
+                .collect(),
             model: (0..cfg.regions).map(|_| RegionModel::default()).collect(),
             engines,
             regions,
