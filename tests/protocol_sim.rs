@@ -488,23 +488,29 @@ fn fragmented_messages_survive_breaks_crashes_and_fences() {
     assert!(total.breaks > 1000 && total.fences > 100 && total.crashes > 5);
 }
 
-/// The planted bug: a re-sent piece of a message joined to the message in progress although
-/// the session says it is a duplicate. The simulator catches it.
-#[test]
-fn planted_bug_duplicate_fragments_appended_is_caught() {
+/// Runs fragmented (8-byte pieces), faulty simulations with `fault` planted until one fails;
+/// panics if none does within 200 seeds.
+fn fragment_fault_is_caught(fault: SessionFault) {
     for seed in 0..200u64 {
         let cfg = SimConfig {
             fragment_len: 8,
             break_percent: 5,
-            session_fault: Some(SessionFault::AppendDuplicateFragments),
+            session_fault: Some(fault),
             ..faults(seed)
         };
         if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
-            println!("AppendDuplicateFragments caught at seed {seed}:\n{failure}");
+            println!("{fault:?} caught at seed {seed}:\n{failure}");
             return;
         }
     }
-    panic!("the simulator missed duplicate fragments appended in 200 seeds");
+    panic!("the simulator missed {fault:?} in 200 seeds");
+}
+
+/// The planted bug: a re-sent piece of a message joined to the message in progress although
+/// the session says it is a duplicate. The simulator catches it.
+#[test]
+fn planted_bug_duplicate_fragments_appended_is_caught() {
+    fragment_fault_is_caught(SessionFault::AppendDuplicateFragments);
 }
 
 /// The planted bug: the receiver keeps the pieces of a message in progress, and an image
@@ -514,19 +520,7 @@ fn planted_bug_duplicate_fragments_appended_is_caught() {
 /// session's first pieces are joined to the old image and the simulator must catch it.
 #[test]
 fn planted_bug_pieces_kept_across_a_reset_is_caught() {
-    for seed in 0..200u64 {
-        let cfg = SimConfig {
-            fragment_len: 8,
-            break_percent: 5,
-            session_fault: Some(SessionFault::KeepPiecesAcrossReset),
-            ..faults(seed)
-        };
-        if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
-            println!("KeepPiecesAcrossReset caught at seed {seed}:\n{failure}");
-            return;
-        }
-    }
-    panic!("the simulator missed pieces kept across a session reset in 200 seeds");
+    fragment_fault_is_caught(SessionFault::KeepPiecesAcrossReset);
 }
 
 /// Lets a scripted schedule run for `ms` virtual milliseconds: deliveries between ticks.

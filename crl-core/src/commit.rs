@@ -1330,6 +1330,37 @@ mod tests {
         txid
     }
 
+    /// Node 1, a participant of node 0's transaction writing `r1.3`, prepared durably (its
+    /// outputs drained).
+    fn prepared_participant() -> (CommitMachine, Model, u64) {
+        let mut m = CommitMachine::new(N1, 1, Duration::from_secs(1));
+        let mut model = Model::default();
+        let r = RegionId::new(N1, 3);
+        model.holder.insert(r, N0);
+        model.contents.insert(r, vec![0]);
+        let txid = CommitMachine::new(N0, 1, Duration::from_secs(1))
+            .next_txid()
+            .unwrap();
+        let prepare = Message::TxPrepare {
+            txid,
+            coordinator: N0,
+            writes: vec![image(r, 5)],
+            deletes: vec![],
+        };
+        m.handle(T0, &mut model, N0, prepare);
+        drain(&mut m);
+        m.logged(
+            &mut model,
+            LogDone::Prepared {
+                txid,
+                coordinator: N0,
+            },
+            Ok(()),
+        );
+        drain(&mut m);
+        (m, model, txid)
+    }
+
     #[test]
     fn a_vote_from_a_node_outside_the_transaction_is_ignored() {
         let mut m = CommitMachine::new(N0, 1, Duration::from_secs(1));
@@ -1474,31 +1505,7 @@ mod tests {
     /// commit, a crash lost the `Decide`, and the participant, in doubt, was told "abort".
     #[test]
     fn a_repeated_decision_is_confirmed_only_once_it_is_durable() {
-        let mut m = CommitMachine::new(N1, 1, Duration::from_secs(1));
-        let mut model = Model::default();
-        let r = RegionId::new(N1, 3);
-        model.holder.insert(r, N0);
-        model.contents.insert(r, vec![0]);
-        let txid = CommitMachine::new(N0, 1, Duration::from_secs(1))
-            .next_txid()
-            .unwrap();
-        let prepare = Message::TxPrepare {
-            txid,
-            coordinator: N0,
-            writes: vec![image(r, 5)],
-            deletes: vec![],
-        };
-        m.handle(T0, &mut model, N0, prepare);
-        drain(&mut m);
-        m.logged(
-            &mut model,
-            LogDone::Prepared {
-                txid,
-                coordinator: N0,
-            },
-            Ok(()),
-        );
-        drain(&mut m);
+        let (mut m, mut model, txid) = prepared_participant();
         let decide = Message::TxDecide { txid, commit: true };
         m.handle(T0, &mut model, N0, decide.clone());
         let out = drain(&mut m);
@@ -1579,29 +1586,7 @@ mod tests {
     /// the participant was in doubt and was told "abort".
     #[test]
     fn a_decision_that_failed_to_be_logged_is_never_confirmed() {
-        let mut m = CommitMachine::new(N1, 1, Duration::from_secs(1));
-        let mut model = Model::default();
-        let r = RegionId::new(N1, 3);
-        model.holder.insert(r, N0);
-        model.contents.insert(r, vec![0]);
-        let txid = CommitMachine::new(N0, 1, Duration::from_secs(1))
-            .next_txid()
-            .unwrap();
-        let prepare = Message::TxPrepare {
-            txid,
-            coordinator: N0,
-            writes: vec![image(r, 5)],
-            deletes: vec![],
-        };
-        m.handle(T0, &mut model, N0, prepare);
-        m.logged(
-            &mut model,
-            LogDone::Prepared {
-                txid,
-                coordinator: N0,
-            },
-            Ok(()),
-        );
+        let (mut m, mut model, txid) = prepared_participant();
         let decide = Message::TxDecide { txid, commit: true };
         m.handle(T0, &mut model, N0, decide.clone());
         drain(&mut m);
