@@ -654,6 +654,42 @@ fn a_local_access_held_up_by_another_local_access_is_wanted() {
     drop(net.granted(1, 3).expect("granted once the read ends"));
 }
 
+/// Found by `tx_serializable`'s list-append (a 5 s stall broken only by the operation
+/// timeout): the priority last reported at an entry outlived the wait it was reported for when
+/// that wait ended by a cancel, so a later, younger wait on the same copy was never reported
+/// and the younger local holder it waited on was never wounded (a deadlock with the waiter's
+/// transaction, until the timeout).
+#[test]
+fn a_wait_after_a_cancelled_one_is_wanted_again() {
+    let mut net = Network::new(2, EngineConfig::default());
+    let id = net.engine(0).create(Counter { value: 1 }).id();
+    let cell = net.map(1, id);
+    drop(net.access(1, id, 1, true));
+    // An old reader holds n1's modified copy; a younger write queued behind it is reported
+    // (and would not wound the older reader), then cancelled (its transaction was wounded
+    // elsewhere), and the reader ends.
+    let old = start_with(&mut net, 1, id, 2, false, 3).expect("a read hit on a modified copy");
+    assert!(start_with(&mut net, 1, id, 3, true, 5).is_none());
+    assert_eq!(net.take_wanted(1), vec![(id, 5)]);
+    assert!(net.engine(1).cancel(id, 3));
+    end(&mut net, 1, old);
+    // A young reader hits; the home's write (priority 10) recalls the copy: that wait is new,
+    // and the young reader holds it up.
+    // (A transaction's hit takes the cell without the engine, as `Tx::read` does.)
+    let young = cell.try_read().expect("a read hit on the cell");
+    assert!(start_with(&mut net, 0, id, 5, true, 10).is_none());
+    net.settle();
+    assert_eq!(
+        net.take_wanted(1),
+        vec![(id, 10)],
+        "the recall held up by a younger reader is not reported"
+    );
+    drop(young);
+    net.engine(1).process_drained();
+    net.pump(1);
+    grant_all(&mut net, &[(0, 5)]);
+}
+
 #[test]
 fn a_cancelled_access_leaves_no_event_and_its_grant_stays_cached() {
     let mut net = Network::new(2, EngineConfig::default());

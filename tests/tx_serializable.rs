@@ -616,6 +616,7 @@ async fn list_append_round(
                         .transaction(async |tx| {
                             let mut ops = Vec::new();
                             for &(key, append, think) in &steps {
+                                let began = Instant::now();
                                 if append {
                                     tx.write(&lists[key]).await?.items.push(id);
                                     ops.push(Op::Append { key });
@@ -623,6 +624,15 @@ async fn list_append_round(
                                     // The guard is dropped at once; the lock must not be.
                                     let seen = tx.read(&lists[key]).await?.items.clone();
                                     ops.push(Op::Read { key, seen });
+                                }
+                                // Accesses take milliseconds here; one that takes seconds
+                                // waited out a deadlock wound-wait should have broken.
+                                let waited = began.elapsed();
+                                if waited > Duration::from_secs(1) {
+                                    println!(
+                                        "slow access: T{id} (node {ni}) {} key {key} in {waited:?}",
+                                        if append { "appended to" } else { "read" }
+                                    );
                                 }
                                 pause(think).await;
                             }
@@ -663,6 +673,10 @@ async fn list_append_round(
 }
 
 async fn list_append_is_serializable(plans: &[Plan]) -> Result<(), Error> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let seed = seed();
     println!("seed {seed} (CRL_TEST_SEED), plans {plans:?}");
     let cluster = Cluster::local(3).await?;
