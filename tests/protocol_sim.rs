@@ -163,6 +163,31 @@ fn planted_bug_skipped_sharer_recall_is_caught() {
     assert!(!reason.is_empty());
 }
 
+/// The bug behind CI's list-append stall (5 s, broken only by the operation timeout): a
+/// wait that ended by a cancel left its reported priority behind, and the next wait went
+/// unreported. The quiescence check of wound-wait's reports must catch it.
+#[test]
+fn planted_bug_wanted_not_forgotten_is_caught() {
+    // It takes a wait reported, cancelled, new hits and a younger wait on one copy: fewer
+    // regions and longer runs than `caught` uses find it sooner.
+    for seed in 0..200u64 {
+        let cfg = SimConfig {
+            fault: Some(PlantedFault::WantedNotForgotten),
+            ..config(2 + seed as usize % 2, 1 + seed as usize % 2, false, 2)
+        };
+        if let Err(failure) = Sim::run_random(cfg, seed, 20_000) {
+            println!("WantedNotForgotten caught:\n{failure}");
+            assert!(
+                failure.reason.contains("wound-wait stalls"),
+                "caught for another reason: {}",
+                failure.reason
+            );
+            return;
+        }
+    }
+    panic!("the checker missed the planted bug WantedNotForgotten in 200 seeds");
+}
+
 /// proptest finds the planted bug and shrinks the schedule to a small counterexample.
 #[test]
 fn planted_bug_shrinks_to_a_small_schedule() {

@@ -333,7 +333,9 @@ impl Engine {
             let Some(&head) = entry.w().queue.front() else {
                 // Nothing waits any more (what did may have been cancelled): the next wait,
                 // behind accesses that hit from now on, is a new one and must be reported.
-                entry.no_longer_wanted();
+                if !planted!(self, WantedNotForgotten) {
+                    entry.no_longer_wanted();
+                }
                 entry.release_buffers();
                 entry.permit();
                 return;

@@ -292,6 +292,10 @@ pub enum PlantedFault {
     RecallNotDeferred,
     /// The home forgets to recall one sharer before granting exclusive access.
     SkipOneSharerRecall,
+    /// A cache entry keeps the priority it last reported wanted after nothing waits any more
+    /// (a cancelled wait), so a later, younger wait behind new hits goes unreported and the
+    /// holders it waits on are never wounded.
+    WantedNotForgotten,
 }
 
 /// Engine settings.

@@ -23,7 +23,11 @@
 //!   copy the directory names holds the latest value;
 //! - no engine ever reports a protocol violation;
 //! - [`Event::Wanted`] is only emitted at a node that has an access in progress on the region,
-//!   with a transaction priority; no event ever follows the cancel of an operation.
+//!   with a transaction priority; no event ever follows the cancel of an operation;
+//! - and it is emitted whenever it must (wound-wait's part of liveness): whenever nothing is
+//!   in flight, a region whose oldest waiting access is older than every access holding it has
+//!   at least one holder reported wanted by something older than it (else a transaction
+//!   holding it while waiting for the waiter would never be wounded).
 //!
 //! **Sessions and broken connections.** With [`SimConfig::sessions`] (the default), every
 //! link runs crl's real session layer ([`crate::session`]): messages are encoded, numbered and
@@ -476,6 +480,11 @@ struct Held {
     node: usize,
     region: usize,
     access: Access,
+    /// The priority it was granted under.
+    priority: u64,
+    /// The oldest priority reported [wanted](Event::Wanted) for the region at its node since
+    /// it was granted: a transaction holding it would have been wounded by anything older.
+    wanted: u64,
     wrote: Option<u64>,
     /// Its home reclaimed the copy (a fence): it no longer counts, its write is lost.
     orphaned: bool,
@@ -753,6 +762,15 @@ impl Sim {
 
     /// Takes one scheduling decision.
     pub fn step(&mut self, choice: Choice) -> Check {
+        self.step_choice(choice)?;
+        // Whenever nothing is in flight, every wait is where it stays until an access ends.
+        if self.time.is_none() && !self.network_busy() {
+            self.wounds_reported()?;
+        }
+        Ok(())
+    }
+
+    fn step_choice(&mut self, choice: Choice) -> Check {
         self.report.steps += 1;
         match choice {
             Choice::Deliver { link } => self.deliver(link as usize),
@@ -1083,7 +1101,8 @@ impl Sim {
                 "n{node}: {} {id} hit",
                 if write { "write" } else { "read" }
             ));
-            return self.granted(node, region, access);
+            let priority = self.priority_of(op);
+            return self.granted(node, region, priority, access);
         }
         if self.hit_expected(node, id, write) {
             return Err(self.fail(format!(
@@ -1117,7 +1136,7 @@ impl Sim {
                     "n{node}: {} {id} granted by the engine",
                     if write { "write" } else { "read" }
                 ));
-                self.granted(node, region, access)?;
+                self.granted(node, region, priority, access)?;
             }
             Ok(Start::Queued) => {
                 self.note(format!(
@@ -1199,7 +1218,7 @@ impl Sim {
         }
     }
 
-    fn granted(&mut self, node: usize, region: usize, mut access: Access) -> Check {
+    fn granted(&mut self, node: usize, region: usize, priority: u64, mut access: Access) -> Check {
         let id = self.regions[region];
         let m = &self.model[region];
         if m.lost && id.home.0 as usize == node {
@@ -1252,6 +1271,8 @@ impl Sim {
             node,
             region,
             access,
+            priority,
+            wanted: PRIORITY_NONE,
             wrote,
             orphaned: false,
             deleted_under: false,
@@ -1355,6 +1376,11 @@ impl Sim {
                              access in progress or without a priority"
                         )));
                     }
+                    for h in self.held.iter_mut() {
+                        if h.node == node && Some(h.region) == r {
+                            h.wanted = h.wanted.min(priority);
+                        }
+                    }
                     continue;
                 }
                 // Deletes are checked through the operations' own results.
@@ -1433,7 +1459,8 @@ impl Sim {
                         continue;
                     }
                     self.report.misses += 1;
-                    self.granted(node, p.region, access)?;
+                    let priority = self.priority_of(op);
+                    self.granted(node, p.region, priority, access)?;
                 }
                 (PendingKind::Map, Ok(None)) => {
                     let MapState::Mapping(cell) = &self.maps[node][p.region] else {
@@ -1472,6 +1499,9 @@ impl Sim {
     /// no region stays blocked.
     pub fn quiesce(&mut self, rng: &mut SmallRng) -> Check {
         self.heal_all();
+        if self.time.is_none() {
+            self.check_wounds(rng)?;
+        }
         self.drain(rng)?;
         if self.time.is_some() {
             for _ in 0..2 {
@@ -1505,6 +1535,75 @@ impl Sim {
             )));
         }
         self.check_agreement()
+    }
+
+    /// Wound-wait's part of liveness: the engine must report ([`Event::Wanted`]) every wait on
+    /// local accesses, or a transaction holding one while it waits for the waiter would never
+    /// be wounded (a deadlock until some timeout). The simulator's accesses end at random, so
+    /// it checks the reports instead: with every message delivered and every access still
+    /// held, a region whose oldest waiting access is older than each of its holders must have
+    /// at least one holder reported wanted by something older than it (a holder older than
+    /// every waiter may hold on: it ends by itself; a plain access is never wounded).
+    fn check_wounds(&mut self, rng: &mut SmallRng) -> Check {
+        let limit = 200_000 + 100 * self.report.steps;
+        let mut rounds = 0u64;
+        while self.network_busy() {
+            rounds += 1;
+            if rounds > limit {
+                return Err(self.fail(format!(
+                    "livelock: messages still moving after {limit} steps"
+                )));
+            }
+            self.report.steps += 1;
+            self.deliver(rng.random::<u32>() as usize)?;
+        }
+        self.wounds_reported()
+    }
+
+    /// [`Self::check_wounds`]'s check, in the current state (meaningful once nothing is in
+    /// flight).
+    fn wounds_reported(&self) -> Check {
+        for region in 0..self.regions.len() {
+            let mut oldest = PRIORITY_NONE;
+            let mut other_waits = false;
+            for (&op, p) in &self.pending {
+                if p.region != region {
+                    continue;
+                }
+                match p.kind {
+                    PendingKind::Read | PendingKind::Write => {
+                        oldest = oldest.min(self.priority_of(op));
+                    }
+                    _ => other_waits = true,
+                }
+            }
+            let holders: Vec<&Held> = self.held.iter().filter(|h| h.region == region).collect();
+            if oldest == PRIORITY_NONE
+                || other_waits
+                || holders.is_empty()
+                || holders
+                    .iter()
+                    .any(|h| h.priority <= oldest || h.orphaned || h.deleted_under)
+            {
+                continue;
+            }
+            if holders.iter().all(|h| h.wanted >= h.priority) {
+                let held: Vec<String> = holders
+                    .iter()
+                    .map(|h| match h.priority {
+                        PRIORITY_NONE => format!("n{} plain", h.node),
+                        p => format!("n{} priority {p}", h.node),
+                    })
+                    .collect();
+                let id = self.regions[region];
+                return Err(self.fail(format!(
+                    "wound-wait stalls on {id} (an access with priority {oldest} waits, every \
+                     holder is younger: {}; none was reported wanted by anything older)",
+                    held.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Ends accesses, delivers messages and (with time) lets time run until nothing moves.
