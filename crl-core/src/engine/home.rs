@@ -556,8 +556,7 @@ impl Engine {
 
     /// Node `node` restarted: forget it in every directory entry homed here.
     pub(crate) fn home_peer_reset(&mut self, node: NodeId, cause: PeerReset) {
-        let mut seqs: Vec<u64> = self.homes.keys().copied().collect();
-        seqs.sort_unstable();
+        let seqs: Vec<u64> = self.homes.seqs().collect();
         for seq in seqs {
             let id = RegionId::new(self.node, seq);
             let entry = self.homes.get_mut(&seq).expect("home entry");

@@ -89,6 +89,7 @@
 pub mod access;
 mod cache;
 mod home;
+mod home_table;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -101,6 +102,7 @@ pub use cache::CacheState;
 use cache::{CacheEntry, LocalOp};
 pub use home::{DirState, Sharers};
 use home::{HomeEntry, Requester};
+use home_table::HomeTable;
 
 use crate::region::{CodecError, NodeId, Region, RegionId};
 pub use crate::wire::PRIORITY_NONE;
@@ -435,7 +437,7 @@ pub struct Engine {
     node: NodeId,
     config: EngineConfig,
     next_seq: u64,
-    homes: HashMap<u64, HomeEntry>,
+    homes: HomeTable,
     deleted: HashSet<u64>,
     cache: HashMap<RegionId, CacheEntry>,
     unmapped: BTreeMap<u64, RegionId>,
@@ -466,7 +468,7 @@ impl Engine {
             node,
             config,
             next_seq: 1,
-            homes: HashMap::new(),
+            homes: HomeTable::default(),
             deleted: HashSet::new(),
             cache: HashMap::new(),
             unmapped: BTreeMap::new(),
@@ -1054,8 +1056,8 @@ impl Engine {
     pub fn homed_regions(&self) -> Vec<RegionId> {
         let mut v: Vec<_> = self
             .homes
-            .keys()
-            .map(|&s| RegionId::new(self.node, s))
+            .seqs()
+            .map(|s| RegionId::new(self.node, s))
             .collect();
         v.sort();
         v

@@ -1,0 +1,189 @@
+//! The table of the directory entries homed at this node, keyed by the regions' sequence
+//! numbers.
+//!
+//! A node numbers the regions it creates consecutively (from a base per incarnation, see
+//! [`Engine::set_next_seq`](super::Engine::set_next_seq)), so the table keeps entries in
+//! **pages** of [`PAGE`] consecutive numbers, each slot an entry or empty, found through an
+//! ordered map of pages. A full page costs its entries' size and nothing else: no hash, no
+//! spare capacity of a table that has just doubled (a `HashMap` of a million entries sits
+//! at about half load, and its entries carry their keys). A page is freed when its last entry
+//! goes. The price: numbers far apart (regions of many past incarnations, most of them
+//! deleted) keep a page each, up to [`PAGE`] slots for one live entry.
+
+use std::collections::BTreeMap;
+use std::ops::Index;
+
+use super::home::HomeEntry;
+
+/// Sequence numbers per page, a power of two.
+pub(crate) const PAGE: usize = 256;
+const PAGE_SHIFT: u32 = PAGE.trailing_zeros();
+
+/// One page: `PAGE` slots and how many are taken.
+struct Page {
+    live: usize,
+    slots: Box<[Option<HomeEntry>]>,
+}
+
+impl Page {
+    fn new() -> Self {
+        Page {
+            live: 0,
+            slots: (0..PAGE).map(|_| None).collect(),
+        }
+    }
+}
+
+/// Directory entries by sequence number (see the [module docs](self)).
+#[derive(Default)]
+pub(crate) struct HomeTable {
+    pages: BTreeMap<u64, Page>,
+    len: usize,
+}
+
+fn split(seq: u64) -> (u64, usize) {
+    (seq >> PAGE_SHIFT, (seq & (PAGE as u64 - 1)) as usize)
+}
+
+impl HomeTable {
+    /// How many entries there are.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The entry of `seq`.
+    pub(crate) fn get(&self, seq: &u64) -> Option<&HomeEntry> {
+        let (page, slot) = split(*seq);
+        self.pages.get(&page)?.slots[slot].as_ref()
+    }
+
+    /// The entry of `seq`, to change it.
+    pub(crate) fn get_mut(&mut self, seq: &u64) -> Option<&mut HomeEntry> {
+        let (page, slot) = split(*seq);
+        self.pages.get_mut(&page)?.slots[slot].as_mut()
+    }
+
+    /// Whether `seq` has an entry.
+    pub(crate) fn contains_key(&self, seq: &u64) -> bool {
+        self.get(seq).is_some()
+    }
+
+    /// Sets the entry of `seq`; returns the one it replaces.
+    pub(crate) fn insert(&mut self, seq: u64, entry: HomeEntry) -> Option<HomeEntry> {
+        let (page, slot) = split(seq);
+        let page = self.pages.entry(page).or_insert_with(Page::new);
+        let old = page.slots[slot].replace(entry);
+        if old.is_none() {
+            page.live += 1;
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Takes the entry of `seq` out; frees its page if it was the page's last.
+    pub(crate) fn remove(&mut self, seq: &u64) -> Option<HomeEntry> {
+        let (key, slot) = split(*seq);
+        let page = self.pages.get_mut(&key)?;
+        let old = page.slots[slot].take()?;
+        page.live -= 1;
+        self.len -= 1;
+        if page.live == 0 {
+            self.pages.remove(&key);
+        }
+        Some(old)
+    }
+
+    /// The sequence numbers with an entry, in increasing order.
+    pub(crate) fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages.iter().flat_map(|(&page, p)| {
+            p.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_some())
+                .map(move |(slot, _)| (page << PAGE_SHIFT) | slot as u64)
+        })
+    }
+
+    /// Every entry, in increasing order of sequence number.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &HomeEntry> {
+        self.pages.values().flat_map(|p| p.slots.iter().flatten())
+    }
+}
+
+impl Index<&u64> for HomeTable {
+    type Output = HomeEntry;
+
+    fn index(&self, seq: &u64) -> &HomeEntry {
+        self.get(seq)
+            .expect("no home entry for this sequence number")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::access::{DrainList, RegionCell};
+    use crate::region::{CodecError, NodeId, Region, RegionId};
+
+    struct Seq;
+
+    impl Region for Seq {
+        const TYPE_NAME: &'static str = "Seq";
+        const FINGERPRINT: u64 = 1;
+        fn encode_region(&self) -> Result<Vec<u8>, CodecError> {
+            Ok(Vec::new())
+        }
+        fn decode_region(_: &[u8]) -> Result<Self, CodecError> {
+            Ok(Seq)
+        }
+    }
+
+    fn entry(seq: u64) -> HomeEntry {
+        let drains = Arc::new(DrainList::new(None));
+        let id = RegionId::new(NodeId(0), seq);
+        HomeEntry::new(Arc::new(RegionCell::new(id, Some(Seq), drains)))
+    }
+
+    #[test]
+    fn an_empty_slot_costs_no_more_than_the_entry_itself() {
+        assert_eq!(
+            std::mem::size_of::<Option<HomeEntry>>(),
+            std::mem::size_of::<HomeEntry>()
+        );
+    }
+
+    #[test]
+    fn entries_across_pages_are_found_listed_in_order_and_their_pages_freed() {
+        let mut t = HomeTable::default();
+        let seqs = [1u64, 2, 255, 256, 257, 1 << 40, (1 << 40) + 3, u64::MAX];
+        for &s in seqs.iter().rev() {
+            assert!(t.insert(s, entry(s)).is_none());
+        }
+        assert!(
+            t.insert(2, entry(2)).is_some(),
+            "a replaced entry is returned"
+        );
+        assert_eq!(t.len(), seqs.len());
+        assert_eq!(t.seqs().collect::<Vec<_>>(), seqs);
+        assert_eq!(t.values().count(), seqs.len());
+        for &s in &seqs {
+            assert!(t.contains_key(&s));
+            assert!(t.get_mut(&s).is_some());
+            assert_eq!(t[&s].cell.id().seq, s);
+        }
+        assert!(!t.contains_key(&3) && t.get(&258).is_none() && t.remove(&3).is_none());
+        // Pages: 1, 2, 255 | 256, 257 | 2^40, 2^40 + 3 | u64::MAX.
+        assert_eq!(t.pages.len(), 4);
+        assert!(t.remove(&256).is_some() && t.remove(&256).is_none());
+        assert_eq!(t.pages.len(), 4, "257 keeps its page");
+        assert!(t.remove(&257).is_some());
+        assert_eq!(t.pages.len(), 3, "the page's last entry freed it");
+        assert_eq!(t.len(), seqs.len() - 2);
+        assert_eq!(
+            t.seqs().collect::<Vec<_>>(),
+            [1, 2, 255, 1 << 40, (1 << 40) + 3, u64::MAX]
+        );
+    }
+}
