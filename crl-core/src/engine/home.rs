@@ -272,7 +272,7 @@ impl HomeEntry {
 
 impl Engine {
     pub(crate) fn home_missing(&self, id: RegionId) -> OpError {
-        if self.deleted.contains(&id.seq) {
+        if self.homes.is_deleted(&id.seq) {
             OpError::Deleted(id)
         } else {
             OpError::NoSuchRegion(id)
@@ -513,9 +513,8 @@ impl Engine {
                 debug!(node = %self.node, region = %id, ?req, "an access asked by nobody");
             }
             (Want::Delete, who) => {
-                let entry = self.homes.remove(&id.seq).expect("home entry");
+                let entry = self.homes.delete(&id.seq).expect("home entry");
                 entry.cell.clear();
-                self.deleted.insert(id.seq);
                 debug!(node = %self.node, region = %id, "deleted");
                 self.events.push_back(Event::Deleted { region: id });
                 if !cancelled {
@@ -681,7 +680,7 @@ impl Engine {
 
     fn home_refusal(&self, id: RegionId, fingerprint: Option<u64>) -> Option<Refusal> {
         match self.homes.get(&id.seq) {
-            None if self.deleted.contains(&id.seq) => Some(Refusal::Deleted),
+            None if self.homes.is_deleted(&id.seq) => Some(Refusal::Deleted),
             None => Some(Refusal::NoSuchRegion),
             Some(e) => match fingerprint {
                 Some(f) if f != e.cell.fingerprint() => Some(Refusal::WrongType {

@@ -9,6 +9,11 @@
 //! at about half load, and its entries carry their keys). A page is freed when its last entry
 //! goes. The price: numbers far apart (regions of many past incarnations, most of them
 //! deleted) keep a page each, up to [`PAGE`] slots for one live entry.
+//!
+//! The table also remembers which numbers were **deleted** (a request for a deleted region is
+//! refused as deleted, not as unknown), as one bit per number in its page: a page whose
+//! entries are all gone keeps its bits (a few dozen bytes) and drops its slots. Creating and
+//! deleting a million regions leaves about 128 KiB of tombstones, not a set of a million keys.
 
 use std::collections::BTreeMap;
 use std::ops::Index;
@@ -19,18 +24,42 @@ use super::home::HomeEntry;
 pub(crate) const PAGE: usize = 256;
 const PAGE_SHIFT: u32 = PAGE.trailing_zeros();
 
-/// One page: `PAGE` slots and how many are taken.
+/// One page: `PAGE` slots (none while no entry is live), how many are taken, and the deleted
+/// numbers' bits.
 struct Page {
     live: usize,
-    slots: Box<[Option<HomeEntry>]>,
+    slots: Option<Box<[Option<HomeEntry>]>>,
+    deleted: [u64; PAGE / 64],
 }
 
 impl Page {
     fn new() -> Self {
         Page {
             live: 0,
-            slots: (0..PAGE).map(|_| None).collect(),
+            slots: None,
+            deleted: [0; PAGE / 64],
         }
+    }
+
+    fn slot(&self, slot: usize) -> Option<&HomeEntry> {
+        self.slots.as_ref()?[slot].as_ref()
+    }
+
+    fn is_deleted(&self, slot: usize) -> bool {
+        self.deleted[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    fn set_deleted(&mut self, slot: usize, deleted: bool) {
+        if deleted {
+            self.deleted[slot / 64] |= 1 << (slot % 64);
+        } else {
+            self.deleted[slot / 64] &= !(1 << (slot % 64));
+        }
+    }
+
+    /// Nothing left to keep.
+    fn is_empty(&self) -> bool {
+        self.live == 0 && self.deleted.iter().all(|&w| w == 0)
     }
 }
 
@@ -54,13 +83,13 @@ impl HomeTable {
     /// The entry of `seq`.
     pub(crate) fn get(&self, seq: &u64) -> Option<&HomeEntry> {
         let (page, slot) = split(*seq);
-        self.pages.get(&page)?.slots[slot].as_ref()
+        self.pages.get(&page)?.slot(slot)
     }
 
     /// The entry of `seq`, to change it.
     pub(crate) fn get_mut(&mut self, seq: &u64) -> Option<&mut HomeEntry> {
         let (page, slot) = split(*seq);
-        self.pages.get_mut(&page)?.slots[slot].as_mut()
+        self.pages.get_mut(&page)?.slots.as_mut()?[slot].as_mut()
     }
 
     /// Whether `seq` has an entry.
@@ -68,11 +97,15 @@ impl HomeTable {
         self.get(seq).is_some()
     }
 
-    /// Sets the entry of `seq`; returns the one it replaces.
+    /// Sets the entry of `seq` (no longer deleted, if it was); returns the one it replaces.
     pub(crate) fn insert(&mut self, seq: u64, entry: HomeEntry) -> Option<HomeEntry> {
         let (page, slot) = split(seq);
         let page = self.pages.entry(page).or_insert_with(Page::new);
-        let old = page.slots[slot].replace(entry);
+        page.set_deleted(slot, false);
+        let slots = page
+            .slots
+            .get_or_insert_with(|| (0..PAGE).map(|_| None).collect());
+        let old = slots[slot].replace(entry);
         if old.is_none() {
             page.live += 1;
             self.len += 1;
@@ -80,17 +113,37 @@ impl HomeTable {
         old
     }
 
-    /// Takes the entry of `seq` out; frees its page if it was the page's last.
-    pub(crate) fn remove(&mut self, seq: &u64) -> Option<HomeEntry> {
+    /// Takes the entry of `seq` out, remembering the number as deleted.
+    pub(crate) fn delete(&mut self, seq: &u64) -> Option<HomeEntry> {
+        self.take(seq, true)
+    }
+
+    /// Takes the entry of `seq` out (not as a delete).
+    #[cfg(test)]
+    fn remove(&mut self, seq: &u64) -> Option<HomeEntry> {
+        self.take(seq, false)
+    }
+
+    fn take(&mut self, seq: &u64, deleted: bool) -> Option<HomeEntry> {
         let (key, slot) = split(*seq);
         let page = self.pages.get_mut(&key)?;
-        let old = page.slots[slot].take()?;
+        let old = page.slots.as_mut()?[slot].take()?;
         page.live -= 1;
         self.len -= 1;
+        page.set_deleted(slot, deleted);
         if page.live == 0 {
+            page.slots = None;
+        }
+        if page.is_empty() {
             self.pages.remove(&key);
         }
         Some(old)
+    }
+
+    /// Whether `seq` was deleted (and not restored since).
+    pub(crate) fn is_deleted(&self, seq: &u64) -> bool {
+        let (page, slot) = split(*seq);
+        self.pages.get(&page).is_some_and(|p| p.is_deleted(slot))
     }
 
     /// The sequence numbers with an entry, in increasing order.
@@ -98,7 +151,7 @@ impl HomeTable {
         self.pages.iter().flat_map(|(&page, p)| {
             p.slots
                 .iter()
-                .enumerate()
+                .flat_map(|slots| slots.iter().enumerate())
                 .filter(|(_, s)| s.is_some())
                 .map(move |(slot, _)| (page << PAGE_SHIFT) | slot as u64)
         })
@@ -106,7 +159,9 @@ impl HomeTable {
 
     /// Every entry, in increasing order of sequence number.
     pub(crate) fn values(&self) -> impl Iterator<Item = &HomeEntry> {
-        self.pages.values().flat_map(|p| p.slots.iter().flatten())
+        self.pages
+            .values()
+            .flat_map(|p| p.slots.iter().flat_map(|slots| slots.iter().flatten()))
     }
 }
 
@@ -185,5 +240,38 @@ mod tests {
             t.seqs().collect::<Vec<_>>(),
             [1, 2, 255, 1 << 40, (1 << 40) + 3, u64::MAX]
         );
+        assert!(!t.is_deleted(&256), "removed, not deleted");
+    }
+
+    #[test]
+    fn deleted_numbers_are_remembered_in_bits_and_forgotten_when_restored() {
+        let mut t = HomeTable::default();
+        for s in 0..1024 {
+            t.insert(s, entry(s));
+        }
+        for s in 0..1024 {
+            assert!(t.delete(&s).is_some());
+        }
+        assert!(t.delete(&5).is_none(), "deleted twice");
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.seqs().count(), 0);
+        assert!((0..1024).all(|s| t.is_deleted(&s) && !t.contains_key(&s)));
+        assert!(!t.is_deleted(&1024) && !t.is_deleted(&u64::MAX));
+        assert_eq!(t.pages.len(), 4, "each page keeps its bits");
+        assert!(
+            t.pages.values().all(|p| p.slots.is_none()),
+            "and drops its slots"
+        );
+        // A restore (the log brings the region back) clears the bit; the page is dropped once
+        // nothing is left in it.
+        t.insert(7, entry(7));
+        assert!(!t.is_deleted(&7) && t.contains_key(&7));
+        assert!(t.remove(&7).is_some());
+        assert!(!t.is_deleted(&7));
+        for s in 0..256 {
+            t.insert(s, entry(s));
+            t.remove(&s);
+        }
+        assert_eq!(t.pages.len(), 3, "a page with nothing left goes");
     }
 }

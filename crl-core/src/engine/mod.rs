@@ -91,7 +91,7 @@ mod cache;
 mod home;
 mod home_table;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -438,7 +438,6 @@ pub struct Engine {
     config: EngineConfig,
     next_seq: u64,
     homes: HomeTable,
-    deleted: HashSet<u64>,
     cache: HashMap<RegionId, CacheEntry>,
     unmapped: BTreeMap<u64, RegionId>,
     unmap_clock: u64,
@@ -469,7 +468,6 @@ impl Engine {
             config,
             next_seq: 1,
             homes: HomeTable::default(),
-            deleted: HashSet::new(),
             cache: HashMap::new(),
             unmapped: BTreeMap::new(),
             unmap_clock: 0,
@@ -564,6 +562,7 @@ impl Engine {
         id: RegionId,
     ) -> Result<(Arc<RegionCell<T>>, Progress), OpError> {
         let drains = self.drains.clone();
+        let deleted = self.homes.is_deleted(&id.seq);
         match self.homes.get_mut(&id.seq) {
             Some(entry) => {
                 if let Some(bytes) = entry.cell.raw_bytes() {
@@ -594,7 +593,7 @@ impl Engine {
                 entry.map_count += 1;
                 Ok((cell, Progress::Done))
             }
-            None if self.deleted.contains(&id.seq) => Err(OpError::Deleted(id)),
+            None if deleted => Err(OpError::Deleted(id)),
             None => Err(OpError::NoSuchRegion(id)),
         }
     }
@@ -603,13 +602,14 @@ impl Engine {
     /// cached (bounded LRU); when evicted it is flushed to its home.
     pub fn unmap(&mut self, id: RegionId) -> Result<(), OpError> {
         if id.home == self.node {
+            let deleted = self.homes.is_deleted(&id.seq);
             return match self.homes.get_mut(&id.seq) {
                 Some(entry) => {
                     entry.map_count = entry.map_count.saturating_sub(1);
                     Ok(())
                 }
                 // Unmapping a deleted region (e.g. dropping its last handle) is fine.
-                None if self.deleted.contains(&id.seq) => Ok(()),
+                None if deleted => Ok(()),
                 None => Err(OpError::NotMapped(id)),
             };
         }
@@ -960,7 +960,6 @@ impl Engine {
         let mut entry = HomeEntry::new(cell);
         entry.map_count = 0;
         self.homes.insert(id.seq, entry);
-        self.deleted.remove(&id.seq);
         self.next_seq = self.next_seq.max(id.seq.saturating_add(1));
         Ok(())
     }
