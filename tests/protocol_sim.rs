@@ -178,7 +178,7 @@ fn planted_bug_wanted_not_forgotten_is_caught() {
         if let Err(failure) = Sim::run_random(cfg, seed, 20_000) {
             println!("WantedNotForgotten caught:\n{failure}");
             assert!(
-                failure.reason.contains("wound-wait stalls"),
+                failure.reason.contains("none was reported wanted"),
                 "caught for another reason: {}",
                 failure.reason
             );

@@ -1597,8 +1597,9 @@ impl Sim {
                     .collect();
                 let id = self.regions[region];
                 return Err(self.fail(format!(
-                    "wound-wait stalls on {id} (an access with priority {oldest} waits, every \
-                     holder is younger: {}; none was reported wanted by anything older)",
+                    "{id} stalls with nothing in flight: an access with priority {oldest} waits, \
+                     every holder is younger ({}), and none was reported wanted by anything \
+                     older (wound-wait could not break a deadlock through it)",
                     held.join(", ")
                 )));
             }
