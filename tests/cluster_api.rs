@@ -231,3 +231,39 @@ async fn hits_are_counted_on_every_thread() {
     assert!(n1.stats().engine.misses > misses);
     cluster.shutdown().await;
 }
+
+/// Every clone of a handle is a mapping of its own: the copy stays mapped (and cached) while
+/// any clone lives, wherever the clones went, and is unmapped (here: evicted at once, with no
+/// room kept for unmapped copies) when the last one is dropped.
+#[tokio::test]
+async fn a_region_stays_mapped_while_any_clone_of_its_handle_lives() -> Result<(), Error> {
+    let cluster = Cluster::local_with(2, |c| c.unmapped_capacity = 0).await?;
+    let (home, cache) = (cluster.node(0), cluster.node(1));
+    let id = home.create(Counter { value: 7 }).await?.id();
+    let h = cache.map::<Counter>(id).await?;
+    assert_eq!(h.start_read().await?.value, 7);
+    let clones: Vec<_> = (0..3).map(|_| h.clone()).collect();
+    drop(h);
+    let moved = clones[0].clone();
+    let read = tokio::spawn(async move { moved.try_read().map(|g| g.value) })
+        .await
+        .expect("task");
+    assert_eq!(read, Some(7), "a clone moved to a task still hits");
+    for c in &clones[..2] {
+        assert_eq!(c.try_read().map(|g| g.value), Some(7));
+    }
+    let mut clones = clones;
+    let last = clones.pop().expect("a clone");
+    drop(clones);
+    // Every clone but one dropped: the copy stays.
+    assert_eq!(cache.stats().engine.evictions, 0);
+    assert_eq!(last.try_read().map(|g| g.value), Some(7));
+    drop(last);
+    assert_eq!(
+        cache.stats().engine.evictions,
+        1,
+        "the last clone dropped unmaps the region"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
