@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use smallvec::SmallVec;
 use std::sync::Arc;
 
 use tracing::{debug, trace, warn};
@@ -40,53 +39,127 @@ pub enum DirState {
 
 /// The nodes holding read-only copies of a region: a sorted set kept inline up to
 /// [`Sharers::INLINE`] nodes (the common case costs no allocation; more spill to the heap).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sharers(SmallVec<[NodeId; Sharers::INLINE]>);
+/// It is 16 bytes, so a directory entry is 48: a home keeps one per region.
+#[derive(Clone)]
+pub struct Sharers(SharerSet);
+
+#[derive(Clone)]
+enum SharerSet {
+    /// The first `len` of `ids`, sorted.
+    Inline {
+        len: u8,
+        ids: [NodeId; Sharers::INLINE],
+    },
+    /// Sorted; more than [`Sharers::INLINE`] nodes.
+    #[allow(
+        clippy::box_collection,
+        reason = "a thin pointer keeps the set at 16 bytes; a Vec would make it 32 (rarely spilled)"
+    )]
+    Spilled(Box<Vec<NodeId>>),
+}
+
+impl Default for Sharers {
+    fn default() -> Self {
+        Sharers(SharerSet::Inline {
+            len: 0,
+            ids: [NodeId(0); Sharers::INLINE],
+        })
+    }
+}
+
+impl PartialEq for Sharers {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Sharers {}
+
+impl std::fmt::Debug for Sharers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.as_slice()).finish()
+    }
+}
 
 impl Sharers {
     /// How many sharers are kept without an allocation.
-    pub const INLINE: usize = 4;
+    pub const INLINE: usize = 3;
+
+    fn as_slice(&self) -> &[NodeId] {
+        match &self.0 {
+            SharerSet::Inline { len, ids } => &ids[..usize::from(*len)],
+            SharerSet::Spilled(v) => v,
+        }
+    }
 
     /// Whether `node` holds a copy.
     pub fn contains(&self, node: &NodeId) -> bool {
-        self.0.binary_search(node).is_ok()
+        self.as_slice().binary_search(node).is_ok()
     }
 
     /// Adds `node`; false if it was there already.
     pub fn insert(&mut self, node: NodeId) -> bool {
-        match self.0.binary_search(&node) {
-            Ok(_) => false,
-            Err(at) => {
-                self.0.insert(at, node);
-                true
+        let Err(at) = self.as_slice().binary_search(&node) else {
+            return false;
+        };
+        match &mut self.0 {
+            SharerSet::Inline { len, ids } if usize::from(*len) < Self::INLINE => {
+                let n = usize::from(*len);
+                ids.copy_within(at..n, at + 1);
+                ids[at] = node;
+                *len += 1;
             }
+            SharerSet::Inline { ids, .. } => {
+                let mut v = Vec::with_capacity(Self::INLINE * 2);
+                v.extend_from_slice(ids);
+                v.insert(at, node);
+                self.0 = SharerSet::Spilled(Box::new(v));
+            }
+            SharerSet::Spilled(v) => v.insert(at, node),
         }
+        true
     }
 
     /// Removes `node`; false if it was not there.
     pub fn remove(&mut self, node: &NodeId) -> bool {
-        match self.0.binary_search(node) {
-            Ok(at) => {
-                self.0.remove(at);
-                true
+        let Ok(at) = self.as_slice().binary_search(node) else {
+            return false;
+        };
+        match &mut self.0 {
+            SharerSet::Inline { len, ids } => {
+                let n = usize::from(*len);
+                ids.copy_within(at + 1..n, at);
+                *len -= 1;
             }
-            Err(_) => false,
+            SharerSet::Spilled(v) => {
+                v.remove(at);
+                if v.len() <= Self::INLINE {
+                    // Back inline: a region shared widely once does not keep a heap set.
+                    let mut ids = [NodeId(0); Self::INLINE];
+                    ids[..v.len()].copy_from_slice(v);
+                    self.0 = SharerSet::Inline {
+                        len: v.len() as u8,
+                        ids,
+                    };
+                }
+            }
         }
+        true
     }
 
     /// The sharers, in increasing order.
     pub fn iter(&self) -> std::slice::Iter<'_, NodeId> {
-        self.0.iter()
+        self.as_slice().iter()
     }
 
     /// How many nodes share the region.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     /// Whether no node does.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_slice().is_empty()
     }
 }
 
@@ -953,6 +1026,13 @@ mod tests {
     use super::Sharers;
     use crate::region::NodeId;
 
+    #[test]
+    fn a_directory_entry_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<Sharers>(), 16);
+        assert_eq!(std::mem::size_of::<super::DirState>(), 16);
+        assert_eq!(std::mem::size_of::<super::HomeEntry>(), 48);
+    }
+
     proptest! {
         /// `Sharers` behaves as the `BTreeSet` it replaced (same answers, same order), inline
         /// and spilled past `INLINE`.
@@ -970,6 +1050,11 @@ mod tests {
                 prop_assert_eq!(s.len(), model.len());
                 prop_assert_eq!(s.is_empty(), model.is_empty());
                 prop_assert!(s.iter().eq(model.iter()));
+                let rebuilt = model.iter().fold(Sharers::default(), |mut r, &n| {
+                    r.insert(n);
+                    r
+                });
+                prop_assert_eq!(&s, &rebuilt, "equal whatever the path to them");
                 for m in 0..12 {
                     prop_assert_eq!(s.contains(&NodeId(m)), model.contains(&NodeId(m)));
                 }
