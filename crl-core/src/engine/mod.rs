@@ -598,27 +598,6 @@ impl Engine {
         }
     }
 
-    /// Counts one more mapping of `id`, which is mapped here already (a program's handle was
-    /// cloned): it stays mapped until [`unmap`](Self::unmap) has been called once more. False
-    /// (and nothing counted) if `id` is not mapped here.
-    pub fn add_mapping(&mut self, id: RegionId) -> bool {
-        let count = if id.home == self.node {
-            self.homes.get_mut(&id.seq).map(|e| &mut e.map_count)
-        } else {
-            self.cache
-                .get_mut(&id)
-                .filter(|e| e.map_count > 0)
-                .map(|e| &mut e.map_count)
-        };
-        match count {
-            Some(c) if *c < u32::MAX => {
-                *c += 1;
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Drops one mapping of `id`. A region homed elsewhere that is no longer mapped stays
     /// cached (bounded LRU); when evicted it is flushed to its home.
     pub fn unmap(&mut self, id: RegionId) -> Result<(), OpError> {

@@ -1041,16 +1041,6 @@ impl Node {
         }
     }
 
-    /// One more mapping of `id` (a handle was cloned).
-    fn add_mapping(&self, id: RegionId) {
-        let mut st = self.inner.state.lock();
-        if !st.engine.add_mapping(id) {
-            // Not mapped here any more (its home restarted or it was deleted): the clone's
-            // drop will find nothing to unmap either, which `unmap` tolerates.
-            debug!(node = %self.inner.id, region = %id, "a handle cloned for a region no longer mapped");
-        }
-    }
-
     fn unmap(&self, id: RegionId) {
         let mut st = self.inner.state.lock();
         if let Err(e) = st.engine.unmap(id) {
@@ -1308,20 +1298,19 @@ async fn resend_decisions(node: Node) {
     }
 }
 
-/// A mapped region; the region is unmapped when the last clone is dropped.
-///
-/// A handle is three pointers and no allocation of its own (a million mapped regions cost a
-/// million handles' worth of memory, not a million more allocations): each clone counts as
-/// one more mapping at its node, so cloning takes the node's lock briefly and dropping a
-/// clone takes it again.
+/// A mapped region. Cheap to clone; the region is unmapped when the last clone is dropped.
 pub struct Handle<T: Region> {
+    inner: Arc<HandleInner<T>>,
+}
+
+struct HandleInner<T: Region> {
     node: Node,
     cell: Arc<RegionCell<T>>,
     /// This node's lease on the home's regions (`None`: homed here, or no peer timeout).
     lease: Option<Arc<LeaseSlot>>,
 }
 
-impl<T: Region> Drop for Handle<T> {
+impl<T: Region> Drop for HandleInner<T> {
     fn drop(&mut self) {
         self.node.unmap(self.cell.id());
     }
@@ -1329,11 +1318,8 @@ impl<T: Region> Drop for Handle<T> {
 
 impl<T: Region> Clone for Handle<T> {
     fn clone(&self) -> Self {
-        self.node.add_mapping(self.cell.id());
         Handle {
-            node: self.node.clone(),
-            cell: self.cell.clone(),
-            lease: self.lease.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
@@ -1348,57 +1334,64 @@ impl<T: Region> std::fmt::Debug for Handle<T> {
 }
 
 impl<T: Region> Handle<T> {
-    /// A handle for a mapping `node`'s engine has just counted.
     fn new(node: Node, cell: Arc<RegionCell<T>>) -> Self {
         let lease = node.lease_slot(cell.id().home);
-        Handle { node, cell, lease }
+        Handle {
+            inner: Arc::new(HandleInner { node, cell, lease }),
+        }
     }
 
     /// Whether this node's lease on the home's regions is valid now (always, for a region
     /// homed here or without a peer timeout). Checked after an access is acquired.
     #[inline]
     pub(crate) fn lease_valid(&self) -> bool {
-        self.lease.as_ref().is_none_or(|s| s.valid())
+        self.inner.lease.as_ref().is_none_or(|s| s.valid())
     }
 
     /// The region's id.
     pub fn id(&self) -> RegionId {
-        self.cell.id()
+        self.inner.cell.id()
     }
 
     /// The node this handle belongs to.
     pub fn node(&self) -> &Node {
-        &self.node
+        &self.inner.node
     }
 
     pub(crate) fn cell(&self) -> &Arc<RegionCell<T>> {
-        &self.cell
+        &self.inner.cell
     }
 
     /// Starts a read: at once if the local copy is valid (a hit, no message), otherwise after
     /// fetching a copy. The read lasts until the guard is ended or dropped; meanwhile no node
     /// can write the region.
     pub async fn start_read(&self) -> Result<ReadGuard<'_, T>, Error> {
-        if let Some(g) = self.cell.try_read()
+        if let Some(g) = self.inner.cell.try_read()
             && self.lease_valid()
         {
-            self.node.inner.hits.hit();
+            self.inner.node.inner.hits.hit();
             return Ok(g);
         }
-        Ok(self.slow_access(AccessMode::Read).await?.read(&self.cell))
+        Ok(self
+            .slow_access(AccessMode::Read)
+            .await?
+            .read(&self.inner.cell))
     }
 
     /// Starts a write: at once if this node holds the only copy (a hit), otherwise after
     /// recalling every other copy. The write lasts until the guard is ended or dropped;
     /// meanwhile no other access to the region runs anywhere.
     pub async fn start_write(&self) -> Result<WriteGuard<'_, T>, Error> {
-        if let Some(g) = self.cell.try_write()
+        if let Some(g) = self.inner.cell.try_write()
             && self.lease_valid()
         {
-            self.node.inner.hits.hit();
+            self.inner.node.inner.hits.hit();
             return Ok(g);
         }
-        Ok(self.slow_access(AccessMode::Write).await?.write(&self.cell))
+        Ok(self
+            .slow_access(AccessMode::Write)
+            .await?
+            .write(&self.inner.cell))
     }
 
     /// A miss: the access through the engine, used only under a valid lease from the home
@@ -1409,9 +1402,10 @@ impl<T: Region> Handle<T> {
             AccessMode::Write => "write",
         };
         let id = self.id();
-        let deadline = tokio::time::Instant::now() + self.node.inner.op_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.node.inner.op_timeout;
         loop {
             let access = match self
+                .inner
                 .node
                 .run_op(what, id, |engine, op| {
                     Ok(granted(match mode {
@@ -1432,15 +1426,15 @@ impl<T: Region> Handle<T> {
                 return Ok(access);
             }
             drop(access);
-            self.node.wait_for_lease(what, id, deadline).await?;
+            self.inner.node.wait_for_lease(what, id, deadline).await?;
         }
     }
 
     /// A read if it is a hit (a valid copy, under a valid lease from its home), without
     /// waiting; `None` otherwise.
     pub fn try_read(&self) -> Option<ReadGuard<'_, T>> {
-        let g = self.cell.try_read().filter(|_| self.lease_valid())?;
-        self.node.inner.hits.hit();
+        let g = self.inner.cell.try_read().filter(|_| self.lease_valid())?;
+        self.inner.node.inner.hits.hit();
         Some(g)
     }
 
@@ -1449,6 +1443,7 @@ impl<T: Region> Handle<T> {
     pub async fn flush(&self) -> Result<(), Error> {
         let id = self.id();
         let outcome = self
+            .inner
             .node
             .run_op("flush", id, |engine, op| {
                 Ok((engine.flush(id, op)? == Progress::Done).then_some(Outcome::Done(Ok(()))))
