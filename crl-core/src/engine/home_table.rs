@@ -6,9 +6,9 @@
 //! **pages** of [`PAGE`] consecutive numbers, each slot an entry or empty, found through an
 //! ordered map of pages. A full page costs its entries' size and nothing else: no hash, no
 //! spare capacity of a table that has just doubled (a `HashMap` of a million entries sits
-//! at about half load, and its entries carry their keys). A page is freed when its last entry
-//! goes. The price: numbers far apart (regions of many past incarnations, most of them
-//! deleted) keep a page each, up to [`PAGE`] slots for one live entry.
+//! at about half load, and its entries carry their keys). The price: numbers far apart
+//! (regions of many past incarnations, most of them deleted) keep a page each, up to
+//! [`PAGE`] slots for one live entry.
 //!
 //! The table also remembers which numbers were **deleted** (a request for a deleted region is
 //! refused as deleted, not as unknown), as one bit per number in its page: a page whose
@@ -25,7 +25,7 @@ pub(crate) const PAGE: usize = 256;
 const PAGE_SHIFT: u32 = PAGE.trailing_zeros();
 
 /// One page: `PAGE` slots (none while no entry is live), how many are taken, and the deleted
-/// numbers' bits.
+/// numbers' bits. A page is never dropped: one with no live entry is its bits alone.
 struct Page {
     live: usize,
     slots: Option<Box<[Option<HomeEntry>]>>,
@@ -55,11 +55,6 @@ impl Page {
         } else {
             self.deleted[slot / 64] &= !(1 << (slot % 64));
         }
-    }
-
-    /// Nothing left to keep.
-    fn is_empty(&self) -> bool {
-        self.live == 0 && self.deleted.iter().all(|&w| w == 0)
     }
 }
 
@@ -113,29 +108,17 @@ impl HomeTable {
         old
     }
 
-    /// Takes the entry of `seq` out, remembering the number as deleted.
+    /// Takes the entry of `seq` out, remembering the number as deleted; a page left with no
+    /// live entry drops its slots.
     pub(crate) fn delete(&mut self, seq: &u64) -> Option<HomeEntry> {
-        self.take(seq, true)
-    }
-
-    /// Takes the entry of `seq` out (not as a delete).
-    #[cfg(test)]
-    fn remove(&mut self, seq: &u64) -> Option<HomeEntry> {
-        self.take(seq, false)
-    }
-
-    fn take(&mut self, seq: &u64, deleted: bool) -> Option<HomeEntry> {
-        let (key, slot) = split(*seq);
-        let page = self.pages.get_mut(&key)?;
+        let (page, slot) = split(*seq);
+        let page = self.pages.get_mut(&page)?;
         let old = page.slots.as_mut()?[slot].take()?;
         page.live -= 1;
         self.len -= 1;
-        page.set_deleted(slot, deleted);
+        page.set_deleted(slot, true);
         if page.live == 0 {
             page.slots = None;
-        }
-        if page.is_empty() {
-            self.pages.remove(&key);
         }
         Some(old)
     }
@@ -210,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_across_pages_are_found_listed_in_order_and_their_pages_freed() {
+    fn entries_across_pages_are_found_and_listed_in_order() {
         let mut t = HomeTable::default();
         let seqs = [1u64, 2, 255, 256, 257, 1 << 40, (1 << 40) + 3, u64::MAX];
         for &s in seqs.iter().rev() {
@@ -228,19 +211,22 @@ mod tests {
             assert!(t.get_mut(&s).is_some());
             assert_eq!(t[&s].cell.id().seq, s);
         }
-        assert!(!t.contains_key(&3) && t.get(&258).is_none() && t.remove(&3).is_none());
+        assert!(!t.contains_key(&3) && t.get(&258).is_none() && t.delete(&3).is_none());
+        assert!(!t.is_deleted(&3), "never there, so never deleted");
         // Pages: 1, 2, 255 | 256, 257 | 2^40, 2^40 + 3 | u64::MAX.
         assert_eq!(t.pages.len(), 4);
-        assert!(t.remove(&256).is_some() && t.remove(&256).is_none());
-        assert_eq!(t.pages.len(), 4, "257 keeps its page");
-        assert!(t.remove(&257).is_some());
-        assert_eq!(t.pages.len(), 3, "the page's last entry freed it");
+        assert!(t.delete(&256).is_some() && t.delete(&256).is_none());
+        assert!(t.pages[&1].slots.is_some(), "257 keeps its page's slots");
+        assert!(t.delete(&257).is_some());
+        assert!(
+            t.pages[&1].slots.is_none(),
+            "the page's last entry dropped its slots"
+        );
         assert_eq!(t.len(), seqs.len() - 2);
         assert_eq!(
             t.seqs().collect::<Vec<_>>(),
             [1, 2, 255, 1 << 40, (1 << 40) + 3, u64::MAX]
         );
-        assert!(!t.is_deleted(&256), "removed, not deleted");
     }
 
     #[test]
@@ -262,16 +248,9 @@ mod tests {
             t.pages.values().all(|p| p.slots.is_none()),
             "and drops its slots"
         );
-        // A restore (the log brings the region back) clears the bit; the page is dropped once
-        // nothing is left in it.
+        // A restore (the log brings the region back) clears the bit.
         t.insert(7, entry(7));
         assert!(!t.is_deleted(&7) && t.contains_key(&7));
-        assert!(t.remove(&7).is_some());
-        assert!(!t.is_deleted(&7));
-        for s in 0..256 {
-            t.insert(s, entry(s));
-            t.remove(&s);
-        }
-        assert_eq!(t.pages.len(), 3, "a page with nothing left goes");
+        assert!(t.is_deleted(&6) && t.is_deleted(&8));
     }
 }
