@@ -17,6 +17,7 @@
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,11 @@ const WRITER: u64 = 1 << 32;
 const READ_OK: u64 = 1 << 33;
 const WRITE_OK: u64 = 1 << 34;
 const NOTIFY: u64 = 1 << 35;
+/// The cell holds a value (its `MaybeUninit` is initialized). Kept in the admission word, not
+/// in an `Option` beside it: a discriminant would cost 8 bytes per region (16 with the
+/// allocator's rounding, issue 10), and only the engine changes it, while no access is in
+/// progress and the permissions are revoked.
+const HAS_VALUE: u64 = 1 << 36;
 
 /// The atomic admission word of a [`RegionCell`]: reader count, writer bit, permissions.
 #[derive(Default)]
@@ -73,8 +79,8 @@ impl AccessWord {
     fn try_write(&self) -> bool {
         self.0
             .compare_exchange(
-                READ_OK | WRITE_OK,
-                READ_OK | WRITE_OK | WRITER,
+                HAS_VALUE | READ_OK | WRITE_OK,
+                HAS_VALUE | READ_OK | WRITE_OK | WRITER,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             )
@@ -117,7 +123,7 @@ impl AccessWord {
         let _ = self
             .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                Some((w & (READERS | WRITER)) | bits)
+                Some((w & (READERS | WRITER | HAS_VALUE)) | bits)
             });
     }
 
@@ -145,6 +151,12 @@ impl AccessWord {
         }
     }
 
+    /// Whether the cell holds a value.
+    #[inline]
+    fn has_value(&self) -> bool {
+        self.0.load(Ordering::Acquire) & HAS_VALUE != 0
+    }
+
     /// The current permissions (read hit allowed, write hit allowed).
     pub fn permissions(&self) -> (bool, bool) {
         let w = self.0.load(Ordering::Acquire);
@@ -161,6 +173,7 @@ impl fmt::Debug for AccessWord {
             .field("read_ok", &(w & READ_OK != 0))
             .field("write_ok", &(w & WRITE_OK != 0))
             .field("notify", &(w & NOTIFY != 0))
+            .field("has_value", &(w & HAS_VALUE != 0))
             .finish()
     }
 }
@@ -215,7 +228,8 @@ pub struct RegionCell<T> {
     version: AtomicU64,
     id: RegionId,
     drains: Arc<DrainList>,
-    value: UnsafeCell<Option<T>>,
+    /// Initialized exactly while the word's `HAS_VALUE` bit is set.
+    value: UnsafeCell<MaybeUninit<T>>,
 }
 
 // SAFETY: the value is only reached through the access protocol: shared references while the
@@ -236,8 +250,12 @@ impl<T: Region> RegionCell<T> {
         version: u64,
         drains: Arc<DrainList>,
     ) -> Self {
+        let (word, value) = match value {
+            Some(v) => (AccessWord(AtomicU64::new(HAS_VALUE)), MaybeUninit::new(v)),
+            None => (AccessWord::default(), MaybeUninit::uninit()),
+        };
         RegionCell {
-            word: AccessWord::default(),
+            word,
             version: AtomicU64::new(version),
             id,
             drains,
@@ -301,21 +319,49 @@ impl<T: Region> RegionCell<T> {
 
     #[inline]
     fn value(&self) -> &T {
-        // SAFETY: called only while this thread holds a read or the write on the word, so no
-        // unique reference exists and the engine does not replace the value (see `Sync`).
-        let v = unsafe { &*self.value.get() };
-        v.as_ref()
-            .expect("crl: access granted on a cell without a value")
+        assert!(
+            self.word.has_value(),
+            "crl: access granted on a cell without a value"
+        );
+        // SAFETY: the value is initialized (checked just above; only the engine clears it, and
+        // not while an access is in progress). Called only while this thread holds a read or
+        // the write on the word, so no unique reference exists and the engine does not
+        // replace the value (see `Sync`).
+        unsafe { (*self.value.get()).assume_init_ref() }
     }
 
     #[inline]
     #[allow(clippy::mut_from_ref)]
     fn value_mut(&self) -> &mut T {
-        // SAFETY: called only while this thread holds the writer bit: no read, no other write
-        // and no engine replacement can run (see `Sync`), so this reference is unique.
-        let v = unsafe { &mut *self.value.get() };
-        v.as_mut()
-            .expect("crl: access granted on a cell without a value")
+        assert!(
+            self.word.has_value(),
+            "crl: access granted on a cell without a value"
+        );
+        // SAFETY: initialized, as in `value`. Called only while this thread holds the writer
+        // bit: no read, no other write and no engine replacement can run (see `Sync`), so this
+        // reference is unique.
+        unsafe { (*self.value.get()).assume_init_mut() }
+    }
+
+    /// Drops the value if there is one and marks the cell empty. The caller guarantees that
+    /// no access is in progress and none can start (the engine revoked the permissions).
+    fn drop_value(&self) {
+        let prev = self.word.0.fetch_and(!HAS_VALUE, Ordering::AcqRel);
+        if prev & HAS_VALUE != 0 {
+            // SAFETY: the bit said the value was initialized, and clearing it (above) makes
+            // this the only drop; no reference to the value exists (the caller's guarantee).
+            unsafe { (*self.value.get()).assume_init_drop() };
+        }
+    }
+}
+
+impl<T> Drop for RegionCell<T> {
+    fn drop(&mut self) {
+        if *self.word.0.get_mut() & HAS_VALUE != 0 {
+            // SAFETY: the bit says the value is initialized; `&mut self` means no access and
+            // no other reference exists.
+            unsafe { self.value.get_mut().assume_init_drop() };
+        }
     }
 }
 
@@ -649,12 +695,14 @@ impl<T: Region> ErasedCell for RegionCell<T> {
                 reason: "a write is in progress".into(),
             });
         }
-        // SAFETY: no write is in progress (checked above) and none can start: the engine
-        // revoked the write permission before calling, so only shared references exist.
-        let v = unsafe { &*self.value.get() };
-        v.as_ref()
-            .expect("crl: encoding a cell without a value")
-            .encode_region()
+        assert!(
+            self.word.has_value(),
+            "crl: encoding a cell without a value"
+        );
+        // SAFETY: the value is initialized (checked above), no write is in progress (checked
+        // above) and none can start: the engine revoked the write permission before calling,
+        // so only shared references exist.
+        unsafe { (*self.value.get()).assume_init_ref() }.encode_region()
     }
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError> {
         let value = T::decode_region(bytes)?;
@@ -665,9 +713,11 @@ impl<T: Region> ErasedCell for RegionCell<T> {
             "crl: region {} replaced while an access is in progress",
             self.id
         );
+        self.drop_value();
         // SAFETY: the caller guarantees no access is in progress and none can start, so no
-        // reference to the value exists.
-        unsafe { *self.value.get() = Some(value) };
+        // reference to the value exists; the old value was dropped just above.
+        unsafe { (*self.value.get()).write(value) };
+        self.word.0.fetch_or(HAS_VALUE, Ordering::AcqRel);
         self.version.store(version, Ordering::Release);
         Ok(())
     }
@@ -675,9 +725,9 @@ impl<T: Region> ErasedCell for RegionCell<T> {
         if !self.word.in_progress().is_idle() {
             return; // only frees memory; never race an access
         }
-        // SAFETY: as for `install`: no access is in progress (checked just above, and none can
-        // start because the engine revoked the permissions before calling).
-        unsafe { *self.value.get() = None };
+        // No access is in progress (checked just above), and none can start because the
+        // engine revoked the permissions before calling.
+        self.drop_value();
     }
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         self
@@ -690,5 +740,108 @@ impl<T: Region> ErasedCell for RegionCell<T> {
     }
     fn end_write_erased(&self) {
         self.end_write();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::NodeId;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts live values, so a value dropped twice or never shows.
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+    struct Counted(u64, u64);
+
+    impl Counted {
+        fn new(a: u64) -> Self {
+            LIVE.fetch_add(1, Ordering::SeqCst);
+            Counted(a, !a)
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Region for Counted {
+        const TYPE_NAME: &'static str = "Counted";
+        const FINGERPRINT: u64 = 7;
+        fn encode_region(&self) -> Result<Vec<u8>, CodecError> {
+            Ok(self.0.to_le_bytes().to_vec())
+        }
+        fn decode_region(bytes: &[u8]) -> Result<Self, CodecError> {
+            let a = u64::from_le_bytes(bytes.try_into().map_err(|_| CodecError::Invalid {
+                type_name: "Counted",
+                reason: "not 8 bytes".into(),
+            })?);
+            Ok(Counted::new(a))
+        }
+    }
+
+    fn cell(value: Option<Counted>) -> RegionCell<Counted> {
+        RegionCell::new(
+            RegionId::new(NodeId(1), 2),
+            value,
+            Arc::new(DrainList::new(None)),
+        )
+    }
+
+    #[test]
+    fn a_cell_of_a_16_byte_region_fits_an_80_byte_block() {
+        // 16 bytes of `Arc` counts plus the cell: 72 bytes, which the system allocator keeps
+        // in an 80-byte block (an `Option` beside the value made it 80 bytes, a 96-byte block).
+        assert_eq!(std::mem::size_of::<RegionCell<Counted>>(), 56);
+    }
+
+    #[test]
+    fn values_are_dropped_once_whatever_the_cell_goes_through() {
+        // The test counts live values in a static: it runs alone in this module.
+        let before = LIVE.load(Ordering::SeqCst);
+        {
+            let empty = cell(None);
+            assert!(!empty.word.has_value());
+            empty.clear(); // nothing to drop
+            empty.install(&5u64.to_le_bytes(), 3).unwrap();
+            assert_eq!(LIVE.load(Ordering::SeqCst), before + 1);
+            empty.word.permit(true, false);
+            assert_eq!(empty.try_read().map(|g| (g.0, g.1)), Some((5, !5)));
+            empty.word.revoke();
+            empty.install(&6u64.to_le_bytes(), 4).unwrap(); // replaces: the old one is dropped
+            assert_eq!(LIVE.load(Ordering::SeqCst), before + 1);
+            assert_eq!(empty.encode().unwrap(), 6u64.to_le_bytes());
+            assert!(empty.install(b"bad", 5).is_err()); // a bad image leaves the value
+            assert_eq!(empty.version(), 4);
+            empty.word.permit(true, true);
+            if let Some(mut g) = empty.try_write() {
+                g.0 = 9;
+            } else {
+                panic!("a permitted write must hit");
+            }
+            assert_eq!(empty.version(), 5);
+            empty.word.revoke();
+            empty.clear();
+            assert_eq!(LIVE.load(Ordering::SeqCst), before);
+            empty.clear();
+            assert!(empty.try_read().is_none());
+            let full = cell(Some(Counted::new(1)));
+            full.word.permit(true, true);
+            assert!(
+                full.try_write().is_some(),
+                "a cell made with a value admits a write"
+            );
+            assert_eq!(LIVE.load(Ordering::SeqCst), before + 1);
+        }
+        // Dropping the cell with a value drops it; the empty one drops nothing.
+        assert_eq!(LIVE.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    #[should_panic(expected = "encoding a cell without a value")]
+    fn encoding_an_empty_cell_is_refused_loudly() {
+        let _ = cell(None).encode();
     }
 }
