@@ -664,3 +664,25 @@ fn proptest_fault_schedules_keep_every_invariant() {
     );
     assert!(fences.get() > 20, "too few fences: {}", fences.get());
 }
+
+/// The unmapped LRU and the cache entries must agree (issue 10 packed an entry's mapping
+/// count and its LRU position into one word); a position the entry does not record is caught.
+#[test]
+fn planted_bug_lru_position_not_recorded_is_caught() {
+    for seed in 0..200u64 {
+        let cfg = SimConfig {
+            fault: Some(PlantedFault::LruPositionNotRecorded),
+            ..config(2 + seed as usize % 2, 1 + seed as usize % 3, false, 1)
+        };
+        if let Err(failure) = Sim::run_random(cfg, seed, 5_000) {
+            println!("LruPositionNotRecorded caught at seed {seed}:\n{failure}");
+            assert!(
+                failure.reason.contains("LRU position"),
+                "caught for another reason: {}",
+                failure.reason
+            );
+            return;
+        }
+    }
+    panic!("the checker missed the planted bug LruPositionNotRecorded in 200 seeds");
+}

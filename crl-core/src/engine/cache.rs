@@ -71,13 +71,62 @@ pub(crate) struct CacheEntry {
     /// The home restarted while accesses were in progress on the copy: it is dropped (and no
     /// request sent) once they end.
     pub(crate) stale: bool,
-    /// Local mappings (handles) of the copy (32 bits, as at the home).
-    pub(crate) map_count: u32,
-    /// Position in the unmapped LRU (when `map_count` is 0).
-    pub(crate) unmapped_at: u64,
+    /// Local mappings (handles) of the copy, or (none left) its place in the unmapped LRU.
+    pub(crate) mappings: Mappings,
     /// What waits on the entry; `None` while nothing does (most entries, most of the time:
     /// an idle copy costs no queue).
     waits: Option<Box<Waits>>,
+}
+
+/// How many local mappings (handles) a copy has (32 bits, as at the home) or, while it has
+/// none, its position in the engine's unmapped LRU (a clock value, never 0; 0: not in the
+/// LRU). One word for both, since the position only means something while nothing maps the
+/// copy: 8 bytes less per cache entry (issue 10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mappings(u64);
+
+/// Set in a [`Mappings`] that holds an LRU position instead of a count.
+const UNMAPPED_AT: u64 = 1 << 63;
+
+impl Mappings {
+    /// The number of local mappings.
+    pub(crate) fn count(self) -> u32 {
+        if self.0 & UNMAPPED_AT != 0 {
+            0
+        } else {
+            self.0 as u32
+        }
+    }
+
+    /// Sets the number of mappings (which forgets any LRU position).
+    pub(crate) fn set_count(&mut self, count: u32) {
+        self.0 = u64::from(count);
+    }
+
+    /// One more mapping (the LRU position, if any, is forgotten: take it out of the LRU
+    /// first).
+    pub(crate) fn add_one(&mut self) {
+        self.set_count(self.count() + 1);
+    }
+
+    /// The position in the unmapped LRU (0: none).
+    pub(crate) fn unmapped_at(self) -> u64 {
+        if self.0 & UNMAPPED_AT != 0 {
+            self.0 & !UNMAPPED_AT
+        } else {
+            0
+        }
+    }
+
+    /// Records the position in the unmapped LRU of a copy nothing maps.
+    pub(crate) fn set_unmapped_at(&mut self, at: u64) {
+        debug_assert_eq!(self.count(), 0, "an LRU position for a mapped copy");
+        debug_assert!(
+            at != 0 && at & UNMAPPED_AT == 0,
+            "LRU position {at} out of range"
+        );
+        self.0 = UNMAPPED_AT | at;
+    }
 }
 
 /// The parts of a cache entry that only matter while something waits on it.
@@ -131,8 +180,7 @@ impl CacheEntry {
             deleted: false,
             map_pending: false,
             stale: false,
-            map_count: 0,
-            unmapped_at: 0,
+            mappings: Mappings::default(),
             waits: None,
         }
     }
@@ -422,7 +470,7 @@ impl Engine {
         if entry.deleted {
             return Err(OpError::Deleted(id));
         }
-        if entry.map_count == 0 || entry.map_pending {
+        if entry.mappings.count() == 0 || entry.map_pending {
             return Err(OpError::NotMapped(id));
         }
         entry.w_mut().queue.push_back(match mode {
@@ -455,8 +503,8 @@ impl Engine {
             found = Some((id, false));
         } else if let Some(pos) = entry.w().mapping.iter().position(|&o| o == op) {
             entry.w_mut().mapping.remove(pos);
-            entry.map_count -= 1;
-            found = Some((id, entry.map_count == 0));
+            entry.mappings.set_count(entry.mappings.count() - 1);
+            found = Some((id, entry.mappings.count() == 0));
         } else if let Some(w) = entry.waits.as_deref_mut()
             && let Some(slot) = w
                 .flushes
@@ -474,7 +522,7 @@ impl Engine {
         if unmapped {
             self.unmap_clock += 1;
             let entry = self.cache.get_mut(&id).expect("cache entry");
-            entry.unmapped_at = self.unmap_clock;
+            entry.mappings.set_unmapped_at(self.unmap_clock);
             self.unmapped.insert(self.unmap_clock, id);
         }
         self.cache_advance(id);
@@ -484,12 +532,7 @@ impl Engine {
     /// The home `node` restarted or its session was fenced: drop every copy of its regions and
     /// fail what waited on it.
     pub(crate) fn cache_peer_reset(&mut self, node: NodeId, cause: PeerReset) {
-        let ids: Vec<RegionId> = self
-            .cache
-            .keys()
-            .filter(|id| id.home == node)
-            .copied()
-            .collect();
+        let ids: Vec<RegionId> = self.cache.ids().filter(|id| id.home == node).collect();
         self.stray_flush_acks.retain(|id, _| id.home != node);
         for id in ids {
             let entry = self.cache.get_mut(&id).expect("cache entry");
@@ -501,7 +544,11 @@ impl Engine {
             if entry.map_pending {
                 entry.map_pending = false;
                 let mapping = u32::try_from(entry.w().mapping.len()).unwrap_or(u32::MAX);
-                entry.map_count = entry.map_count.saturating_sub(mapping);
+                // (With none left, all were cancelled and the entry keeps its LRU position.)
+                let count = entry.mappings.count();
+                if count > 0 {
+                    entry.mappings.set_count(count.saturating_sub(mapping));
+                }
             }
             failed.append(&mut entry.w_mut().mapping);
             failed.extend(entry.w_mut().flushes.drain(..).flatten());
@@ -517,10 +564,10 @@ impl Engine {
             } else {
                 entry.stale = true;
             }
-            let drop_entry = entry.map_count == 0 && !entry.stale;
+            let drop_entry = entry.mappings.count() == 0 && !entry.stale;
             if drop_entry {
                 let entry = self.cache.remove(&id).expect("cache entry");
-                self.unmapped.remove(&entry.unmapped_at);
+                self.unmapped.remove(&entry.mappings.unmapped_at());
             }
             debug!(node = %self.node, region = %id, failed = failed.len(), ?cause, "home reset");
             for op in failed {
@@ -670,15 +717,19 @@ impl Engine {
                 if entry.map_pending {
                     // Every mapping of the entry was waiting for this answer (or cancelled).
                     entry.map_pending = false;
-                    entry.map_count = 0;
+                    // (Its mappings may all have been cancelled: then it is in the LRU.)
+                    let in_lru = entry.mappings.unmapped_at();
+                    entry.mappings.set_count(0);
                     let failed = std::mem::take(&mut entry.w_mut().mapping);
                     if entry.w().deletes.is_empty() {
-                        let entry = self.cache.remove(&id).expect("cache entry");
-                        self.unmapped.remove(&entry.unmapped_at);
-                    } else if !self.unmapped.contains_key(&entry.unmapped_at) {
+                        self.cache.remove(&id).expect("cache entry");
+                        self.unmapped.remove(&in_lru);
+                    } else if in_lru != 0 {
                         // Kept until the answers to its deletes arrive; then evictable.
+                        entry.mappings.set_unmapped_at(in_lru);
+                    } else {
                         self.unmap_clock += 1;
-                        entry.unmapped_at = self.unmap_clock;
+                        entry.mappings.set_unmapped_at(self.unmap_clock);
                         self.unmapped.insert(self.unmap_clock, id);
                     }
                     for op in failed {

@@ -88,6 +88,7 @@
 
 pub mod access;
 mod cache;
+mod cache_table;
 mod home;
 mod home_table;
 
@@ -100,6 +101,7 @@ pub use access::{Access, AccessMode, InProgress, ReadGuard, RegionCell, WriteGua
 use access::{DrainList, ErasedCell, RawCell};
 pub use cache::CacheState;
 use cache::{CacheEntry, LocalOp};
+use cache_table::CacheTable;
 pub use home::{DirState, Sharers};
 use home::{HomeEntry, Requester};
 use home_table::HomeTable;
@@ -298,6 +300,9 @@ pub enum PlantedFault {
     /// (a cancelled wait), so a later, younger wait behind new hits goes unreported and the
     /// holders it waits on are never wounded.
     WantedNotForgotten,
+    /// The last unmap of a copy puts it in the unmapped LRU without recording its position
+    /// in the entry, so a later map leaves it there (and eviction may drop a mapped copy).
+    LruPositionNotRecorded,
 }
 
 /// Engine settings.
@@ -438,7 +443,7 @@ pub struct Engine {
     config: EngineConfig,
     next_seq: u64,
     homes: HomeTable,
-    cache: HashMap<RegionId, CacheEntry>,
+    cache: CacheTable,
     unmapped: BTreeMap<u64, RegionId>,
     unmap_clock: u64,
     /// Flush acks still due for entries evicted (and dropped) since.
@@ -468,7 +473,7 @@ impl Engine {
             config,
             next_seq: 1,
             homes: HomeTable::default(),
-            cache: HashMap::new(),
+            cache: CacheTable::default(),
             unmapped: BTreeMap::new(),
             unmap_clock: 0,
             stray_flush_acks: HashMap::new(),
@@ -531,10 +536,10 @@ impl Engine {
             if entry.deleted {
                 return Err(OpError::Deleted(id));
             }
-            if entry.map_count == 0 {
-                self.unmapped.remove(&entry.unmapped_at);
+            if entry.mappings.count() == 0 {
+                self.unmapped.remove(&entry.mappings.unmapped_at());
             }
-            entry.map_count += 1;
+            entry.mappings.add_one();
             if !entry.map_pending {
                 return Ok((cell, Progress::Done));
             }
@@ -543,10 +548,10 @@ impl Engine {
         }
         let cell = Arc::new(RegionCell::<T>::new(id, None, self.drains.clone()));
         let mut entry = CacheEntry::new(cell.clone());
-        entry.map_count = 1;
+        entry.mappings.set_count(1);
         entry.map_pending = true;
         entry.w_mut().mapping.push(op);
-        self.cache.insert(id, entry);
+        self.cache.insert(entry);
         self.send(
             id.home,
             Message::Map {
@@ -614,13 +619,16 @@ impl Engine {
             };
         }
         let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
-        if entry.map_count == 0 {
+        let count = entry.mappings.count();
+        if count == 0 {
             return Err(OpError::NotMapped(id));
         }
-        entry.map_count -= 1;
-        if entry.map_count == 0 {
+        entry.mappings.set_count(count - 1);
+        if count == 1 {
             self.unmap_clock += 1;
-            entry.unmapped_at = self.unmap_clock;
+            if !planted!(self, LruPositionNotRecorded) {
+                entry.mappings.set_unmapped_at(self.unmap_clock);
+            }
             self.unmapped.insert(self.unmap_clock, id);
             self.evict_unmapped();
         }
@@ -1051,6 +1059,37 @@ impl Engine {
         }
     }
 
+    /// Checks that the unmapped LRU and the cache entries agree: every position in the LRU
+    /// names an entry nothing maps that records that position, and every entry that records
+    /// a position is there (a position lost either way would keep a copy forever or evict a
+    /// mapped one). For the simulator.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn check_unmapped_lru(&self) -> Result<(), String> {
+        for (&at, id) in &self.unmapped {
+            let Some(e) = self.cache.get(id) else {
+                return Err(format!(
+                    "LRU position {at} names {id}, which has no cache entry"
+                ));
+            };
+            if e.mappings.count() != 0 || e.mappings.unmapped_at() != at {
+                return Err(format!(
+                    "LRU position {at} names {id}, whose entry says {:?}",
+                    e.mappings
+                ));
+            }
+        }
+        for e in self.cache.values() {
+            let at = e.mappings.unmapped_at();
+            if at != 0 && self.unmapped.get(&at) != Some(&e.cell.id()) {
+                return Err(format!(
+                    "{} records LRU position {at}, which the LRU does not have",
+                    e.cell.id()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Ids of the regions homed here (not deleted).
     pub fn homed_regions(&self) -> Vec<RegionId> {
         let mut v: Vec<_> = self
@@ -1064,7 +1103,7 @@ impl Engine {
 
     /// Ids of the regions homed elsewhere that this node has an entry for.
     pub fn cached_regions(&self) -> Vec<RegionId> {
-        let mut v: Vec<_> = self.cache.keys().copied().collect();
+        let mut v: Vec<_> = self.cache.ids().collect();
         v.sort();
         v
     }

@@ -1675,6 +1675,11 @@ impl Sim {
     }
 
     fn check_agreement(&mut self) -> Check {
+        for n in 0..self.cfg.nodes {
+            if let Err(e) = self.engines[n].check_unmapped_lru() {
+                return Err(self.fail(format!("n{n}: {e}")));
+            }
+        }
         for r in 0..self.regions.len() {
             let id = self.regions[r];
             let home = id.home.0 as usize;
