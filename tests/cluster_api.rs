@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crl::{Cluster, Error, NodeId, Region, RegionId};
+use crl::{Cluster, Error, Handle, NodeId, Region, RegionId};
 
 #[derive(Region, Clone, Debug, PartialEq)]
 struct Counter {
@@ -264,6 +264,67 @@ async fn a_region_stays_mapped_while_any_clone_of_its_handle_lives() -> Result<(
         1,
         "the last clone dropped unmaps the region"
     );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Handles count themselves in the region's cell and the node maps the region once for all
+/// that live at the same time (issue 10: handles without an allocation). Many tasks on two
+/// threads map, clone, read and drop handles of one region at once: no access may find the
+/// region unmapped under a live handle (a mapping given back twice), and once every handle is
+/// gone the region must be unmapped (not one mapping left behind): with an unmapped cache of
+/// 0 it is then evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_mapped_cloned_and_dropped_at_once_leave_one_mapping() -> Result<(), Error> {
+    let cluster = Cluster::local_with(2, |c| c.unmapped_capacity = 0).await?;
+    let (home, cache) = (cluster.node(0), cluster.node(1));
+    for (n, node) in [home, cache].into_iter().enumerate() {
+        let id = home.create(Counter { value: 7 }).await?.id();
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let mut kept: Vec<Handle<Counter>> = Vec::new();
+                    for i in 0..300u64 {
+                        let h = node.map::<Counter>(id).await?;
+                        let c = h.clone();
+                        if (i + t) % 3 == 0 {
+                            drop(h);
+                        } else {
+                            kept.push(h);
+                        }
+                        assert_eq!(c.start_read().await?.value, 7);
+                        if (i * 7 + t) % 5 == 0 {
+                            kept.clear();
+                        }
+                        if i % 16 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        if let Some(k) = kept.last() {
+                            assert_eq!(k.start_read().await?.value, 7);
+                        }
+                    }
+                    Ok::<_, Error>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task")?;
+        }
+        if n == 1 {
+            // Every handle is gone: the copy was unmapped and, with room for none, evicted.
+            let evictions = cache.stats().engine.evictions;
+            assert!(evictions > 0, "the copy was never unmapped: {evictions}");
+            let h = cache.map::<Counter>(id).await?;
+            assert_eq!(h.start_read().await?.value, 7);
+            drop(h);
+            assert_eq!(
+                cache.stats().engine.evictions,
+                evictions + 1,
+                "a mapping was left behind: the last handle did not unmap"
+            );
+        }
+    }
     cluster.shutdown().await;
     Ok(())
 }

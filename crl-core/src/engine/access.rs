@@ -20,11 +20,11 @@ use std::fmt;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::region::{CodecError, Region, RegionId};
+use crate::region::{CodecError, NodeId, Region, RegionId};
 
 const READERS: u64 = (1 << 32) - 1;
 const WRITER: u64 = 1 << 32;
@@ -181,7 +181,7 @@ impl fmt::Debug for AccessWord {
 impl<T> fmt::Debug for RegionCell<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegionCell")
-            .field("id", &self.id)
+            .field("id", &RegionId::new(self.home, self.seq))
             .field("version", &self.version.load(Ordering::Relaxed))
             .field("word", &self.word)
             .finish_non_exhaustive()
@@ -226,7 +226,13 @@ impl DrainList {
 pub struct RegionCell<T> {
     word: AccessWord,
     version: AtomicU64,
-    id: RegionId,
+    /// The region's id, in two fields so that the handle count fills what would be the
+    /// id's padding (the cell stays 56 bytes for a 16-byte value: 72 with the `Arc`'s
+    /// counts, an 80-byte block).
+    seq: u64,
+    home: NodeId,
+    /// The program's handles on this cell (see [`add_handle`](Self::add_handle)).
+    handles: AtomicU32,
     drains: Arc<DrainList>,
     /// Initialized exactly while the word's `HAS_VALUE` bit is set.
     value: UnsafeCell<MaybeUninit<T>>,
@@ -257,15 +263,47 @@ impl<T: Region> RegionCell<T> {
         RegionCell {
             word,
             version: AtomicU64::new(version),
-            id,
+            seq: id.seq,
+            home: id.home,
+            handles: AtomicU32::new(0),
             drains,
             value: UnsafeCell::new(value),
         }
     }
 
     /// The region this cell caches.
+    #[inline]
     pub fn id(&self) -> RegionId {
-        self.id
+        RegionId::new(self.home, self.seq)
+    }
+
+    /// Counts one more handle of the program on this cell; true if it is the only one (the
+    /// count was 0). A node maps a region once for all the handles on its cell that live at
+    /// the same time: the handle that finds the count at 0 keeps the mapping it was made
+    /// with, any other gives its own back at once, and the one that takes the count back to
+    /// 0 ([`drop_handle`](Self::drop_handle)) unmaps. Each change of the count from 0 to 1
+    /// and back thus pairs one map with one unmap, in whatever order threads get there.
+    ///
+    /// Aborts the process if the count would pass `u32::MAX` (as `Arc` does past
+    /// `isize::MAX`): four billion live handles on one region are a leak.
+    #[inline]
+    pub fn add_handle(&self) -> bool {
+        let prev = self.handles.fetch_add(1, Ordering::Relaxed);
+        if prev == u32::MAX {
+            std::process::abort();
+        }
+        prev == 0
+    }
+
+    /// Counts one handle fewer; true if it was the last (its owner then unmaps the region).
+    #[inline]
+    pub fn drop_handle(&self) -> bool {
+        if self.handles.fetch_sub(1, Ordering::Release) == 1 {
+            std::sync::atomic::fence(Ordering::Acquire);
+            true
+        } else {
+            false
+        }
     }
 
     /// The version of the local copy (bumped by each completed write).
@@ -303,7 +341,7 @@ impl<T: Region> RegionCell<T> {
     #[inline]
     fn end_read(&self) {
         if self.word.end_read() {
-            self.drains.push(self.id);
+            self.drains.push(self.id());
         }
     }
 
@@ -313,7 +351,7 @@ impl<T: Region> RegionCell<T> {
         let v = self.version.load(Ordering::Relaxed);
         self.version.store(v + 1, Ordering::Release);
         if self.word.end_write() {
-            self.drains.push(self.id);
+            self.drains.push(self.id());
         }
     }
 
@@ -426,7 +464,7 @@ impl<T: Region> Drop for WriteGuard<'_, T> {
 impl<T: Region> fmt::Debug for ReadGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadGuard")
-            .field("region", &self.cell.id)
+            .field("region", &self.cell.id())
             .finish()
     }
 }
@@ -434,7 +472,7 @@ impl<T: Region> fmt::Debug for ReadGuard<'_, T> {
 impl<T: Region> fmt::Debug for WriteGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteGuard")
-            .field("region", &self.cell.id)
+            .field("region", &self.cell.id())
             .finish()
     }
 }
@@ -673,7 +711,7 @@ impl fmt::Debug for RawCell {
 
 impl<T: Region> ErasedCell for RegionCell<T> {
     fn id(&self) -> RegionId {
-        self.id
+        self.id()
     }
     fn word(&self) -> &AccessWord {
         &self.word
@@ -711,7 +749,7 @@ impl<T: Region> ErasedCell for RegionCell<T> {
         assert!(
             self.word.in_progress().is_idle(),
             "crl: region {} replaced while an access is in progress",
-            self.id
+            self.id()
         );
         self.drop_value();
         // SAFETY: the caller guarantees no access is in progress and none can start, so no

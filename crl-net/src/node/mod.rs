@@ -1298,28 +1298,35 @@ async fn resend_decisions(node: Node) {
     }
 }
 
-/// A mapped region. Cheap to clone; the region is unmapped when the last clone is dropped.
+/// A mapped region. Cheap to clone; the region is unmapped when the last handle on it is
+/// dropped.
+///
+/// A handle has no allocation of its own (issue 10: a million mapped regions): the region's
+/// cell counts the handles on it ([`RegionCell::add_handle`]), and the node maps the region
+/// once for all of them.
 pub struct Handle<T: Region> {
-    inner: Arc<HandleInner<T>>,
-}
-
-struct HandleInner<T: Region> {
     node: Node,
     cell: Arc<RegionCell<T>>,
     /// This node's lease on the home's regions (`None`: homed here, or no peer timeout).
     lease: Option<Arc<LeaseSlot>>,
 }
 
-impl<T: Region> Drop for HandleInner<T> {
+impl<T: Region> Drop for Handle<T> {
     fn drop(&mut self) {
-        self.node.unmap(self.cell.id());
+        if self.cell.drop_handle() {
+            self.node.unmap(self.cell.id());
+        }
     }
 }
 
 impl<T: Region> Clone for Handle<T> {
     fn clone(&self) -> Self {
+        // Never the first: this handle is counted.
+        self.cell.add_handle();
         Handle {
-            inner: self.inner.clone(),
+            node: self.node.clone(),
+            cell: self.cell.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -1334,64 +1341,61 @@ impl<T: Region> std::fmt::Debug for Handle<T> {
 }
 
 impl<T: Region> Handle<T> {
+    /// A handle on `cell`, which the caller mapped once for it (and no lock is held).
     fn new(node: Node, cell: Arc<RegionCell<T>>) -> Self {
-        let lease = node.lease_slot(cell.id().home);
-        Handle {
-            inner: Arc::new(HandleInner { node, cell, lease }),
+        if !cell.add_handle() {
+            // Other handles on the cell live: their mapping stands for this one too.
+            node.unmap(cell.id());
         }
+        let lease = node.lease_slot(cell.id().home);
+        Handle { node, cell, lease }
     }
 
     /// Whether this node's lease on the home's regions is valid now (always, for a region
     /// homed here or without a peer timeout). Checked after an access is acquired.
     #[inline]
     pub(crate) fn lease_valid(&self) -> bool {
-        self.inner.lease.as_ref().is_none_or(|s| s.valid())
+        self.lease.as_ref().is_none_or(|s| s.valid())
     }
 
     /// The region's id.
     pub fn id(&self) -> RegionId {
-        self.inner.cell.id()
+        self.cell.id()
     }
 
     /// The node this handle belongs to.
     pub fn node(&self) -> &Node {
-        &self.inner.node
+        &self.node
     }
 
     pub(crate) fn cell(&self) -> &Arc<RegionCell<T>> {
-        &self.inner.cell
+        &self.cell
     }
 
     /// Starts a read: at once if the local copy is valid (a hit, no message), otherwise after
     /// fetching a copy. The read lasts until the guard is ended or dropped; meanwhile no node
     /// can write the region.
     pub async fn start_read(&self) -> Result<ReadGuard<'_, T>, Error> {
-        if let Some(g) = self.inner.cell.try_read()
+        if let Some(g) = self.cell.try_read()
             && self.lease_valid()
         {
-            self.inner.node.inner.hits.hit();
+            self.node.inner.hits.hit();
             return Ok(g);
         }
-        Ok(self
-            .slow_access(AccessMode::Read)
-            .await?
-            .read(&self.inner.cell))
+        Ok(self.slow_access(AccessMode::Read).await?.read(&self.cell))
     }
 
     /// Starts a write: at once if this node holds the only copy (a hit), otherwise after
     /// recalling every other copy. The write lasts until the guard is ended or dropped;
     /// meanwhile no other access to the region runs anywhere.
     pub async fn start_write(&self) -> Result<WriteGuard<'_, T>, Error> {
-        if let Some(g) = self.inner.cell.try_write()
+        if let Some(g) = self.cell.try_write()
             && self.lease_valid()
         {
-            self.inner.node.inner.hits.hit();
+            self.node.inner.hits.hit();
             return Ok(g);
         }
-        Ok(self
-            .slow_access(AccessMode::Write)
-            .await?
-            .write(&self.inner.cell))
+        Ok(self.slow_access(AccessMode::Write).await?.write(&self.cell))
     }
 
     /// A miss: the access through the engine, used only under a valid lease from the home
@@ -1402,10 +1406,9 @@ impl<T: Region> Handle<T> {
             AccessMode::Write => "write",
         };
         let id = self.id();
-        let deadline = tokio::time::Instant::now() + self.inner.node.inner.op_timeout;
+        let deadline = tokio::time::Instant::now() + self.node.inner.op_timeout;
         loop {
             let access = match self
-                .inner
                 .node
                 .run_op(what, id, |engine, op| {
                     Ok(granted(match mode {
@@ -1426,15 +1429,15 @@ impl<T: Region> Handle<T> {
                 return Ok(access);
             }
             drop(access);
-            self.inner.node.wait_for_lease(what, id, deadline).await?;
+            self.node.wait_for_lease(what, id, deadline).await?;
         }
     }
 
     /// A read if it is a hit (a valid copy, under a valid lease from its home), without
     /// waiting; `None` otherwise.
     pub fn try_read(&self) -> Option<ReadGuard<'_, T>> {
-        let g = self.inner.cell.try_read().filter(|_| self.lease_valid())?;
-        self.inner.node.inner.hits.hit();
+        let g = self.cell.try_read().filter(|_| self.lease_valid())?;
+        self.node.inner.hits.hit();
         Some(g)
     }
 
@@ -1443,7 +1446,6 @@ impl<T: Region> Handle<T> {
     pub async fn flush(&self) -> Result<(), Error> {
         let id = self.id();
         let outcome = self
-            .inner
             .node
             .run_op("flush", id, |engine, op| {
                 Ok((engine.flush(id, op)? == Progress::Done).then_some(Outcome::Done(Ok(()))))
