@@ -829,6 +829,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn a_cell_of_a_16_byte_region_fits_an_80_byte_block() {
         // 16 bytes of `Arc` counts plus the cell: 72 bytes, which the system allocator keeps
         // in an 80-byte block (an `Option` beside the value made it 80 bytes, a 96-byte block).

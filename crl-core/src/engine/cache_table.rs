@@ -193,9 +193,11 @@ mod tests {
 
     #[test]
     fn an_entry_is_40_bytes_and_a_page_keeps_no_room_for_absent_ones() {
-        assert_eq!(std::mem::size_of::<CacheEntry>(), 40);
-        // The map's slot: the key (home, page number) and the page (bits, boxed slice).
-        assert_eq!(std::mem::size_of::<((NodeId, u64), Page)>(), 40);
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(std::mem::size_of::<CacheEntry>(), 40);
+            // The map's slot: the key (home, page number) and the page (bits, boxed slice).
+            assert_eq!(std::mem::size_of::<((NodeId, u64), Page)>(), 40);
+        }
         let mut t = CacheTable::default();
         for seq in [3u64, 70, 64, 127, 0] {
             t.insert(entry(1, seq));
