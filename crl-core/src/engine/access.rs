@@ -828,6 +828,28 @@ mod tests {
         )
     }
 
+    /// A value that is not counted (the counting test must see only its own values).
+    struct Plain(u64);
+
+    impl Region for Plain {
+        const TYPE_NAME: &'static str = "Plain";
+        const FINGERPRINT: u64 = 8;
+        fn encode_region(&self) -> Result<Vec<u8>, CodecError> {
+            Ok(self.0.to_le_bytes().to_vec())
+        }
+        fn decode_region(_: &[u8]) -> Result<Self, CodecError> {
+            Ok(Plain(0))
+        }
+    }
+
+    fn plain(v: u64) -> RegionCell<Plain> {
+        RegionCell::new(
+            RegionId::new(NodeId(1), 3),
+            Some(Plain(v)),
+            Arc::new(DrainList::new(None)),
+        )
+    }
+
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_cell_of_a_16_byte_region_fits_an_80_byte_block() {
@@ -876,6 +898,100 @@ mod tests {
         }
         // Dropping the cell with a value drops it; the empty one drops nothing.
         assert_eq!(LIVE.load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn the_word_admits_hits_only_as_its_permissions_say() {
+        let c = plain(3);
+        let w = &c.word;
+        // Made with a value, no permission: nothing hits.
+        assert_eq!(w.permissions(), (false, false));
+        assert!(c.try_read().is_none() && c.try_write().is_none());
+        // Read permission: reads hit (many at once), writes do not.
+        w.permit(true, false);
+        assert_eq!(w.permissions(), (true, false));
+        let (r1, r2) = (c.try_read().expect("hit"), c.try_read().expect("hit"));
+        assert!(c.try_write().is_none());
+        assert_eq!(
+            w.in_progress(),
+            InProgress {
+                readers: 2,
+                writer: false
+            }
+        );
+        assert!(!w.in_progress().is_idle());
+        drop((r1, r2));
+        assert!(w.in_progress().is_idle());
+        // Write permission: one write at a time, no read beside it.
+        w.permit(true, true);
+        assert_eq!(w.permissions(), (true, true));
+        let g = c.try_write().expect("write hit");
+        assert!(c.try_write().is_none() && c.try_read().is_none());
+        assert_eq!(
+            w.in_progress(),
+            InProgress {
+                readers: 0,
+                writer: true
+            }
+        );
+        drop(g);
+        // A read in progress stops a write hit too.
+        let r = c.try_read().expect("hit");
+        assert!(c.try_write().is_none());
+        drop(r);
+        assert!(c.try_write().is_some());
+    }
+
+    #[test]
+    fn a_revoke_reports_what_is_in_progress_and_the_last_end_reports_the_drain() {
+        let drains = Arc::new(DrainList::new(None));
+        let id = RegionId::new(NodeId(1), 9);
+        let c = RegionCell::new(id, Some(Plain(1)), drains.clone());
+        c.word.permit(true, false);
+        let (r1, r2) = (c.try_read().unwrap(), c.try_read().unwrap());
+        let busy = c.word.revoke();
+        assert_eq!(
+            busy,
+            InProgress {
+                readers: 2,
+                writer: false
+            }
+        );
+        assert_eq!(c.word.permissions(), (false, false));
+        assert!(c.try_read().is_none(), "revoked: no new hit");
+        drop(r1);
+        assert!(drains.is_empty(), "a read still runs");
+        drop(r2);
+        assert_eq!(drains.take(), vec![id], "the last end reports the region");
+        assert!(drains.is_empty());
+        // The engine admits queued accesses itself while permissions are revoked.
+        c.word.grant_read();
+        assert_eq!(c.word.in_progress().readers, 1);
+        drop(ReadGuard { cell: &c });
+        assert_eq!(drains.take(), vec![id]);
+        c.word.grant_write();
+        assert!(c.word.in_progress().writer);
+        drop(WriteGuard { cell: &c });
+        assert_eq!(drains.take(), vec![id], "a write's end reports too");
+        // Permitting again drops the drain request: ends report nothing.
+        c.word.permit(true, true);
+        drop(c.try_write().unwrap());
+        assert!(drains.is_empty());
+        // Permissions do not touch the value: it is still there.
+        assert!(c.word.has_value());
+    }
+
+    #[test]
+    fn handles_are_counted_first_and_last() {
+        let c = cell(None);
+        assert!(c.add_handle(), "the first handle");
+        assert!(!c.add_handle());
+        assert!(!c.add_handle());
+        assert!(!c.drop_handle());
+        assert!(!c.drop_handle());
+        assert!(c.drop_handle(), "the last handle");
+        assert!(c.add_handle(), "first again after the last was dropped");
+        assert_eq!(c.id(), RegionId::new(NodeId(1), 2));
     }
 
     #[test]
