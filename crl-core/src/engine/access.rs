@@ -820,7 +820,8 @@ mod tests {
         }
     }
 
-    fn cell(value: Option<Counted>) -> RegionCell<Counted> {
+    /// A cell of region 1.2 with its own drain list.
+    fn cell<T: Region>(value: Option<T>) -> RegionCell<T> {
         RegionCell::new(
             RegionId::new(NodeId(1), 2),
             value,
@@ -842,14 +843,6 @@ mod tests {
         }
     }
 
-    fn plain(v: u64) -> RegionCell<Plain> {
-        RegionCell::new(
-            RegionId::new(NodeId(1), 3),
-            Some(Plain(v)),
-            Arc::new(DrainList::new(None)),
-        )
-    }
-
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_cell_of_a_16_byte_region_fits_an_80_byte_block() {
@@ -863,7 +856,7 @@ mod tests {
         // The test counts live values in a static: it runs alone in this module.
         let before = LIVE.load(Ordering::SeqCst);
         {
-            let empty = cell(None);
+            let empty = cell::<Counted>(None);
             assert!(!empty.word.has_value());
             empty.clear(); // nothing to drop
             empty.install(&5u64.to_le_bytes(), 3).unwrap();
@@ -902,7 +895,7 @@ mod tests {
 
     #[test]
     fn the_word_admits_hits_only_as_its_permissions_say() {
-        let c = plain(3);
+        let c = cell(Some(Plain(3)));
         let w = &c.word;
         // Made with a value, no permission: nothing hits.
         assert_eq!(w.permissions(), (false, false));
@@ -983,7 +976,7 @@ mod tests {
 
     #[test]
     fn handles_are_counted_first_and_last() {
-        let c = cell(None);
+        let c = cell::<Plain>(None);
         assert!(c.add_handle(), "the first handle");
         assert!(!c.add_handle());
         assert!(!c.add_handle());
@@ -997,6 +990,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "encoding a cell without a value")]
     fn encoding_an_empty_cell_is_refused_loudly() {
-        let _ = cell(None).encode();
+        let _ = cell::<Counted>(None).encode();
     }
 }
