@@ -65,6 +65,12 @@ async fn dropping_every_handle_stops_the_node() {
         })
         .await
         .unwrap();
+    // Names on both nodes' tables: each node then keeps handles on the other's table, which
+    // must not keep it running.
+    for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        cluster.node(i % 2).bind(name, id).await.unwrap();
+        assert_eq!(cluster.node(1 - i % 2).lookup(name).await.unwrap(), id);
+    }
     drop(h);
     drop(cluster);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! Leases and failure detection at run time (DESIGN.md §6, rules 2 and 3): the clock, the
-//! lease slots the hit path checks, and the task that drives [`crl_core::liveness`].
+//! lease words the hit path checks, and the task that drives [`crl_core::liveness`].
 //!
 //! The state machine ([`Liveness`]) decides; this module only reads the clock, sends the pings
 //! it asks for, stores the lease ends where the program's threads can read them, and fences
@@ -7,7 +7,7 @@
 //!
 //! **The hit path.** Every access to a copy of another home's region checks, *after* it has
 //! acquired the copy, that this node's lease from the home is still valid
-//! ([`LeaseSlot::valid`]: one atomic load and one read of the coarse monotonic clock). The
+//! ([`LeaseTable::valid`]: one atomic load and one read of the coarse monotonic clock). The
 //! order matters: a thread paused between the check and its read would otherwise read a copy
 //! its home may have reclaimed meanwhile; checked after acquisition, the access is linearized
 //! at the check, while the lease still held. A process paused for longer than its leases
@@ -60,33 +60,54 @@ pub mod clock {
     }
 }
 
-/// This node's lease on one home's regions, as the program's threads see it.
-#[derive(Debug)]
-pub struct LeaseSlot {
-    /// The end of the lease in [`clock`] nanoseconds (0: no lease).
-    until: AtomicU64,
-    /// Signalled whenever `until` changes.
-    changed: Notify,
+/// The end of this node's lease on each home's regions, as the program's threads see it: one
+/// word per node id, indexed by id (ids are at most [`MAX_NODE_ID`](crate::config::MAX_NODE_ID),
+/// so the table is at most 32 KiB), shared by the node and its liveness task.
+///
+/// A word holds the end of the lease in [`clock`] nanoseconds, 0 while there is none, and
+/// [`LeaseTable::NOT_NEEDED`] for this node's own regions and for ids that are not peers. The
+/// hit path finds the word from the region's home, so a handle carries no lease pointer of
+/// its own (issue 10: 8 bytes less per mapped region).
+#[derive(Clone, Debug, Default)]
+pub struct LeaseTable {
+    until: Arc<[AtomicU64]>,
 }
 
-impl LeaseSlot {
-    fn new() -> Self {
-        LeaseSlot {
-            until: AtomicU64::new(0),
-            changed: Notify::new(),
+impl LeaseTable {
+    /// A word that never expires: no lease is needed.
+    pub const NOT_NEEDED: u64 = u64::MAX;
+
+    /// A table for `peers` (no lease from any yet); every other id needs none.
+    fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
+        let peers: Vec<NodeId> = peers.into_iter().collect();
+        let len = peers.iter().map(|p| p.0 as usize + 1).max().unwrap_or(0);
+        let until: Arc<[AtomicU64]> = (0..len).map(|_| AtomicU64::new(Self::NOT_NEEDED)).collect();
+        for p in peers {
+            until[p.0 as usize].store(0, Ordering::Relaxed);
+        }
+        LeaseTable { until }
+    }
+
+    /// Whether this node's lease on `home`'s regions is valid now (always, for a home that
+    /// needs none).
+    #[inline]
+    pub fn valid(&self, home: NodeId) -> bool {
+        match self.until.get(home.0 as usize) {
+            None => true,
+            Some(word) => {
+                let until = word.load(Ordering::Acquire);
+                until == Self::NOT_NEEDED || clock::now().as_nanos() < until
+            }
         }
     }
 
-    /// Whether the lease is valid now.
-    #[inline]
-    pub fn valid(&self) -> bool {
-        clock::now().as_nanos() < self.until.load(Ordering::Acquire)
-    }
-
-    fn set(&self, until: Option<Timestamp>) {
-        self.until
-            .store(until.map_or(0, Timestamp::as_nanos), Ordering::Release);
-        self.changed.notify_waiters();
+    /// Records the end of `peer`'s lease (`None`: no lease).
+    fn set(&self, peer: NodeId, until: Option<Timestamp>) {
+        if let Some(word) = self.until.get(peer.0 as usize) {
+            // A lease never reaches `NOT_NEEDED`: that would be 584 years of uptime.
+            let nanos = until.map_or(0, |t| t.as_nanos().min(Self::NOT_NEEDED - 1));
+            word.store(nanos, Ordering::Release);
+        }
     }
 }
 
@@ -106,7 +127,9 @@ pub struct LivenessStats {
 /// Drives a node's [`Liveness`] (when a peer timeout is configured).
 pub(crate) struct LivenessDriver {
     machine: Mutex<Liveness>,
-    slots: BTreeMap<NodeId, Arc<LeaseSlot>>,
+    leases: LeaseTable,
+    /// Per peer: signalled whenever its lease word changes.
+    lease_changed: BTreeMap<NodeId, Notify>,
     /// Wakes the task (a renewal was asked for).
     wake: Notify,
     fences: AtomicU64,
@@ -119,14 +142,15 @@ impl LivenessDriver {
     pub(crate) fn new(config: LivenessConfig, peers: impl IntoIterator<Item = NodeId>) -> Self {
         let now = clock::now();
         let mut machine = Liveness::new(config);
-        let mut slots = BTreeMap::new();
+        let mut lease_changed = BTreeMap::new();
         for peer in peers {
             machine.add_peer(peer, now);
-            slots.insert(peer, Arc::new(LeaseSlot::new()));
+            lease_changed.insert(peer, Notify::new());
         }
         LivenessDriver {
             machine: Mutex::new(machine),
-            slots,
+            leases: LeaseTable::new(lease_changed.keys().copied()),
+            lease_changed,
             wake: Notify::new(),
             fences: AtomicU64::new(0),
             fenced_by_peers: AtomicU64::new(0),
@@ -134,9 +158,9 @@ impl LivenessDriver {
         }
     }
 
-    /// The lease slot of `home`'s regions.
-    pub(crate) fn slot(&self, home: NodeId) -> Option<Arc<LeaseSlot>> {
-        self.slots.get(&home).cloned()
+    /// The lease words the hit path reads (shared with the node).
+    pub(crate) fn leases(&self) -> &LeaseTable {
+        &self.leases
     }
 
     /// A message of `peer`'s current session was delivered.
@@ -171,13 +195,13 @@ impl LivenessDriver {
     /// Waits until the lease on `home`'s regions is valid; the caller bounds the wait.
     /// Cancel-safe.
     pub(crate) async fn wait_for_lease(&self, home: NodeId) {
-        let Some(slot) = self.slots.get(&home) else {
+        let Some(lease_changed) = self.lease_changed.get(&home) else {
             return;
         };
         self.lease_waits.fetch_add(1, Ordering::Relaxed);
         loop {
-            let changed = slot.changed.notified();
-            if slot.valid() {
+            let changed = lease_changed.notified();
+            if self.leases.valid(home) {
                 return;
             }
             self.machine.lock().renew_soon(home, clock::now());
@@ -202,8 +226,9 @@ impl LivenessDriver {
                     let _ = transport.send(peer, Message::Ping { nonce });
                 }
                 LivenessEvent::Lease { peer, until } => {
-                    if let Some(slot) = self.slots.get(&peer) {
-                        slot.set(until);
+                    self.leases.set(peer, until);
+                    if let Some(changed) = self.lease_changed.get(&peer) {
+                        changed.notify_waiters();
                     }
                 }
                 LivenessEvent::Fence { peer } => {
@@ -249,4 +274,41 @@ impl LivenessDriver {
 
 fn drain(m: &mut Liveness) -> Vec<LivenessEvent> {
     std::iter::from_fn(|| m.poll_event()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_lease_table_needs_leases_of_peers_only() {
+        let t = LeaseTable::new([NodeId(1), NodeId(3)]);
+        // This node (2), ids that are not peers, and ids beyond the table need none.
+        for free in [0, 2, 4, 4095] {
+            assert!(t.valid(NodeId(free)), "node {free}");
+        }
+        // Peers: none until one is granted; valid until it ends; gone when withdrawn.
+        assert!(!t.valid(NodeId(1)));
+        assert!(!t.valid(NodeId(3)));
+        let now = clock::now();
+        t.set(NodeId(1), Some(now.saturating_add(Duration::from_secs(60))));
+        assert!(t.valid(NodeId(1)));
+        assert!(!t.valid(NodeId(3)), "one peer's lease is not another's");
+        t.set(NodeId(3), Some(now));
+        assert!(!t.valid(NodeId(3)), "a lease that ended");
+        t.set(NodeId(1), None);
+        assert!(!t.valid(NodeId(1)));
+        // Setting a lease for an id that is not a peer changes nothing.
+        t.set(NodeId(4), Some(now));
+        assert!(t.valid(NodeId(4)));
+    }
+
+    #[test]
+    fn without_peers_the_table_is_empty_and_every_lease_valid() {
+        let t = LeaseTable::default();
+        assert!(t.valid(NodeId(0)));
+        assert!(t.valid(NodeId(7)));
+    }
 }

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::durable::{DurableStore, LogRecord, StoreConfig};
@@ -58,7 +58,7 @@ use placement::{Placements, handle_placement};
 use crate::config::{ConfigError, NodeConfig, TxFault};
 use crate::error::Error;
 use crate::hits::HitCounter;
-use crate::liveness::{LeaseSlot, LivenessDriver, LivenessStats};
+use crate::liveness::{LeaseTable, LivenessDriver, LivenessStats};
 use crate::transport::{
     Inbound, PeerStats, SessionEnd, Transport, TransportError, TransportSettings,
 };
@@ -176,7 +176,11 @@ struct NodeInner {
     violations: AtomicU64,
     peer_restarts: AtomicU64,
     epoch: u64,
-    name_tables: Mutex<HashMap<NodeId, Handle<NameTable>>>,
+    name_tables: Mutex<HashMap<NodeId, InternalHandle<NameTable>>>,
+    /// The program's `Node` values (see [`Node`]).
+    users: AtomicUsize,
+    /// Set by the first stop because the program dropped everything.
+    stop_requested: AtomicBool,
     shutdown: watch::Sender<bool>,
     locks: LockTable,
     last_priority: AtomicU64,
@@ -193,6 +197,9 @@ struct NodeInner {
     recovery_report: Option<crate::durable::RecoveryReport>,
     /// Leases and failure detection (`None` without a peer timeout).
     liveness: Option<Arc<LivenessDriver>>,
+    /// The lease words the hit path reads (the liveness task's; empty without it: every
+    /// lease valid).
+    leases: LeaseTable,
     /// Creates this node asked other homes for, not answered yet.
     placements: Placements,
     /// The largest region image one message carries.
@@ -225,35 +232,106 @@ pub(crate) struct TxCounters {
 /// The node runs until [`shutdown`](Node::shutdown) or until the program drops the last of
 /// its clones, handles and transactions (as a quinn endpoint closes when dropped): then it
 /// stops in the background, its connections close and its address is free again.
-#[derive(Clone)]
 pub struct Node {
+    /// Every `Node` value counts in `inner.users` (the program's clones, and those its
+    /// handles and transactions hold), except those the node keeps for itself
+    /// ([`InternalNode`]); the count reaching 0 stops the node. One pointer, not two: a
+    /// handle is two words (issue 10).
     inner: Arc<NodeInner>,
-    /// Shared by every clone the program holds (and by its handles and transactions); the
-    /// node's own tasks and name tables hold none, so the last drop stops the node.
-    _user: Option<Arc<StopWhenDropped>>,
 }
 
-/// Stops the node when the program's last `Node` (or handle, or transaction) is dropped.
-struct StopWhenDropped(std::sync::Weak<NodeInner>);
+impl Clone for Node {
+    fn clone(&self) -> Self {
+        // As `Arc::clone`: a new reference is made from an existing one, so no ordering is
+        // needed.
+        self.inner.users.fetch_add(1, Ordering::Relaxed);
+        Node {
+            inner: self.inner.clone(),
+        }
+    }
+}
 
-impl Drop for StopWhenDropped {
+impl Drop for Node {
     fn drop(&mut self) {
-        let Some(inner) = self.0.upgrade() else {
-            return;
-        };
-        if *inner.shutdown.borrow() {
-            return;
+        if self.inner.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            stop_unused(&self.inner);
         }
-        let node = Node { inner, _user: None };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                debug!(node = %node.id(), "every handle was dropped: stopping the node");
-                rt.spawn(async move { node.shutdown().await });
-            }
-            // No runtime to finish on: stop at once, without waiting for the peers to
-            // acknowledge the close.
-            Err(_) => node.stop_now(),
+    }
+}
+
+/// Stops the node once the program's last `Node` (or handle, or transaction) is dropped.
+fn stop_unused(inner: &Arc<NodeInner>) {
+    if *inner.shutdown.borrow() || inner.stop_requested.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let node = InternalNode::from_inner(inner.clone());
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            debug!(node = %node.id(), "every handle was dropped: stopping the node");
+            rt.spawn(async move { node.shutdown().await });
         }
+        // No runtime to finish on: stop at once, without waiting for the peers to
+        // acknowledge the close.
+        Err(_) => node.stop_now(),
+    }
+}
+
+/// The node as it keeps itself (its tasks, its name tables): a [`Node`] whose count is given
+/// back while this holds it, so what the node keeps does not keep it running.
+pub(crate) struct InternalNode(Node);
+
+impl InternalNode {
+    /// Takes `node` out of the program's count.
+    fn new(node: Node) -> Self {
+        // Never reaches 0 here: `node` was cloned from one that still lives (see
+        // `Node::internal`), or the count was raised for it (`from_inner`).
+        node.inner.users.fetch_sub(1, Ordering::Relaxed);
+        InternalNode(node)
+    }
+
+    fn from_inner(inner: Arc<NodeInner>) -> Self {
+        inner.users.fetch_add(1, Ordering::Relaxed);
+        InternalNode::new(Node { inner })
+    }
+}
+
+impl Clone for InternalNode {
+    fn clone(&self) -> Self {
+        InternalNode::new(self.0.clone())
+    }
+}
+
+impl Drop for InternalNode {
+    fn drop(&mut self) {
+        // Given back before the inner `Node` drops and takes it again: a net change of 0
+        // (which stops the node only if the program holds nothing of it, as it should).
+        self.0.inner.users.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for InternalNode {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
+
+/// A handle the node keeps for itself (a name table), out of the program's count as
+/// [`InternalNode`] is.
+struct InternalHandle<T: Region>(Handle<T>);
+
+impl<T: Region> InternalHandle<T> {
+    fn new(handle: Handle<T>) -> Self {
+        // Never reaches 0: the program's node that asked for the table still lives.
+        handle.node.inner.users.fetch_sub(1, Ordering::Relaxed);
+        InternalHandle(handle)
+    }
+}
+
+impl<T: Region> Drop for InternalHandle<T> {
+    fn drop(&mut self) {
+        self.0.node.inner.users.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -431,6 +509,8 @@ impl Node {
             peer_restarts: AtomicU64::new(0),
             epoch,
             name_tables: Mutex::new(HashMap::new()),
+            users: AtomicUsize::new(1),
+            stop_requested: AtomicBool::new(false),
             shutdown,
             locks: LockTable::default(),
             last_priority: AtomicU64::new(0),
@@ -441,16 +521,21 @@ impl Node {
             recovering: AtomicBool::new(recovering),
             recovered: Notify::new(),
             recovery_report,
+            leases: liveness
+                .as_ref()
+                .map(|l| l.leases().clone())
+                .unwrap_or_default(),
             liveness,
             placements: Placements::default(),
             max_image_len,
         });
-        // The node's own: what it keeps (tasks, name tables) must not keep it running.
-        let node = Node { inner, _user: None };
+        // The program's (the count starts at 1); what the node keeps itself (tasks, name
+        // tables) is internal and does not keep it running.
+        let node = Node { inner };
         let span = info_span!("node", node = %id);
-        tokio::spawn(drive(node.inner.clone(), inbound).instrument(span.clone()));
+        tokio::spawn(drive(node.internal(), inbound).instrument(span.clone()));
         if node.inner.durability.is_some() {
-            tokio::spawn(resend_decisions(node.clone()).instrument(span));
+            tokio::spawn(resend_decisions(node.internal()).instrument(span));
         }
         // Peers learn the (new) epoch now and drop what they knew of an earlier incarnation.
         node.inner.transport.announce();
@@ -460,11 +545,7 @@ impl Node {
             node.shutdown().await;
             return Err(e);
         }
-        let user = Some(Arc::new(StopWhenDropped(Arc::downgrade(&node.inner))));
-        Ok(Node {
-            _user: user,
-            ..node
-        })
+        Ok(node)
     }
 
     /// The end of a start: in-doubt transactions resolved, the name table in place.
@@ -493,7 +574,10 @@ impl Node {
             }
             t
         };
-        node.inner.name_tables.lock().insert(id, table);
+        node.inner
+            .name_tables
+            .lock()
+            .insert(id, InternalHandle::new(table));
         Ok(())
     }
 
@@ -509,12 +593,9 @@ impl Node {
         let _ = stop.wait_for(|&s| s).await;
     }
 
-    /// The same node, holding none of the program's share (for what the node keeps itself).
-    pub(crate) fn internal(&self) -> Node {
-        Node {
-            inner: self.inner.clone(),
-            _user: None,
-        }
+    /// The same node, out of the program's count (for what the node keeps itself).
+    pub(crate) fn internal(&self) -> InternalNode {
+        InternalNode::new(self.clone())
     }
 
     /// After a restart: asks the coordinators of the transactions prepared here what they
@@ -674,18 +755,16 @@ impl Node {
         let members = &self.inner.members;
         let shard = members[(fnv1a(name.as_bytes()) % members.len() as u64) as usize];
         if let Some(h) = self.inner.name_tables.lock().get(&shard) {
-            return Ok(h.clone());
+            return Ok(h.0.clone());
         }
-        let h = self
-            .internal()
-            .map::<NameTable>(name_table_id(shard))
-            .await?;
+        let h = self.map::<NameTable>(name_table_id(shard)).await?;
         Ok(self
             .inner
             .name_tables
             .lock()
             .entry(shard)
-            .or_insert(h)
+            .or_insert_with(|| InternalHandle::new(h))
+            .0
             .clone())
     }
 
@@ -909,24 +988,11 @@ impl Node {
         }
     }
 
-    /// The lease slot of `home`'s regions (`None`: no lease needed: homed here, or no peer
-    /// timeout).
-    fn lease_slot(&self, home: NodeId) -> Option<Arc<LeaseSlot>> {
-        if home == self.inner.id {
-            return None;
-        }
-        self.inner.liveness.as_ref().and_then(|l| l.slot(home))
-    }
-
-    /// Whether this node may use its copies of `home`'s regions now.
+    /// Whether this node may use its copies of `home`'s regions now (always for its own,
+    /// and without a peer timeout).
+    #[inline]
     pub(crate) fn lease_valid(&self, home: NodeId) -> bool {
-        if home == self.inner.id {
-            return true;
-        }
-        match &self.inner.liveness {
-            None => true,
-            Some(l) => l.slot(home).is_none_or(|s| s.valid()),
-        }
+        self.inner.leases.valid(home)
     }
 
     /// Waits (until `deadline`) for the lease on the home of `region` to be renewed.
@@ -1069,12 +1135,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-async fn drive(inner: Arc<NodeInner>, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
+async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
+    let inner = node.inner.clone();
     let mut shutdown = inner.shutdown.subscribe();
-    let node = Node {
-        inner: inner.clone(),
-        _user: None,
-    };
     // Protocol messages held back while in-doubt transactions are resolved after a restart.
     let mut held_back: Vec<(NodeId, Message)> = Vec::new();
     // Restarted peers whose prepared transactions are not resolved yet, and their messages.
@@ -1284,7 +1347,7 @@ fn refuse_transaction(node: &Node, from: NodeId, msg: Message) {
 
 /// Re-sends, every second, the decisions of committed two-phase transactions that some
 /// participant has not confirmed (it may have been down), and the inquiries of in-doubt ones.
-async fn resend_decisions(node: Node) {
+async fn resend_decisions(node: InternalNode) {
     let Some(d) = node.inner.durability.clone() else {
         return;
     };
@@ -1307,8 +1370,6 @@ async fn resend_decisions(node: Node) {
 pub struct Handle<T: Region> {
     node: Node,
     cell: Arc<RegionCell<T>>,
-    /// This node's lease on the home's regions (`None`: homed here, or no peer timeout).
-    lease: Option<Arc<LeaseSlot>>,
 }
 
 impl<T: Region> Drop for Handle<T> {
@@ -1326,7 +1387,6 @@ impl<T: Region> Clone for Handle<T> {
         Handle {
             node: self.node.clone(),
             cell: self.cell.clone(),
-            lease: self.lease.clone(),
         }
     }
 }
@@ -1347,15 +1407,14 @@ impl<T: Region> Handle<T> {
             // Other handles on the cell live: their mapping stands for this one too.
             node.unmap(cell.id());
         }
-        let lease = node.lease_slot(cell.id().home);
-        Handle { node, cell, lease }
+        Handle { node, cell }
     }
 
     /// Whether this node's lease on the home's regions is valid now (always, for a region
     /// homed here or without a peer timeout). Checked after an access is acquired.
     #[inline]
     pub(crate) fn lease_valid(&self) -> bool {
-        self.lease.as_ref().is_none_or(|s| s.valid())
+        self.node.lease_valid(self.cell.id().home)
     }
 
     /// The region's id.
@@ -1462,5 +1521,19 @@ fn granted(start: Start) -> Option<Outcome> {
     match start {
         Start::Granted(access) => Some(Outcome::Granted(access)),
         Start::Queued => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_one_pointer_and_a_handle_two() {
+        // A million mapped regions hold a million handles (issue 10).
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(std::mem::size_of::<Node>(), 8);
+            assert_eq!(std::mem::size_of::<Handle<NameTable>>(), 16);
+        }
     }
 }
