@@ -62,35 +62,133 @@ impl LocalOp {
 
 pub(crate) struct CacheEntry {
     pub(crate) cell: Arc<dyn ErasedCell>,
-    pub(crate) state: CacheState,
-    /// The grant asked of the home, if a request is in flight.
-    pub(crate) pending: Option<Grant>,
-    pub(crate) deleted: bool,
-    /// Whether a `Map` is in flight (its answer is awaited).
-    pub(crate) map_pending: bool,
-    /// The home restarted while accesses were in progress on the copy: it is dropped (and no
-    /// request sent) once they end.
-    pub(crate) stale: bool,
-    /// Local mappings (handles) of the copy, or (none left) its place in the unmapped LRU.
-    pub(crate) mappings: Mappings,
+    /// The entry's state, its request in flight, its flags and its mappings, in one word
+    /// (issue 10: the entry is 32 bytes, four to a cache line).
+    pub(crate) meta: EntryMeta,
     /// What waits on the entry; `None` while nothing does (most entries, most of the time:
     /// an idle copy costs no queue).
     waits: Option<Box<Waits>>,
 }
 
-/// How many local mappings (handles) a copy has (32 bits, as at the home) or, while it has
-/// none, its position in the engine's unmapped LRU (a clock value, never 0; 0: not in the
-/// LRU). One word for both, since the position only means something while nothing maps the
-/// copy: 8 bytes less per cache entry (issue 10).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Mappings(u64);
+/// A cache entry's small fields packed in one word:
+///
+/// | bits | field |
+/// |---|---|
+/// | 0–54 | the number of local mappings (handles) of the copy, or, while it has none, its position in the engine's unmapped LRU (a clock value, never 0; 0: not in the LRU) |
+/// | 55 | set while bits 0–54 hold an LRU position |
+/// | 56–57 | the [`CacheState`] |
+/// | 58–59 | the grant asked of the home, if a request is in flight (`None`, `Shared`, `Exclusive`) |
+/// | 60 | deleted |
+/// | 61 | a `Map` is in flight (its answer is awaited) |
+/// | 62 | stale: the home restarted while accesses were in progress on the copy; it is dropped (and no request sent) once they end |
+///
+/// One word for the count and the position, since the position only means something while
+/// nothing maps the copy.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EntryMeta(u64);
 
-/// Set in a [`Mappings`] that holds an LRU position instead of a count.
-const UNMAPPED_AT: u64 = 1 << 63;
+/// The largest position in the unmapped LRU an entry can hold (55 bits: over a century of
+/// unmaps at ten million a second); the engine renumbers its LRU before its clock passes it.
+pub(crate) const MAX_UNMAPPED_AT: u64 = (1 << 55) - 1;
+const UNMAPPED_AT: u64 = 1 << 55;
+const STATE_SHIFT: u32 = 56;
+const PENDING_SHIFT: u32 = 58;
+const DELETED: u64 = 1 << 60;
+const MAP_PENDING: u64 = 1 << 61;
+const STALE: u64 = 1 << 62;
 
-impl Mappings {
+impl EntryMeta {
+    fn field(self, shift: u32) -> u64 {
+        (self.0 >> shift) & 0b11
+    }
+
+    fn set_field(&mut self, shift: u32, v: u64) {
+        self.0 = (self.0 & !(0b11 << shift)) | (v << shift);
+    }
+
+    fn flag(self, bit: u64) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn set_flag(&mut self, bit: u64, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+
+    /// The mapping count or LRU position (bits 0–55), the rest kept.
+    fn set_low(&mut self, low: u64) {
+        self.0 = (self.0 & !(UNMAPPED_AT | MAX_UNMAPPED_AT)) | low;
+    }
+}
+
+impl std::fmt::Debug for EntryMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryMeta")
+            .field("state", &self.state())
+            .field("pending", &self.pending())
+            .field("deleted", &self.deleted())
+            .field("map_pending", &self.map_pending())
+            .field("stale", &self.stale())
+            .field("mappings", &self.mappings())
+            .field("unmapped_at", &self.unmapped_at())
+            .finish()
+    }
+}
+
+impl EntryMeta {
+    /// The state of the copy.
+    pub(crate) fn state(self) -> CacheState {
+        match self.field(STATE_SHIFT) {
+            0 => CacheState::Invalid,
+            1 => CacheState::Shared,
+            _ => CacheState::Modified,
+        }
+    }
+
+    fn set_state(&mut self, state: CacheState) {
+        let v = match state {
+            CacheState::Invalid => 0,
+            CacheState::Shared => 1,
+            CacheState::Modified => 2,
+        };
+        self.set_field(STATE_SHIFT, v);
+    }
+
+    /// The grant asked of the home, if a request is in flight.
+    pub(crate) fn pending(self) -> Option<Grant> {
+        match self.field(PENDING_SHIFT) {
+            0 => None,
+            1 => Some(Grant::Shared),
+            _ => Some(Grant::Exclusive),
+        }
+    }
+
+    fn set_pending(&mut self, pending: Option<Grant>) {
+        let v = match pending {
+            None => 0,
+            Some(Grant::Shared) => 1,
+            Some(Grant::Exclusive) => 2,
+        };
+        self.set_field(PENDING_SHIFT, v);
+    }
+
+    pub(crate) fn deleted(self) -> bool {
+        self.flag(DELETED)
+    }
+
+    pub(crate) fn map_pending(self) -> bool {
+        self.flag(MAP_PENDING)
+    }
+
+    pub(crate) fn stale(self) -> bool {
+        self.flag(STALE)
+    }
+
     /// The number of local mappings.
-    pub(crate) fn count(self) -> u32 {
+    pub(crate) fn mappings(self) -> u32 {
         if self.0 & UNMAPPED_AT != 0 {
             0
         } else {
@@ -98,34 +196,98 @@ impl Mappings {
         }
     }
 
-    /// Sets the number of mappings (which forgets any LRU position).
-    pub(crate) fn set_count(&mut self, count: u32) {
-        self.0 = u64::from(count);
-    }
-
-    /// One more mapping (the LRU position, if any, is forgotten: take it out of the LRU
-    /// first).
-    pub(crate) fn add_one(&mut self) {
-        self.set_count(self.count() + 1);
-    }
-
     /// The position in the unmapped LRU (0: none).
     pub(crate) fn unmapped_at(self) -> u64 {
         if self.0 & UNMAPPED_AT != 0 {
-            self.0 & !UNMAPPED_AT
+            self.0 & MAX_UNMAPPED_AT
         } else {
             0
         }
     }
+}
+
+impl CacheEntry {
+    /// The state of the copy.
+    pub(crate) fn state(&self) -> CacheState {
+        self.meta.state()
+    }
+
+    pub(crate) fn set_state(&mut self, state: CacheState) {
+        self.meta.set_state(state);
+    }
+
+    /// The grant asked of the home, if a request is in flight.
+    pub(crate) fn pending(&self) -> Option<Grant> {
+        self.meta.pending()
+    }
+
+    pub(crate) fn set_pending(&mut self, pending: Option<Grant>) {
+        self.meta.set_pending(pending);
+    }
+
+    /// The grant asked of the home, if any, which is no longer in flight.
+    pub(crate) fn take_pending(&mut self) -> Option<Grant> {
+        let p = self.meta.pending();
+        self.meta.set_pending(None);
+        p
+    }
+
+    pub(crate) fn deleted(&self) -> bool {
+        self.meta.deleted()
+    }
+
+    pub(crate) fn set_deleted(&mut self, on: bool) {
+        self.meta.set_flag(DELETED, on);
+    }
+
+    /// Whether a `Map` is in flight (its answer is awaited).
+    pub(crate) fn map_pending(&self) -> bool {
+        self.meta.map_pending()
+    }
+
+    pub(crate) fn set_map_pending(&mut self, on: bool) {
+        self.meta.set_flag(MAP_PENDING, on);
+    }
+
+    /// The home restarted while accesses were in progress on the copy: it is dropped (and no
+    /// request sent) once they end.
+    pub(crate) fn stale(&self) -> bool {
+        self.meta.stale()
+    }
+
+    pub(crate) fn set_stale(&mut self, on: bool) {
+        self.meta.set_flag(STALE, on);
+    }
+
+    /// The number of local mappings (handles) of the copy.
+    pub(crate) fn mappings(&self) -> u32 {
+        self.meta.mappings()
+    }
+
+    /// Sets the number of mappings (which forgets any LRU position).
+    pub(crate) fn set_mappings(&mut self, count: u32) {
+        self.meta.set_low(u64::from(count));
+    }
+
+    /// One more mapping (the LRU position, if any, is forgotten: take it out of the LRU
+    /// first).
+    pub(crate) fn add_mapping(&mut self) {
+        self.set_mappings(self.mappings() + 1);
+    }
+
+    /// The position in the unmapped LRU (0: none).
+    pub(crate) fn unmapped_at(&self) -> u64 {
+        self.meta.unmapped_at()
+    }
 
     /// Records the position in the unmapped LRU of a copy nothing maps.
     pub(crate) fn set_unmapped_at(&mut self, at: u64) {
-        debug_assert_eq!(self.count(), 0, "an LRU position for a mapped copy");
-        debug_assert!(
-            at != 0 && at & UNMAPPED_AT == 0,
+        debug_assert_eq!(self.mappings(), 0, "an LRU position for a mapped copy");
+        assert!(
+            (1..=MAX_UNMAPPED_AT).contains(&at),
             "LRU position {at} out of range"
         );
-        self.0 = UNMAPPED_AT | at;
+        self.meta.set_low(UNMAPPED_AT | at);
     }
 }
 
@@ -175,12 +337,7 @@ impl CacheEntry {
     pub(crate) fn new(cell: Arc<dyn ErasedCell>) -> Self {
         CacheEntry {
             cell,
-            state: CacheState::Invalid,
-            pending: None,
-            deleted: false,
-            map_pending: false,
-            stale: false,
-            mappings: Mappings::default(),
+            meta: EntryMeta::default(),
             waits: None,
         }
     }
@@ -238,11 +395,11 @@ impl CacheEntry {
 
     /// Idle: nothing queued, in flight or in progress; safe to evict.
     fn is_idle(&self) -> bool {
-        self.pending.is_none()
+        self.pending().is_none()
             && self.w().queue.is_empty()
             && self.w().recall.is_none()
-            && !self.map_pending
-            && !self.stale
+            && !self.map_pending()
+            && !self.stale()
             && self.w().mapping.is_empty()
             && self.w().flushes.is_empty()
             && self.w().deletes.is_empty()
@@ -254,7 +411,7 @@ impl CacheEntry {
     /// message could carry (the home then keeps its last image, as after a lost copy; the
     /// write is logged here).
     fn modified_image(&self, node: NodeId, max: usize) -> (Option<RegionImage>, bool) {
-        if self.state != CacheState::Modified {
+        if self.state() != CacheState::Modified {
             return (None, false);
         }
         match encode_image(&*self.cell) {
@@ -277,7 +434,7 @@ impl CacheEntry {
     }
 
     fn invalidate(&mut self) {
-        self.state = CacheState::Invalid;
+        self.set_state(CacheState::Invalid);
         self.cell.clear();
     }
 
@@ -290,7 +447,7 @@ impl CacheEntry {
     }
 
     fn permit(&self) {
-        let (read, write) = match self.state {
+        let (read, write) = match self.state() {
             CacheState::Invalid => (false, false),
             CacheState::Shared => (true, false),
             CacheState::Modified => (true, true),
@@ -321,11 +478,11 @@ impl Engine {
             let Some(entry) = self.cache.get_mut(&id) else {
                 return;
             };
-            if entry.stale {
+            if entry.stale() {
                 if !entry.cell.word().revoke().is_idle() {
                     return self.cache_wait_local(id);
                 }
-                entry.stale = false;
+                entry.set_stale(false);
                 entry.no_longer_wanted();
                 entry.invalidate();
                 continue;
@@ -343,13 +500,13 @@ impl Engine {
                 let (image, dropped) = entry.modified_image(node, self.config.max_image_len);
                 self.stats.oversized_writes_dropped += u64::from(dropped);
                 // A dropped image leaves no copy: the home keeps different contents.
-                if kind == Recall::Downgrade && entry.state == CacheState::Modified && !dropped {
-                    entry.state = CacheState::Shared;
+                if kind == Recall::Downgrade && entry.state() == CacheState::Modified && !dropped {
+                    entry.set_state(CacheState::Shared);
                 } else {
                     entry.invalidate();
                 }
                 if kind == Recall::Delete {
-                    entry.deleted = true;
+                    entry.set_deleted(true);
                 }
                 entry.no_recall();
                 entry.no_longer_wanted();
@@ -357,11 +514,11 @@ impl Engine {
                 self.send(id.home, Message::RecallAck { region: id, image });
                 continue;
             }
-            if entry.deleted {
+            if entry.deleted() {
                 let busy = entry.cell.word().revoke();
                 if busy.is_idle()
                     && entry.w().deletes.is_empty()
-                    && entry.state != CacheState::Invalid
+                    && entry.state() != CacheState::Invalid
                 {
                     // A committed delete's sender was never recalled: its copy goes now that
                     // the home has deleted (no recall can come any more) and no access is left.
@@ -374,7 +531,7 @@ impl Engine {
                 }
                 return;
             }
-            if entry.pending.is_some() {
+            if entry.pending().is_some() {
                 entry.cell.word().revoke();
                 return;
             }
@@ -390,7 +547,7 @@ impl Engine {
             };
             let busy = entry.cell.word().revoke();
             let fingerprint = entry.cell.fingerprint();
-            match (head, entry.state) {
+            match (head, entry.state()) {
                 (LocalOp::Read(op, _), CacheState::Shared | CacheState::Modified) => {
                     if busy.writer {
                         return self.cache_wait_local(id);
@@ -411,7 +568,7 @@ impl Engine {
                 }
                 (LocalOp::Read(..), CacheState::Invalid) => {
                     let priority = entry.queued_priority();
-                    entry.pending = Some(Grant::Shared);
+                    entry.set_pending(Some(Grant::Shared));
                     entry.w_mut().req_priority = priority;
                     self.send(
                         id.home,
@@ -425,7 +582,7 @@ impl Engine {
                 }
                 (LocalOp::Write(..), CacheState::Invalid | CacheState::Shared) => {
                     let priority = entry.queued_priority();
-                    entry.pending = Some(Grant::Exclusive);
+                    entry.set_pending(Some(Grant::Exclusive));
                     entry.w_mut().req_priority = priority;
                     self.send(
                         id.home,
@@ -467,17 +624,17 @@ impl Engine {
         priority: u64,
     ) -> Result<(), OpError> {
         let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
-        if entry.deleted {
+        if entry.deleted() {
             return Err(OpError::Deleted(id));
         }
-        if entry.mappings.count() == 0 || entry.map_pending {
+        if entry.mappings() == 0 || entry.map_pending() {
             return Err(OpError::NotMapped(id));
         }
         entry.w_mut().queue.push_back(match mode {
             AccessMode::Read => LocalOp::Read(op, priority),
             AccessMode::Write => LocalOp::Write(op, priority),
         });
-        if entry.pending.is_some() && priority < entry.w().req_priority {
+        if entry.pending().is_some() && priority < entry.w().req_priority {
             entry.w_mut().req_priority = priority;
             trace!(node = %self.node, region = %id, priority, "contend");
             self.send(
@@ -503,8 +660,8 @@ impl Engine {
             found = Some((id, false));
         } else if let Some(pos) = entry.w().mapping.iter().position(|&o| o == op) {
             entry.w_mut().mapping.remove(pos);
-            entry.mappings.set_count(entry.mappings.count() - 1);
-            found = Some((id, entry.mappings.count() == 0));
+            entry.set_mappings(entry.mappings() - 1);
+            found = Some((id, entry.mappings() == 0));
         } else if let Some(w) = entry.waits.as_deref_mut()
             && let Some(slot) = w
                 .flushes
@@ -520,10 +677,7 @@ impl Engine {
         };
         debug!(node = %self.node, region = %id, op, "cancelled");
         if unmapped {
-            self.unmap_clock += 1;
-            let entry = self.cache.get_mut(&id).expect("cache entry");
-            entry.mappings.set_unmapped_at(self.unmap_clock);
-            self.unmapped.insert(self.unmap_clock, id);
+            self.lru_push(id);
         }
         self.cache_advance(id);
         true
@@ -541,33 +695,33 @@ impl Engine {
                 PeerReset::Fenced => OpError::Fenced(id),
             };
             let mut failed: Vec<OpId> = entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
-            if entry.map_pending {
-                entry.map_pending = false;
+            if entry.map_pending() {
+                entry.set_map_pending(false);
                 let mapping = u32::try_from(entry.w().mapping.len()).unwrap_or(u32::MAX);
                 // (With none left, all were cancelled and the entry keeps its LRU position.)
-                let count = entry.mappings.count();
+                let count = entry.mappings();
                 if count > 0 {
-                    entry.mappings.set_count(count.saturating_sub(mapping));
+                    entry.set_mappings(count.saturating_sub(mapping));
                 }
             }
             failed.append(&mut entry.w_mut().mapping);
             failed.extend(entry.w_mut().flushes.drain(..).flatten());
             failed.extend(entry.w_mut().deletes.drain(..).flatten());
-            entry.pending = None;
+            entry.set_pending(None);
             entry.no_request_priority();
             entry.no_recall();
             entry.no_longer_wanted();
-            entry.state = CacheState::Invalid;
+            entry.set_state(CacheState::Invalid);
             let busy = entry.cell.word().revoke();
             if busy.is_idle() {
                 entry.cell.clear();
             } else {
-                entry.stale = true;
+                entry.set_stale(true);
             }
-            let drop_entry = entry.mappings.count() == 0 && !entry.stale;
+            let drop_entry = entry.mappings() == 0 && !entry.stale();
             if drop_entry {
                 let entry = self.cache.remove(&id).expect("cache entry");
-                self.unmapped.remove(&entry.mappings.unmapped_at());
+                self.unmapped.remove(&entry.unmapped_at());
             }
             debug!(node = %self.node, region = %id, failed = failed.len(), ?cause, "home reset");
             for op in failed {
@@ -576,6 +730,34 @@ impl Engine {
             if !drop_entry {
                 self.cache_advance(id);
             }
+        }
+    }
+
+    /// Puts the cache entry of `id`, which nothing maps any more, at the young end of the
+    /// unmapped LRU.
+    pub(crate) fn lru_push(&mut self, id: RegionId) {
+        if self.unmap_clock >= MAX_UNMAPPED_AT {
+            self.renumber_unmapped();
+        }
+        self.unmap_clock += 1;
+        let entry = self.cache.get_mut(&id).expect("cache entry");
+        if !planted!(self, LruPositionNotRecorded) {
+            entry.set_unmapped_at(self.unmap_clock);
+        }
+        self.unmapped.insert(self.unmap_clock, id);
+    }
+
+    /// Numbers the unmapped LRU from 1 again, in the same order: its clock reached the
+    /// largest position an entry holds (`MAX_UNMAPPED_AT`). O(n), once per 2^55 unmaps.
+    pub(crate) fn renumber_unmapped(&mut self) {
+        let old = std::mem::take(&mut self.unmapped);
+        self.unmap_clock = 0;
+        for id in old.into_values() {
+            self.unmap_clock += 1;
+            if let Some(entry) = self.cache.get_mut(&id) {
+                entry.set_unmapped_at(self.unmap_clock);
+            }
+            self.unmapped.insert(self.unmap_clock, id);
         }
     }
 
@@ -593,7 +775,7 @@ impl Engine {
             self.unmapped.remove(&at);
             let entry = self.cache.remove(&id).expect("unmapped entry");
             self.stats.evictions += 1;
-            if entry.state != CacheState::Invalid && !entry.deleted {
+            if entry.state() != CacheState::Invalid && !entry.deleted() {
                 let (image, dropped) = entry.modified_image(self.node, self.config.max_image_len);
                 self.stats.oversized_writes_dropped += u64::from(dropped);
                 *self.stray_flush_acks.entry(id).or_default() += 1;
@@ -636,10 +818,10 @@ impl Engine {
                     "second recall while one is outstanding",
                 ));
             }
-            if entry.state == CacheState::Invalid {
+            if entry.state() == CacheState::Invalid {
                 // Our flush crossed the recall, or our copy was never installed.
                 if kind == Recall::Delete {
-                    entry.deleted = true;
+                    entry.set_deleted(true);
                 }
                 self.send(
                     from,
@@ -684,10 +866,10 @@ impl Engine {
         };
         match msg {
             Message::MapOk { .. } => {
-                if !entry.map_pending {
+                if !entry.map_pending() {
                     return Err(self.violation(from, Some(id), "map reply without a map request"));
                 }
-                entry.map_pending = false;
+                entry.set_map_pending(false);
                 for op in std::mem::take(&mut entry.w_mut().mapping) {
                     self.complete(op, Ok(()));
                 }
@@ -714,30 +896,30 @@ impl Engine {
                         ));
                     }
                 };
-                if entry.map_pending {
+                if entry.map_pending() {
                     // Every mapping of the entry was waiting for this answer (or cancelled).
-                    entry.map_pending = false;
+                    entry.set_map_pending(false);
                     // (Its mappings may all have been cancelled: then it is in the LRU.)
-                    let in_lru = entry.mappings.unmapped_at();
-                    entry.mappings.set_count(0);
+                    let in_lru = entry.unmapped_at();
+                    entry.set_mappings(0);
                     let failed = std::mem::take(&mut entry.w_mut().mapping);
                     if entry.w().deletes.is_empty() {
                         self.cache.remove(&id).expect("cache entry");
                         self.unmapped.remove(&in_lru);
                     } else if in_lru != 0 {
                         // Kept until the answers to its deletes arrive; then evictable.
-                        entry.mappings.set_unmapped_at(in_lru);
+                        entry.set_unmapped_at(in_lru);
                     } else {
-                        self.unmap_clock += 1;
-                        entry.mappings.set_unmapped_at(self.unmap_clock);
-                        self.unmapped.insert(self.unmap_clock, id);
+                        self.lru_push(id);
                     }
                     for op in failed {
                         self.complete(op, Err(err.clone()));
                     }
-                } else if entry.pending.take().is_some() {
+                } else if entry.take_pending().is_some() {
                     entry.no_request_priority();
-                    entry.deleted |= reason == Refusal::Deleted;
+                    if reason == Refusal::Deleted {
+                        entry.set_deleted(true);
+                    }
                     let failed: Vec<_> = entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
                     for op in failed {
                         self.complete(op, Err(err.clone()));
@@ -752,12 +934,12 @@ impl Engine {
                 }
             }
             Message::Data { grant, image, .. } => {
-                if entry.pending != Some(grant) {
+                if entry.pending() != Some(grant) {
                     return Err(self.violation(from, Some(id), "data that was not asked for"));
                 }
                 match image {
                     Some(image) => {
-                        if entry.state != CacheState::Invalid
+                        if entry.state() != CacheState::Invalid
                             || !entry.cell.word().in_progress().is_idle()
                         {
                             return Err(self.violation(
@@ -767,7 +949,7 @@ impl Engine {
                             ));
                         }
                         if let Err(source) = entry.cell.install(&image.bytes, image.version) {
-                            entry.pending = None;
+                            entry.set_pending(None);
                             entry.no_request_priority();
                             let failed: Vec<_> =
                                 entry.w_mut().queue.drain(..).map(LocalOp::op).collect();
@@ -782,7 +964,7 @@ impl Engine {
                         }
                     }
                     None => {
-                        if grant != Grant::Exclusive || entry.state != CacheState::Shared {
+                        if grant != Grant::Exclusive || entry.state() != CacheState::Shared {
                             return Err(self.violation(
                                 from,
                                 Some(id),
@@ -791,12 +973,12 @@ impl Engine {
                         }
                     }
                 }
-                entry.pending = None;
+                entry.set_pending(None);
                 entry.no_request_priority();
-                entry.state = match grant {
+                entry.set_state(match grant {
                     Grant::Shared => CacheState::Shared,
                     Grant::Exclusive => CacheState::Modified,
-                };
+                });
                 self.cache_advance(id);
             }
             Message::FlushAck { .. } => match entry.w_mut().flushes.pop_front() {
@@ -806,7 +988,7 @@ impl Engine {
             },
             Message::DeleteAck { .. } => match entry.w_mut().deletes.pop_front() {
                 Some(op) => {
-                    entry.deleted = true;
+                    entry.set_deleted(true);
                     if let Some(op) = op {
                         self.complete(op, Ok(()));
                     }
@@ -845,5 +1027,168 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::engine::{EngineConfig, Progress};
+    use crate::region::{CodecError, Region};
+
+    /// What an [`EntryMeta`] stands for, as separate fields.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    struct Model {
+        state: u8,
+        pending: u8,
+        deleted: bool,
+        map_pending: bool,
+        stale: bool,
+        mappings: u32,
+        unmapped_at: u64,
+    }
+
+    fn state(n: u8) -> CacheState {
+        [
+            CacheState::Invalid,
+            CacheState::Shared,
+            CacheState::Modified,
+        ][n as usize]
+    }
+
+    fn grant(n: u8) -> Option<Grant> {
+        [None, Some(Grant::Shared), Some(Grant::Exclusive)][n as usize]
+    }
+
+    #[derive(Clone, Debug)]
+    enum Change {
+        State(u8),
+        Pending(u8),
+        Deleted(bool),
+        MapPending(bool),
+        Stale(bool),
+        Mappings(u32),
+        UnmappedAt(u64),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0u8..3).prop_map(Change::State),
+            (0u8..3).prop_map(Change::Pending),
+            any::<bool>().prop_map(Change::Deleted),
+            any::<bool>().prop_map(Change::MapPending),
+            any::<bool>().prop_map(Change::Stale),
+            prop_oneof![Just(0u32), Just(1), Just(u32::MAX), any::<u32>()]
+                .prop_map(Change::Mappings),
+            prop_oneof![Just(1u64), Just(MAX_UNMAPPED_AT), 1..=MAX_UNMAPPED_AT]
+                .prop_map(Change::UnmappedAt),
+        ]
+    }
+
+    proptest! {
+        /// Each packed field reads back what was last set, whatever is set beside it.
+        #[test]
+        fn packed_fields_are_independent(changes in proptest::collection::vec(change(), 0..40)) {
+            let mut m = EntryMeta::default();
+            let mut model = Model::default();
+            for c in changes {
+                match c {
+                    Change::State(s) => { m.set_state(state(s)); model.state = s; }
+                    Change::Pending(p) => { m.set_pending(grant(p)); model.pending = p; }
+                    Change::Deleted(b) => { m.set_flag(DELETED, b); model.deleted = b; }
+                    Change::MapPending(b) => { m.set_flag(MAP_PENDING, b); model.map_pending = b; }
+                    Change::Stale(b) => { m.set_flag(STALE, b); model.stale = b; }
+                    Change::Mappings(n) => {
+                        m.set_low(u64::from(n));
+                        model.mappings = n;
+                        model.unmapped_at = 0;
+                    }
+                    Change::UnmappedAt(at) => {
+                        m.set_low(UNMAPPED_AT | at);
+                        model.mappings = 0;
+                        model.unmapped_at = at;
+                    }
+                }
+                prop_assert_eq!(m.state(), state(model.state));
+                prop_assert_eq!(m.pending(), grant(model.pending));
+                prop_assert_eq!(m.deleted(), model.deleted);
+                prop_assert_eq!(m.map_pending(), model.map_pending);
+                prop_assert_eq!(m.stale(), model.stale);
+                prop_assert_eq!(m.mappings(), model.mappings);
+                prop_assert_eq!(m.unmapped_at(), model.unmapped_at);
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Small(u64);
+
+    impl Region for Small {
+        const TYPE_NAME: &'static str = "Small";
+        const FINGERPRINT: u64 = 9;
+        fn encode_region(&self) -> Result<Vec<u8>, CodecError> {
+            Ok(self.0.to_le_bytes().to_vec())
+        }
+        fn decode_region(bytes: &[u8]) -> Result<Self, CodecError> {
+            let b = bytes.try_into().map_err(|_| CodecError::Invalid {
+                type_name: "Small",
+                reason: "not 8 bytes".into(),
+            })?;
+            Ok(Small(u64::from_le_bytes(b)))
+        }
+    }
+
+    /// Delivers messages between the two engines until neither has anything to send.
+    fn pump(a: &mut Engine, b: &mut Engine) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = a.poll_transmit() {
+                b.handle_message(a.node(), t.msg).expect("no violation");
+                moved = true;
+            }
+            while let Some(t) = b.poll_transmit() {
+                a.handle_message(b.node(), t.msg).expect("no violation");
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn the_unmapped_lru_is_renumbered_in_order_before_its_clock_runs_out() {
+        let mut home = Engine::new(NodeId(0), EngineConfig::default());
+        let mut cache = Engine::new(
+            NodeId(1),
+            EngineConfig::default().with_unmapped_capacity(100),
+        );
+        let ids: Vec<RegionId> = (0..6).map(|i| home.create(Small(i)).id()).collect();
+        for (op, &id) in (1..).zip(&ids) {
+            let (_, progress) = cache.map::<Small>(id, op).expect("map");
+            if progress == Progress::Pending {
+                pump(&mut home, &mut cache);
+            }
+        }
+        while cache.poll_event().is_some() {}
+        // Three unmaps number the LRU just below the largest position; the fourth would pass
+        // it, so the LRU is numbered from 1 again first.
+        cache.unmap_clock = MAX_UNMAPPED_AT - 3;
+        for &id in &ids[..3] {
+            cache.unmap(id).expect("unmap");
+        }
+        assert_eq!(cache.unmap_clock, MAX_UNMAPPED_AT);
+        cache.check_unmapped_lru().expect("consistent LRU");
+        for &id in &ids[3..] {
+            cache.unmap(id).expect("unmap");
+        }
+        cache
+            .check_unmapped_lru()
+            .expect("consistent LRU after renumbering");
+        assert_eq!(cache.unmap_clock, 6, "renumbered from 1");
+        let order: Vec<RegionId> = cache.unmapped.values().copied().collect();
+        assert_eq!(order, ids, "the LRU keeps its order");
     }
 }

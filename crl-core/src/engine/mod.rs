@@ -533,14 +533,14 @@ impl Engine {
         }
         if let Some(entry) = self.cache.get_mut(&id) {
             let cell = downcast::<T>(id, &entry.cell)?;
-            if entry.deleted {
+            if entry.deleted() {
                 return Err(OpError::Deleted(id));
             }
-            if entry.mappings.count() == 0 {
-                self.unmapped.remove(&entry.mappings.unmapped_at());
+            if entry.mappings() == 0 {
+                self.unmapped.remove(&entry.unmapped_at());
             }
-            entry.mappings.add_one();
-            if !entry.map_pending {
+            entry.add_mapping();
+            if !entry.map_pending() {
                 return Ok((cell, Progress::Done));
             }
             entry.w_mut().mapping.push(op);
@@ -548,8 +548,8 @@ impl Engine {
         }
         let cell = Arc::new(RegionCell::<T>::new(id, None, self.drains.clone()));
         let mut entry = CacheEntry::new(cell.clone());
-        entry.mappings.set_count(1);
-        entry.map_pending = true;
+        entry.set_mappings(1);
+        entry.set_map_pending(true);
         entry.w_mut().mapping.push(op);
         self.cache.insert(entry);
         self.send(
@@ -619,17 +619,13 @@ impl Engine {
             };
         }
         let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
-        let count = entry.mappings.count();
+        let count = entry.mappings();
         if count == 0 {
             return Err(OpError::NotMapped(id));
         }
-        entry.mappings.set_count(count - 1);
+        entry.set_mappings(count - 1);
         if count == 1 {
-            self.unmap_clock += 1;
-            if !planted!(self, LruPositionNotRecorded) {
-                entry.mappings.set_unmapped_at(self.unmap_clock);
-            }
-            self.unmapped.insert(self.unmap_clock, id);
+            self.lru_push(id);
             self.evict_unmapped();
         }
         Ok(())
@@ -720,7 +716,7 @@ impl Engine {
             };
         }
         let entry = self.cache.get_mut(&id).ok_or(OpError::NotMapped(id))?;
-        if entry.deleted {
+        if entry.deleted() {
             return Err(OpError::Deleted(id));
         }
         entry.w_mut().queue.push_back(LocalOp::Flush(op));
@@ -923,10 +919,10 @@ impl Engine {
         let Some(entry) = self.cache.get_mut(&id) else {
             return;
         };
-        if entry.deleted {
+        if entry.deleted() {
             return;
         }
-        entry.deleted = true;
+        entry.set_deleted(true);
         entry.cell.word().revoke();
         // Its ack is still due; nobody waits for it.
         entry.w_mut().deletes.push_back(None);
@@ -1049,12 +1045,12 @@ impl Engine {
         } else {
             let e = self.cache.get(&id)?;
             Some(EntrySnapshot::Cache {
-                state: e.state,
-                pending: e.pending.is_some(),
+                state: e.state(),
+                pending: e.pending().is_some(),
                 queued: e.w().queue.len(),
                 in_progress: e.cell.word().in_progress(),
                 recalling: e.w().recall.is_some(),
-                deleted: e.deleted,
+                deleted: e.deleted(),
             })
         }
     }
@@ -1071,15 +1067,15 @@ impl Engine {
                     "LRU position {at} names {id}, which has no cache entry"
                 ));
             };
-            if e.mappings.count() != 0 || e.mappings.unmapped_at() != at {
+            if e.mappings() != 0 || e.unmapped_at() != at {
                 return Err(format!(
                     "LRU position {at} names {id}, whose entry says {:?}",
-                    e.mappings
+                    e.meta
                 ));
             }
         }
         for e in self.cache.values() {
-            let at = e.mappings.unmapped_at();
+            let at = e.unmapped_at();
             if at != 0 && self.unmapped.get(&at) != Some(&e.cell.id()) {
                 return Err(format!(
                     "{} records LRU position {at}, which the LRU does not have",
