@@ -25,13 +25,17 @@
 //! follow raw, cut into fragments (every one but the last flagged
 //! [`FLAG_MORE`](crate::wire::FLAG_MORE)). The receiver collects exactly that many bytes into
 //! one buffer and hands on the message the head names, with that buffer as its image: the
-//! region's bytes are copied once on the way in. An image piece that is empty, that takes the
+//! region's bytes are copied once on the way in. On the way out they are not copied at all:
+//! each piece is an [`EncodedFrame`] whose body is a slice of the image, shared by all the
+//! pieces, that the writer hands to the stream as it is. An image piece that is empty, that takes the
 //! image past its announced length, or that ends it short (no `FLAG_MORE` before the length is
 //! reached, or `FLAG_MORE` once it is) is a protocol violation, as is a head announcing an
 //! empty image or one over the message limit.
 //!
 //! Sessions keep their order, so a message queued behind a big one waits for the whole big
 //! one: fragments bound what one frame costs to read, not how long a link is busy.
+
+use bytes::Bytes;
 
 use crate::region::RegionId;
 use crate::wire::{
@@ -52,6 +56,66 @@ const IMAGE_RESERVE_LEN: usize = 256 << 20;
 pub const DEFAULT_MAX_MESSAGE_LEN: usize =
     crate::engine::DEFAULT_MAX_IMAGE_LEN + crate::engine::MESSAGE_OVERHEAD;
 
+/// One frame as written on a stream: its head (the caller's prefix, the wire header and, but
+/// for a piece of an image, the payload) followed by its body (a piece of an image that
+/// follows its message, shared with the image's other pieces; empty otherwise). A big
+/// region's image is thus kept once, in its pieces, until they are acknowledged, and written
+/// without a copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedFrame {
+    head: Vec<u8>,
+    body: Bytes,
+}
+
+impl EncodedFrame {
+    /// A frame of `head` alone.
+    pub fn new(head: Vec<u8>) -> Self {
+        EncodedFrame {
+            head,
+            body: Bytes::new(),
+        }
+    }
+
+    /// The frame's first bytes (the whole frame, unless it carries a piece of an image).
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The head, to fill in the caller's prefix.
+    pub fn head_mut(&mut self) -> &mut [u8] {
+        &mut self.head
+    }
+
+    /// The piece of an image after the head (empty if none).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The frame's length in bytes, head and body.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Whether the frame has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's bytes in one buffer (a copy, for tests and the simulator).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(&self.head);
+        v.extend_from_slice(&self.body);
+        v
+    }
+}
+
+impl From<Vec<u8>> for EncodedFrame {
+    fn from(head: Vec<u8>) -> Self {
+        EncodedFrame::new(head)
+    }
+}
+
 /// Encodes `msg` as the frames that carry it: one frame if its archive is at most
 /// `fragment_len` bytes (the same bytes as [`wire::encode_frame`]), otherwise one frame per
 /// `fragment_len` bytes, every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE). A
@@ -63,14 +127,15 @@ pub const DEFAULT_MAX_MESSAGE_LEN: usize =
 /// `1..=MAX_FRAME_LEN`. A message whose archive (or image) exceeds `max_message_len` is
 /// refused with [`WireError::MessageTooLarge`] before anything is produced.
 pub fn encode_fragments(
-    msg: &Message,
+    msg: Message,
     fragment_len: usize,
     max_message_len: usize,
     prefix_len: usize,
-) -> Result<Vec<Vec<u8>>, WireError> {
+) -> Result<Vec<EncodedFrame>, WireError> {
     let fragment_len = fragment_len.clamp(1, MAX_FRAME_LEN);
-    let Some((head, image)) = split_image(msg, fragment_len) else {
-        return encode_archive(msg, fragment_len, max_message_len, prefix_len);
+    let (head, image) = match split_image(msg, fragment_len) {
+        Ok(split) => split,
+        Err(msg) => return encode_archive(&msg, fragment_len, max_message_len, prefix_len),
     };
     if image.len() > max_message_len {
         return Err(WireError::MessageTooLarge {
@@ -80,44 +145,72 @@ pub fn encode_fragments(
     }
     let mut frames = encode_archive(&head, fragment_len, max_message_len, prefix_len)?;
     frames.reserve(image.len().div_ceil(fragment_len));
-    push_pieces(&mut frames, image, fragment_len, prefix_len);
+    push_image_pieces(&mut frames, Bytes::from(image), fragment_len, prefix_len);
     Ok(frames)
 }
 
 /// The head to send instead of `msg` and the image to send after it, if `msg` carries an
-/// image longer than `fragment_len`.
-fn split_image(msg: &Message, fragment_len: usize) -> Option<(Message, &[u8])> {
+/// image longer than `fragment_len`; `msg` itself otherwise.
+fn split_image(msg: Message, fragment_len: usize) -> Result<(Message, Vec<u8>), Message> {
+    let long =
+        |image: &Option<RegionImage>| image.as_ref().is_some_and(|i| i.bytes.len() > fragment_len);
     let (of, region, image) = match msg {
         Message::Data {
             region,
             grant,
-            image: Some(image),
-        } => (ImageOf::Data { grant: *grant }, *region, image),
-        Message::RecallAck {
-            region,
-            image: Some(image),
-        } => (ImageOf::RecallAck, *region, image),
-        Message::Flush {
-            region,
-            image: Some(image),
-        } => (ImageOf::Flush, *region, image),
-        _ => return None,
+            image,
+        } if long(&image) => (ImageOf::Data { grant }, region, image),
+        Message::RecallAck { region, image } if long(&image) => (ImageOf::RecallAck, region, image),
+        Message::Flush { region, image } if long(&image) => (ImageOf::Flush, region, image),
+        other => return Err(other),
     };
-    (image.bytes.len() > fragment_len).then(|| {
-        let head = Message::ImageFollows {
-            of,
-            region,
-            version: image.version,
-            len: image.bytes.len() as u64,
+    let image = image.expect("checked by `long`");
+    let head = Message::ImageFollows {
+        of,
+        region,
+        version: image.version,
+        len: image.bytes.len() as u64,
+    };
+    Ok((head, image.bytes))
+}
+
+/// Appends `image` to `frames` cut into frames of at most `fragment_len` bytes of payload,
+/// every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE), each after `prefix_len`
+/// zero bytes; the pieces are slices of `image`, not copies.
+fn push_image_pieces(
+    frames: &mut Vec<EncodedFrame>,
+    image: Bytes,
+    fragment_len: usize,
+    prefix_len: usize,
+) {
+    let mut start = 0;
+    while start < image.len() {
+        let end = (start + fragment_len).min(image.len());
+        let flags = if end < image.len() {
+            wire::FLAG_MORE
+        } else {
+            0
         };
-        (head, &image.bytes[..])
-    })
+        let mut head = Vec::with_capacity(prefix_len + HEADER_LEN);
+        head.resize(prefix_len, 0);
+        wire::write_header(&mut head, end - start, flags);
+        frames.push(EncodedFrame {
+            head,
+            body: image.slice(start..end),
+        });
+        start = end;
+    }
 }
 
 /// Appends `bytes` to `frames` cut into frames of at most `fragment_len` bytes of payload,
 /// every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE), each after `prefix_len`
 /// zero bytes. Nothing is appended for no bytes.
-fn push_pieces(frames: &mut Vec<Vec<u8>>, bytes: &[u8], fragment_len: usize, prefix_len: usize) {
+fn push_pieces(
+    frames: &mut Vec<EncodedFrame>,
+    bytes: &[u8],
+    fragment_len: usize,
+    prefix_len: usize,
+) {
     let mut chunks = bytes.chunks(fragment_len).peekable();
     while let Some(chunk) = chunks.next() {
         let flags = if chunks.peek().is_some() {
@@ -129,7 +222,7 @@ fn push_pieces(frames: &mut Vec<Vec<u8>>, bytes: &[u8], fragment_len: usize, pre
         f.resize(prefix_len, 0);
         wire::write_header(&mut f, chunk.len(), flags);
         f.extend_from_slice(chunk);
-        frames.push(f);
+        frames.push(EncodedFrame::new(f));
     }
 }
 
@@ -139,7 +232,7 @@ fn encode_archive(
     fragment_len: usize,
     max_message_len: usize,
     prefix_len: usize,
-) -> Result<Vec<Vec<u8>>, WireError> {
+) -> Result<Vec<EncodedFrame>, WireError> {
     // Sized for the contents up front: growing by doubling would copy a big image again and
     // again.
     let room = msg.payload_hint().saturating_add(1024);
@@ -160,7 +253,7 @@ fn encode_archive(
     if payload.is_empty() {
         let mut f = vec![0u8; prefix_len];
         wire::write_header(&mut f, 0, 0);
-        frames.push(f);
+        frames.push(EncodedFrame::new(f));
     }
     push_pieces(&mut frames, &payload, fragment_len, prefix_len);
     Ok(frames)
@@ -367,6 +460,43 @@ mod tests {
                 bytes: (0..len).map(|i| (i * 31 % 251) as u8).collect(),
                 version: 3,
             }),
+        }
+    }
+
+    /// The frames as flat buffers (as they are written).
+    fn encode_fragments(
+        msg: &Message,
+        fragment_len: usize,
+        max_message_len: usize,
+        prefix_len: usize,
+    ) -> Result<Vec<Vec<u8>>, WireError> {
+        super::encode_fragments(msg.clone(), fragment_len, max_message_len, prefix_len)
+            .map(|frames| frames.iter().map(EncodedFrame::to_vec).collect())
+    }
+
+    #[test]
+    fn an_images_pieces_are_slices_of_it_not_copies() {
+        let msg = data(2500);
+        let frames = super::encode_fragments(msg, 1000, usize::MAX, SEQ_TEST_PREFIX).unwrap();
+        assert_eq!(frames.len(), 4, "a head and three pieces");
+        assert!(frames[0].body().is_empty(), "the head is archived whole");
+        let pieces = &frames[1..];
+        for w in pieces.windows(2) {
+            let (a, b) = (w[0].body(), w[1].body());
+            assert_eq!(
+                a.as_ptr().wrapping_add(a.len()),
+                b.as_ptr(),
+                "consecutive pieces of one buffer"
+            );
+        }
+        let lens: Vec<_> = pieces.iter().map(|f| f.body().len()).collect();
+        assert_eq!(lens, [1000, 1000, 500]);
+        for f in pieces {
+            assert_eq!(
+                f.head().len(),
+                SEQ_TEST_PREFIX + HEADER_LEN,
+                "head: prefix and header"
+            );
         }
     }
 

@@ -42,6 +42,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::fragment::EncodedFrame;
+
 /// The length of the sequence number that precedes every numbered frame on a stream: a
 /// little-endian `u64`.
 pub const SEQ_LEN: usize = 8;
@@ -214,7 +216,7 @@ pub enum Resume {
 struct Unacked {
     seq: u64,
     /// Shared with the writer, so a write needs no copy of a large message.
-    frame: Arc<Vec<u8>>,
+    frame: Arc<EncodedFrame>,
 }
 
 /// The sending half of a session: numbering, the retransmit buffer, resume after reconnect.
@@ -275,7 +277,8 @@ impl SendSession {
 
     /// Takes an encoded message (a wire frame) and numbers it. It will be written on the
     /// current connection or the next, and kept until acknowledged.
-    pub fn push(&mut self, frame: Vec<u8>) -> Result<u64, SendError> {
+    pub fn push(&mut self, frame: impl Into<EncodedFrame>) -> Result<u64, SendError> {
+        let frame = frame.into();
         if frame.len() > self.limits.max_message_len {
             return Err(SendError::TooLarge {
                 len: frame.len(),
@@ -303,8 +306,8 @@ impl SendSession {
     /// called with each frame's number before it is kept (to write the number into it).
     pub fn push_all(
         &mut self,
-        frames: Vec<Vec<u8>>,
-        mut number: impl FnMut(u64, &mut Vec<u8>),
+        frames: Vec<EncodedFrame>,
+        mut number: impl FnMut(u64, &mut EncodedFrame),
     ) -> Result<u64, SendError> {
         if let Some(f) = frames
             .iter()
@@ -412,7 +415,7 @@ impl SendSession {
 
     /// The next message to write on the current connection, with its number; advances the
     /// cursor. `None` if nothing is left to write or no connection is up.
-    pub fn next_to_write(&mut self) -> Option<(u64, Arc<Vec<u8>>)> {
+    pub fn next_to_write(&mut self) -> Option<(u64, Arc<EncodedFrame>)> {
         let cursor = self.cursor?;
         let first = self.unacked.front()?.seq;
         // Acknowledgements may have dropped messages the cursor had not reached yet (a
@@ -539,8 +542,8 @@ mod tests {
         SessionLimits::new(100, 250)
     }
 
-    fn frame(n: u8, len: usize) -> Vec<u8> {
-        vec![n; len]
+    fn frame(n: u8, len: usize) -> EncodedFrame {
+        EncodedFrame::new(vec![n; len])
     }
 
     #[test]
@@ -573,7 +576,7 @@ mod tests {
         let limits = SessionLimits::new(100, 250).with_largest_message(1000);
         assert_eq!(limits.hard_unacked_bytes, 1500);
         let mut s = SendSession::new(limits);
-        let big: Vec<Vec<u8>> = (0..10).map(|i| frame(i, 100)).collect();
+        let big: Vec<EncodedFrame> = (0..10).map(|i| frame(i, 100)).collect();
         s.push_all(big, |_, _| {}).unwrap();
         for i in 0..5 {
             s.push(frame(i, 100)).unwrap();
@@ -597,7 +600,7 @@ mod tests {
         let last = s
             .push_all(vec![frame(1, 100), frame(2, 100), frame(3, 7)], |n, f| {
                 numbered.push(n);
-                f[0] = n as u8;
+                f.head_mut()[0] = n as u8;
             })
             .unwrap();
         assert_eq!((last, numbered), (3, vec![1, 2, 3]));
@@ -610,7 +613,7 @@ mod tests {
         assert_eq!((s.last_seq(), s.unacked_bytes()), (3, 207));
         // A message bigger than the hard bound still goes in whole while the buffer is under
         // the hard bound, and nothing after it does until acknowledged.
-        let big: Vec<Vec<u8>> = (0..14).map(|i| frame(i, 100)).collect();
+        let big: Vec<EncodedFrame> = (0..14).map(|i| frame(i, 100)).collect();
         assert_eq!(s.push_all(big, |_, _| {}).unwrap(), 17);
         assert!(matches!(
             s.push_all(vec![frame(9, 1)], |_, _| {}),
@@ -619,7 +622,7 @@ mod tests {
         s.on_connected(ep(1), 0).unwrap();
         let written: Vec<u64> = std::iter::from_fn(|| s.next_to_write().map(|(n, _)| n)).collect();
         assert_eq!(written, (1..=17).collect::<Vec<_>>());
-        assert_eq!(s.next_to_write().map(|(_, f)| f[0]), None);
+        assert_eq!(s.next_to_write().map(|(_, f)| f.head()[0]), None);
         s.on_ack(17).unwrap();
         assert_eq!(s.push_all(vec![frame(9, 1)], |_, _| {}).unwrap(), 18);
     }

@@ -73,7 +73,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crl_core::NodeId;
-use crl_core::fragment::{DEFAULT_FRAGMENT_LEN, Reassembly, encode_fragments};
+use crl_core::fragment::{DEFAULT_FRAGMENT_LEN, EncodedFrame, Reassembly, encode_fragments};
 use crl_core::session::{
     Delivery, EpochCheck, RecvSession, Resume, SEQ_LEN, SendError, SendSession, SessionEpoch,
     SessionLimits, check_epoch,
@@ -421,8 +421,9 @@ impl Transport {
         // message, or one fragment of it). The numbers are filled in under the session lock;
         // one buffer means one write per frame.
         let fragment_len = DEFAULT_FRAGMENT_LEN.min(self.inner.settings.max_frame_len);
+        let kind = msg.kind_name();
         let frames = match encode_fragments(
-            &msg,
+            msg,
             fragment_len,
             self.inner.settings.max_message_len,
             SEQ_LEN,
@@ -432,7 +433,7 @@ impl Transport {
                 link.counters
                     .messages_refused
                     .fetch_add(1, Ordering::Relaxed);
-                error!(node = %self.inner.node, peer = %to, "refusing to send a {}: {e}", msg.kind_name());
+                error!(node = %self.inner.node, peer = %to, "refusing to send a {kind}: {e}");
                 return Err(match e {
                     wire::WireError::MessageTooLarge { len, max } => {
                         SendError::TooLarge { len, max }
@@ -445,9 +446,9 @@ impl Transport {
                 });
             }
         };
-        let len: usize = frames.iter().map(Vec::len).sum();
+        let len: usize = frames.iter().map(EncodedFrame::len).sum();
         let pushed = link.send.lock().push_all(frames, |seq, frame| {
-            frame[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
+            frame.head_mut()[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
         });
         match pushed {
             Ok(_) => {
@@ -469,11 +470,11 @@ impl Transport {
                     // `restart_handled`, the buffer still holds the old session, which that
                     // call drops with this message: nothing to silence.
                     if !link.state.lock().restart_pending {
-                        self.silence(to, &format!("{e} (with a {})", msg.kind_name()));
+                        self.silence(to, &format!("{e} (with a {kind})"));
                     }
                     return Err(e);
                 }
-                error!(node = %self.inner.node, peer = %to, "refusing to send a {}: {e}", msg.kind_name());
+                error!(node = %self.inner.node, peer = %to, "refusing to send a {kind}: {e}");
                 if matches!(e, SendError::Overflow { .. }) {
                     self.close_peer(to, "it acknowledges nothing: retransmit buffer overflow");
                 }
@@ -1269,7 +1270,8 @@ async fn write_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<String> {
     // Small frames queued together are copied into one buffer and written at once (one lock,
-    // one write, one wake of the connection); a large frame is written on its own, uncopied.
+    // one write, one wake of the connection); a large frame is written on its own, uncopied:
+    // its head, then its body (a piece of a big region's image) handed to quinn as it is.
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
     loop {
         if link.silenced.load(Ordering::Acquire) {
@@ -1287,12 +1289,13 @@ async fn write_session(
                 let Some((seq, frame)) = s.next_to_write() else {
                     break;
                 };
-                debug_assert_eq!(frame[..SEQ_LEN], seq.to_le_bytes());
+                debug_assert_eq!(frame.head()[..SEQ_LEN], seq.to_le_bytes());
                 if frame.len() > WRITE_BATCH_BYTES / 4 {
                     large = Some(frame);
                     break;
                 }
-                batch.extend_from_slice(&frame);
+                batch.extend_from_slice(frame.head());
+                batch.extend_from_slice(frame.body());
             }
         }
         if batch.is_empty() && large.is_none() {
@@ -1308,10 +1311,15 @@ async fn write_session(
         {
             return Some(format!("write failed: {e}"));
         }
-        if let Some(frame) = large
-            && let Err(e) = stream.write_all(&frame).await
-        {
-            return Some(format!("write failed: {e}"));
+        if let Some(frame) = large {
+            if let Err(e) = stream.write_all(frame.head()).await {
+                return Some(format!("write failed: {e}"));
+            }
+            if !frame.body().is_empty()
+                && let Err(e) = stream.write_chunk(frame.body().clone()).await
+            {
+                return Some(format!("write failed: {e}"));
+            }
         }
         if *shutdown.borrow() {
             return None;

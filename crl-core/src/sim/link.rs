@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::engine::PeerReset;
-use crate::fragment::{Reassembly, encode_fragments};
+use crate::fragment::{EncodedFrame, Reassembly, encode_fragments};
 use crate::session::{
     Delivery, EpochCheck, RecvSession, Resume, SendSession, SessionEpoch, SessionLimits,
     check_epoch,
@@ -27,7 +27,7 @@ pub(super) struct Frame {
     /// Global time (ns) before which it cannot arrive.
     due: u64,
     seq: u64,
-    bytes: Arc<Vec<u8>>,
+    bytes: Arc<EncodedFrame>,
 }
 
 /// One ordered link's session: the sender's and the receiver's halves and the connection
@@ -386,6 +386,7 @@ impl Sim {
         let Frame {
             tag, seq, bytes, ..
         } = frame;
+        let bytes = bytes.to_vec();
         if !self.tag_current(link, tag) {
             self.report.void_frames += 1;
             self.note(format!(
@@ -516,7 +517,7 @@ impl Sim {
 
     /// Queues `msg` from `from` to `to` on their session.
     pub(super) fn send(&mut self, from: usize, to: usize, msg: &Message) -> Check {
-        let frames = encode_fragments(msg, self.cfg.fragment_len, usize::MAX, 0)
+        let frames = encode_fragments(msg.clone(), self.cfg.fragment_len, usize::MAX, 0)
             .map_err(|e| self.fail(format!("encode {msg:?}: {e}")))?;
         let s = &mut self.sessions[from * self.cfg.nodes + to];
         match s.send.push_all(frames, |_, _| {}) {
