@@ -27,7 +27,10 @@
 //! one buffer and hands on the message the head names, with that buffer as its image: the
 //! region's bytes are copied once on the way in. On the way out they are not copied at all:
 //! each piece is an [`EncodedFrame`] whose body is a slice of the image, shared by all the
-//! pieces, that the writer hands to the stream as it is. An image piece that is empty, that takes the
+//! pieces, that the writer hands to the stream as it is. The image's buffer is therefore
+//! freed when its last piece is acknowledged, not piece by piece (the retransmit buffer's
+//! count of bytes still drops as pieces are acknowledged): until then a big image costs its
+//! own length once, where copied pieces cost it twice at the start of the transfer. An image piece that is empty, that takes the
 //! image past its announced length, or that ends it short (no `FLAG_MORE` before the length is
 //! reached, or `FLAG_MORE` once it is) is a protocol violation, as is a head announcing an
 //! empty image or one over the message limit.
