@@ -81,6 +81,46 @@ async fn a_cut_off_reader_serves_no_stale_hit() {
     cluster.shutdown().await;
 }
 
+/// The hit path itself stops at the end of the lease, before the cut-off node fences the
+/// silent home and drops its copies (a peer timeout plus a margin after it last heard from
+/// it): the lease check, not the fence, is what ends the hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_end_with_the_lease_before_the_fence() {
+    let cluster = cluster().await;
+    let id = cluster
+        .node(0)
+        .create(Cell { value: 1 })
+        .await
+        .unwrap()
+        .id();
+    let at1 = cluster.node(1).map::<Cell>(id).await.unwrap();
+    assert_eq!(at1.start_read().await.unwrap().value, 1);
+    cluster.faults(1).cut();
+    let cut = Instant::now();
+    // Polled from a thread of its own (`try_read` needs no runtime), so that a busy runtime
+    // cannot delay the poll past the fence, a few hundred milliseconds after the lease.
+    let node1 = cluster.node(1).clone();
+    let (ended, fences) = tokio::task::spawn_blocking(move || {
+        while at1.try_read().is_some() {
+            assert!(
+                cut.elapsed() < PEER_TIMEOUT * 3,
+                "still hitting {:?} after the cut",
+                cut.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (cut.elapsed(), node1.stats().liveness.fences)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        fences, 0,
+        "hits ended {ended:?} after the cut only because node 1 fenced the home"
+    );
+    cluster.faults(1).heal();
+    cluster.shutdown().await;
+}
+
 /// A transaction that read a copy whose lease lapsed before its commit does not commit on
 /// that read: it is retried and reads the home's new value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
