@@ -283,8 +283,10 @@ pub(crate) struct InternalNode(Node);
 impl InternalNode {
     /// Takes `node` out of the program's count.
     fn new(node: Node) -> Self {
-        // Never reaches 0 here: `node` was cloned from one that still lives (see
-        // `Node::internal`), or the count was raised for it (`from_inner`).
+        // No stop is due here: `node` was cloned just before, from a program's node that
+        // still lives (`Node::internal`: the count stays above 0) or from an internal one
+        // (`clone`), or the count was raised for it (`from_inner`): either way the count
+        // returns to what it was before the clone.
         node.inner.users.fetch_sub(1, Ordering::Relaxed);
         InternalNode(node)
     }
