@@ -13,6 +13,16 @@ struct Cell {
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A new region `Cell { value }` homed at node `home`.
+async fn cell_at(cluster: &Cluster, home: usize, value: u64) -> crl::RegionId {
+    cluster
+        .node(home)
+        .create(Cell { value })
+        .await
+        .unwrap()
+        .id()
+}
+
 async fn cluster() -> Cluster {
     Cluster::local_with(3, |c| {
         c.peer_timeout = Some(PEER_TIMEOUT);
@@ -27,12 +37,7 @@ async fn cluster() -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_reader_serves_no_stale_hit() {
     let cluster = cluster().await;
-    let id = cluster
-        .node(0)
-        .create(Cell { value: 1 })
-        .await
-        .unwrap()
-        .id();
+    let id = cell_at(&cluster, 0, 1).await;
     let at0 = cluster.node(0).map::<Cell>(id).await.unwrap();
     let at1 = cluster.node(1).map::<Cell>(id).await.unwrap();
     assert_eq!(at1.start_read().await.unwrap().value, 1);
@@ -87,12 +92,7 @@ async fn a_cut_off_reader_serves_no_stale_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_end_with_the_lease_before_the_fence() {
     let cluster = cluster().await;
-    let id = cluster
-        .node(0)
-        .create(Cell { value: 1 })
-        .await
-        .unwrap()
-        .id();
+    let id = cell_at(&cluster, 0, 1).await;
     let at1 = cluster.node(1).map::<Cell>(id).await.unwrap();
     assert_eq!(at1.start_read().await.unwrap().value, 1);
     cluster.faults(1).cut();
@@ -126,18 +126,8 @@ async fn hits_end_with_the_lease_before_the_fence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_does_not_commit_on_a_read_whose_lease_lapsed() {
     let cluster = cluster().await;
-    let a = cluster
-        .node(0)
-        .create(Cell { value: 1 })
-        .await
-        .unwrap()
-        .id();
-    let b = cluster
-        .node(1)
-        .create(Cell { value: 0 })
-        .await
-        .unwrap()
-        .id();
+    let a = cell_at(&cluster, 0, 1).await;
+    let b = cell_at(&cluster, 1, 0).await;
     let n1 = cluster.node(1).clone();
     let (ha, hb) = (
         n1.map::<Cell>(a).await.unwrap(),
@@ -183,12 +173,7 @@ async fn leases_are_granted_again_after_a_restart() {
     .unwrap();
     for round in 0..2 {
         cluster.restart(0).await.unwrap();
-        let id = cluster
-            .node(0)
-            .create(Cell { value: round })
-            .await
-            .unwrap()
-            .id();
+        let id = cell_at(&cluster, 0, round).await;
         for n in [1, 2] {
             // Until node n has learnt of the restart, what it asks the old incarnation fails
             // with `HomeRestarted` (retry); then leases must come back within a ping or two.
