@@ -30,13 +30,16 @@
 //! pieces, that the writer hands to the stream as it is. The image's buffer is therefore
 //! freed when its last piece is acknowledged, not piece by piece (the retransmit buffer's
 //! count of bytes still drops as pieces are acknowledged): until then a big image costs its
-//! own length once, where copied pieces cost it twice at the start of the transfer. An image piece that is empty, that takes the
-//! image past its announced length, or that ends it short (no `FLAG_MORE` before the length is
+//! own length once, where copied pieces cost it twice at the start of the transfer.
+//!
+//! An image piece that is empty, that takes the image past its announced length, or that ends it short (no `FLAG_MORE` before the length is
 //! reached, or `FLAG_MORE` once it is) is a protocol violation, as is a head announcing an
 //! empty image or one over the message limit.
 //!
 //! Sessions keep their order, so a message queued behind a big one waits for the whole big
 //! one: fragments bound what one frame costs to read, not how long a link is busy.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -64,7 +67,7 @@ pub const DEFAULT_MAX_MESSAGE_LEN: usize =
 /// follows its message, shared with the image's other pieces; empty otherwise). A big
 /// region's image is thus kept once, in its pieces, until they are acknowledged, and written
 /// without a copy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedFrame {
     head: Vec<u8>,
     body: Bytes,
@@ -177,54 +180,54 @@ fn split_image(msg: Message, fragment_len: usize) -> Result<(Message, Vec<u8>), 
     Ok((head, image.bytes))
 }
 
-/// Appends `image` to `frames` cut into frames of at most `fragment_len` bytes of payload,
-/// every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE), each after `prefix_len`
-/// zero bytes; the pieces are slices of `image`, not copies.
+/// Where `len` bytes are cut into pieces of at most `fragment_len` bytes: each piece's range
+/// and its flags ([`FLAG_MORE`](wire::FLAG_MORE) on every one but the last). None for no
+/// bytes.
+fn pieces(len: usize, fragment_len: usize) -> impl Iterator<Item = (Range<usize>, u16)> {
+    (0..len).step_by(fragment_len).map(move |start| {
+        let end = (start + fragment_len).min(len);
+        let flags = if end < len { wire::FLAG_MORE } else { 0 };
+        (start..end, flags)
+    })
+}
+
+/// A frame's first bytes: `prefix_len` zero bytes and the header of a `payload_len`-byte
+/// payload, with room for `room` more bytes.
+fn frame_head(prefix_len: usize, payload_len: usize, flags: u16, room: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(prefix_len + HEADER_LEN + room);
+    head.resize(prefix_len, 0);
+    wire::write_header(&mut head, payload_len, flags);
+    head
+}
+
+/// Appends `image` to `frames` cut into frames of at most `fragment_len` bytes of payload
+/// ([`pieces`]), each after `prefix_len` zero bytes; the pieces are slices of `image`, not
+/// copies.
 fn push_image_pieces(
     frames: &mut Vec<EncodedFrame>,
     image: Bytes,
     fragment_len: usize,
     prefix_len: usize,
 ) {
-    let mut start = 0;
-    while start < image.len() {
-        let end = (start + fragment_len).min(image.len());
-        let flags = if end < image.len() {
-            wire::FLAG_MORE
-        } else {
-            0
-        };
-        let mut head = Vec::with_capacity(prefix_len + HEADER_LEN);
-        head.resize(prefix_len, 0);
-        wire::write_header(&mut head, end - start, flags);
+    for (range, flags) in pieces(image.len(), fragment_len) {
         frames.push(EncodedFrame {
-            head,
-            body: image.slice(start..end),
+            head: frame_head(prefix_len, range.len(), flags, 0),
+            body: image.slice(range),
         });
-        start = end;
     }
 }
 
-/// Appends `bytes` to `frames` cut into frames of at most `fragment_len` bytes of payload,
-/// every one but the last flagged [`FLAG_MORE`](wire::FLAG_MORE), each after `prefix_len`
-/// zero bytes. Nothing is appended for no bytes.
+/// Appends `bytes` to `frames` cut into frames of at most `fragment_len` bytes of payload
+/// ([`pieces`]), each after `prefix_len` zero bytes, copied into the frames.
 fn push_pieces(
     frames: &mut Vec<EncodedFrame>,
     bytes: &[u8],
     fragment_len: usize,
     prefix_len: usize,
 ) {
-    let mut chunks = bytes.chunks(fragment_len).peekable();
-    while let Some(chunk) = chunks.next() {
-        let flags = if chunks.peek().is_some() {
-            wire::FLAG_MORE
-        } else {
-            0
-        };
-        let mut f = Vec::with_capacity(prefix_len + HEADER_LEN + chunk.len());
-        f.resize(prefix_len, 0);
-        wire::write_header(&mut f, chunk.len(), flags);
-        f.extend_from_slice(chunk);
+    for (range, flags) in pieces(bytes.len(), fragment_len) {
+        let mut f = frame_head(prefix_len, range.len(), flags, range.len());
+        f.extend_from_slice(&bytes[range]);
         frames.push(EncodedFrame::new(f));
     }
 }

@@ -63,7 +63,7 @@ impl LocalOp {
 pub(crate) struct CacheEntry {
     pub(crate) cell: Arc<dyn ErasedCell>,
     /// The entry's state, its request in flight, its flags and its mappings, in one word
-    /// (issue 10: the entry is 32 bytes, four to a cache line).
+    /// (issue 10: the entry is 32 bytes, two to a 64-byte cache line).
     pub(crate) meta: EntryMeta,
     /// What waits on the entry; `None` while nothing does (most entries, most of the time:
     /// an idle copy costs no queue).
@@ -749,7 +749,7 @@ impl Engine {
 
     /// Numbers the unmapped LRU from 1 again, in the same order: its clock reached the
     /// largest position an entry holds (`MAX_UNMAPPED_AT`). O(n), once per 2^55 unmaps.
-    pub(crate) fn renumber_unmapped(&mut self) {
+    fn renumber_unmapped(&mut self) {
         let old = std::mem::take(&mut self.unmapped);
         self.unmap_clock = 0;
         for id in old.into_values() {

@@ -386,7 +386,14 @@ impl Sim {
         let Frame {
             tag, seq, bytes, ..
         } = frame;
-        let bytes = bytes.to_vec();
+        // One buffer to read from: the frame's own, unless it carries a piece of an image.
+        let joined;
+        let bytes: &[u8] = if bytes.body().is_empty() {
+            bytes.head()
+        } else {
+            joined = bytes.to_vec();
+            &joined
+        };
         if !self.tag_current(link, tag) {
             self.report.void_frames += 1;
             self.note(format!(

@@ -325,7 +325,8 @@ struct InternalHandle<T: Region>(Handle<T>);
 
 impl<T: Region> InternalHandle<T> {
     fn new(handle: Handle<T>) -> Self {
-        // Never reaches 0: the program's node that asked for the table still lives.
+        // No stop is due here, as in `InternalNode::new`: the handle was made just before,
+        // and its node's count returns to what it was before.
         handle.node.inner.users.fetch_sub(1, Ordering::Relaxed);
         InternalHandle(handle)
     }
