@@ -32,12 +32,23 @@
 //! count of bytes still drops as pieces are acknowledged): until then a big image costs its
 //! own length once, where copied pieces cost it twice at the start of the transfer.
 //!
-//! An image piece that is empty, that takes the image past its announced length, or that ends it short (no `FLAG_MORE` before the length is
-//! reached, or `FLAG_MORE` once it is) is a protocol violation, as is a head announcing an
-//! empty image or one over the message limit.
+//! An image piece that is empty, that takes the image past its announced length, or that
+//! ends it short (no `FLAG_MORE` before the length is reached, or `FLAG_MORE` once it is) is
+//! a protocol violation, as is a head announcing an empty image or one over the message
+//! limit.
 //!
-//! Sessions keep their order, so a message queued behind a big one waits for the whole big
-//! one: fragments bound what one frame costs to read, not how long a link is busy.
+//! # Messages that pass an image
+//!
+//! Each piece of an image is flagged [`FLAG_IMAGE`](crate::wire::FLAG_IMAGE). A message of one
+//! frame about another region, a ping or a pong ([`Lane::Passes`]) may be written between
+//! two pieces: the session numbers an image's pieces only as it writes them, and numbers
+//! such a message at once ([`crate::session`]). So a small miss does not wait for hundreds of
+//! megabytes of another region's image. The receiver delivers a frame without the flag that
+//! comes between pieces as the message it is, before the image's, and refuses, as a protocol
+//! violation, one that may not pass ([`Lane::may_pass_image_of`]) and a piece when no image
+//! was announced. Every other message keeps its place: fragments bound what one frame costs
+//! to read; passing bounds how long a small message waits behind a big image of another
+//! region.
 
 use std::ops::Range;
 
@@ -45,7 +56,7 @@ use bytes::Bytes;
 
 use crate::region::RegionId;
 use crate::wire::{
-    self, FrameHeader, HEADER_LEN, ImageOf, MAX_FRAME_LEN, Message, RegionImage, WireError,
+    self, FrameHeader, HEADER_LEN, ImageOf, Lane, MAX_FRAME_LEN, Message, RegionImage, WireError,
 };
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -107,6 +118,12 @@ impl EncodedFrame {
         self.len() == 0
     }
 
+    /// Whether the frame is a raw piece of an image that follows its head (its body is the
+    /// piece; see the [module docs](self#messages-that-pass-an-image)).
+    pub fn is_image_piece(&self) -> bool {
+        !self.body.is_empty()
+    }
+
     /// The frame's bytes in one buffer (a copy, for tests and the simulator).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
@@ -120,6 +137,18 @@ impl From<Vec<u8>> for EncodedFrame {
     fn from(head: Vec<u8>) -> Self {
         EncodedFrame::new(head)
     }
+}
+
+/// A message encoded for a session: the frames that carry it and where it may go among the
+/// pieces of an image before it ([`Lane`]).
+#[derive(Clone, Debug)]
+pub struct EncodedMessage {
+    /// The frames, in order.
+    pub frames: Vec<EncodedFrame>,
+    /// [`Lane::Image`] if the frames end with the raw pieces of an image; the message's own
+    /// lane ([`Message::lane`]) otherwise. A message of several frames keeps its place
+    /// whatever its lane ([`crate::session::SendSession::push_all`]).
+    pub lane: Lane,
 }
 
 /// Encodes `msg` as the frames that carry it: one frame if its archive is at most
@@ -137,11 +166,17 @@ pub fn encode_fragments(
     fragment_len: usize,
     max_message_len: usize,
     prefix_len: usize,
-) -> Result<Vec<EncodedFrame>, WireError> {
+) -> Result<EncodedMessage, WireError> {
     let fragment_len = fragment_len.clamp(1, MAX_FRAME_LEN);
-    let (head, image) = match split_image(msg, fragment_len) {
+    let (head, region, image) = match split_image(msg, fragment_len) {
         Ok(split) => split,
-        Err(msg) => return encode_archive(&msg, fragment_len, max_message_len, prefix_len),
+        Err(msg) => {
+            let frames = encode_archive(&msg, fragment_len, max_message_len, prefix_len)?;
+            return Ok(EncodedMessage {
+                frames,
+                lane: msg.lane(),
+            });
+        }
     };
     if image.len() > max_message_len {
         return Err(WireError::MessageTooLarge {
@@ -152,12 +187,15 @@ pub fn encode_fragments(
     let mut frames = encode_archive(&head, fragment_len, max_message_len, prefix_len)?;
     frames.reserve(image.len().div_ceil(fragment_len));
     push_image_pieces(&mut frames, Bytes::from(image), fragment_len, prefix_len);
-    Ok(frames)
+    Ok(EncodedMessage {
+        frames,
+        lane: Lane::Image(region),
+    })
 }
 
-/// The head to send instead of `msg` and the image to send after it, if `msg` carries an
-/// image longer than `fragment_len`; `msg` itself otherwise.
-fn split_image(msg: Message, fragment_len: usize) -> Result<(Message, Vec<u8>), Message> {
+/// The head to send instead of `msg`, its region and the image to send after it, if `msg`
+/// carries an image longer than `fragment_len`; `msg` itself otherwise.
+fn split_image(msg: Message, fragment_len: usize) -> Result<(Message, RegionId, Vec<u8>), Message> {
     let long =
         |image: &Option<RegionImage>| image.as_ref().is_some_and(|i| i.bytes.len() > fragment_len);
     let (of, region, image) = match msg {
@@ -177,7 +215,7 @@ fn split_image(msg: Message, fragment_len: usize) -> Result<(Message, Vec<u8>), 
         version: image.version,
         len: image.bytes.len() as u64,
     };
-    Ok((head, image.bytes))
+    Ok((head, region, image.bytes))
 }
 
 /// Where `len` bytes are cut into pieces of at most `fragment_len` bytes: each piece's range
@@ -201,8 +239,8 @@ fn frame_head(prefix_len: usize, payload_len: usize, flags: u16, room: usize) ->
 }
 
 /// Appends `image` to `frames` cut into frames of at most `fragment_len` bytes of payload
-/// ([`pieces`]), each after `prefix_len` zero bytes; the pieces are slices of `image`, not
-/// copies.
+/// ([`pieces`]), each flagged [`FLAG_IMAGE`](wire::FLAG_IMAGE) after `prefix_len` zero bytes;
+/// the pieces are slices of `image`, not copies.
 fn push_image_pieces(
     frames: &mut Vec<EncodedFrame>,
     image: Bytes,
@@ -211,7 +249,7 @@ fn push_image_pieces(
 ) {
     for (range, flags) in pieces(image.len(), fragment_len) {
         frames.push(EncodedFrame {
-            head: frame_head(prefix_len, range.len(), flags, 0),
+            head: frame_head(prefix_len, range.len(), flags | wire::FLAG_IMAGE, 0),
             body: image.slice(range),
         });
     }
@@ -324,8 +362,9 @@ impl Reassembly {
 
     /// Takes the next delivered frame of the session (its checked header and exactly
     /// `header.payload_len` bytes of payload, which it may take: `payload` is left empty when
-    /// it is kept as a piece). Returns the message it completes, or `None` while more pieces
-    /// are to come.
+    /// it is kept as a piece). Returns the message it completes (or the message it is, if it
+    /// came between two pieces of an image and may pass it), or `None` while more pieces are
+    /// to come.
     ///
     /// Errors (the peer broke the protocol; the caller closes the connection) leave nothing
     /// of the message behind.
@@ -335,8 +374,34 @@ impl Reassembly {
         payload: &mut Vec<u8>,
     ) -> Result<Option<Message>, WireError> {
         debug_assert_eq!(header.payload_len, payload.len());
-        if self.image.is_some() {
-            return self.push_image(header, payload);
+        if let Some(image) = &self.image {
+            if header.image {
+                return self.push_image(header, payload);
+            }
+            // A message between two pieces: it must be one that may pass the image.
+            let region = image.region;
+            let decoded = (!header.more).then(|| wire::decode_payload(payload));
+            return match decoded {
+                Some(Ok(msg)) if msg.lane().may_pass_image_of(region) => Ok(Some(msg)),
+                other => {
+                    self.clear();
+                    Err(match other {
+                        Some(Err(e)) => e,
+                        Some(Ok(msg)) => WireError::MayNotPass {
+                            kind: msg.kind_name(),
+                            region,
+                        },
+                        None => WireError::MayNotPass {
+                            kind: "fragment of a longer message",
+                            region,
+                        },
+                    })
+                }
+            };
+        }
+        if header.image {
+            self.clear();
+            return Err(WireError::PieceWithoutImage);
         }
         let msg = if !header.more && self.pieces.is_empty() {
             wire::decode_payload(payload)?
@@ -437,6 +502,12 @@ impl Reassembly {
         Ok(self.image.take().map(IncomingImage::into_message))
     }
 
+    /// Whether an image is being received (its head came, not all its pieces): a message
+    /// delivered now passed the rest of it.
+    pub fn receiving_image(&self) -> bool {
+        self.image.is_some()
+    }
+
     /// Bytes of the message in progress.
     pub fn pending_bytes(&self) -> usize {
         self.pending + self.image.as_ref().map_or(0, |i| i.bytes.len())
@@ -477,13 +548,15 @@ mod tests {
         prefix_len: usize,
     ) -> Result<Vec<Vec<u8>>, WireError> {
         super::encode_fragments(msg.clone(), fragment_len, max_message_len, prefix_len)
-            .map(|frames| frames.iter().map(EncodedFrame::to_vec).collect())
+            .map(|m| m.frames.iter().map(EncodedFrame::to_vec).collect())
     }
 
     #[test]
     fn an_images_pieces_are_slices_of_it_not_copies() {
         let msg = data(2500);
-        let frames = super::encode_fragments(msg, 1000, usize::MAX, SEQ_TEST_PREFIX).unwrap();
+        let encoded = super::encode_fragments(msg, 1000, usize::MAX, SEQ_TEST_PREFIX).unwrap();
+        assert_eq!(encoded.lane, Lane::Image(RegionId::new(NodeId(1), 7)));
+        let frames = encoded.frames;
         assert_eq!(frames.len(), 4, "a head and three pieces");
         assert!(frames[0].body().is_empty(), "the head is archived whole");
         let pieces = &frames[1..];
@@ -648,10 +721,12 @@ mod tests {
         let more = |len| FrameHeader {
             payload_len: len,
             more: true,
+            image: true,
         };
         let last = |len| FrameHeader {
             payload_len: len,
             more: false,
+            image: true,
         };
         // An empty piece; one past the announced length; an end before it; more after it.
         let cases: Vec<Vec<(FrameHeader, Vec<u8>)>> = vec![
@@ -710,6 +785,7 @@ mod tests {
         let more = FrameHeader {
             payload_len: 0,
             more: true,
+            image: false,
         };
         assert_eq!(r.push(more, &mut Vec::new()), Err(WireError::EmptyFragment));
         // A damaged piece in the middle: the joined archive fails validation.
@@ -727,6 +803,7 @@ mod tests {
         let h = FrameHeader {
             payload_len: 4,
             more: true,
+            image: false,
         };
         let mut piece = vec![1, 2, 3, 4];
         r.push(h, &mut piece).unwrap();
@@ -741,6 +818,93 @@ mod tests {
             r.push(h, &mut small[HEADER_LEN..].to_vec()).unwrap(),
             Some(data(10))
         );
+    }
+
+    fn small_data(region: u64) -> Message {
+        Message::Data {
+            region: RegionId::new(NodeId(1), region),
+            grant: Grant::Shared,
+            image: Some(RegionImage {
+                bytes: vec![5; 10],
+                version: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn lanes_say_which_messages_may_pass_an_image() {
+        let lane = |m: Message, fragment_len| {
+            super::encode_fragments(m, fragment_len, usize::MAX, 0)
+                .unwrap()
+                .lane
+        };
+        let a = RegionId::new(NodeId(1), 7);
+        assert_eq!(lane(data(3000), 1000), Lane::Image(a));
+        assert_eq!(lane(data(10), 1000), Lane::Passes(Some(a)));
+        assert_eq!(lane(Message::Ping { nonce: 1 }, 1000), Lane::Passes(None));
+        assert_eq!(lane(Message::TxDone { txid: 1 }, 1000), Lane::InOrder);
+        // A message of several frames has its lane too (the session keeps it in order).
+        let map_ok = Message::MapOk {
+            region: RegionId::new(NodeId(1), 3),
+        };
+        assert_eq!(lane(map_ok.clone(), 8), lane(map_ok, 1000));
+        assert!(Lane::Passes(None).may_pass_image_of(a));
+        assert!(Lane::Passes(Some(RegionId::new(NodeId(1), 8))).may_pass_image_of(a));
+        assert!(!Lane::Passes(Some(a)).may_pass_image_of(a));
+        assert!(!Lane::InOrder.may_pass_image_of(a));
+        assert!(!Lane::Image(RegionId::new(NodeId(1), 8)).may_pass_image_of(a));
+    }
+
+    /// Issue 10 (head-of-line): a message of another region, a ping or a pong between two
+    /// pieces of an image is delivered as it comes, before the image's message; the image
+    /// still comes out whole.
+    #[test]
+    fn a_message_between_pieces_is_delivered_before_the_image() {
+        let image = encode_fragments(&data(3000), 1000, usize::MAX, 0).unwrap();
+        let mut frames = image.clone();
+        frames.insert(2, wire::encode(&small_data(3)).unwrap());
+        frames.insert(1, wire::encode(&Message::Pong { nonce: 4 }).unwrap());
+        assert_eq!(
+            reassemble(&frames, 0, usize::MAX).unwrap(),
+            vec![Message::Pong { nonce: 4 }, small_data(3), data(3000)]
+        );
+    }
+
+    /// What may not pass an image is refused where it comes between its pieces, and so is a
+    /// piece with no image announced.
+    #[test]
+    fn a_message_that_may_not_pass_or_a_stray_piece_is_a_violation() {
+        let image = encode_fragments(&data(3000), 1000, usize::MAX, 0).unwrap();
+        let a = RegionId::new(NodeId(1), 7);
+        let archive_piece = encode_fragments(&create_at(100), 40, usize::MAX, 0).unwrap();
+        for (intruder, kind) in [
+            (wire::encode(&small_data(7)).unwrap(), "Data"),
+            (
+                wire::encode(&Message::TxDone { txid: 1 }).unwrap(),
+                "TxDone",
+            ),
+            (archive_piece[0].clone(), "fragment of a longer message"),
+        ] {
+            let mut frames = image.clone();
+            frames.insert(2, intruder);
+            assert_eq!(
+                reassemble(&frames[..3], 0, usize::MAX).unwrap_err(),
+                WireError::MayNotPass { kind, region: a }
+            );
+        }
+        // A piece alone, with no head before it.
+        let mut r = Reassembly::new(usize::MAX);
+        let h = wire::parse_fragment_header(image[1][..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert!(h.image && h.more);
+        assert_eq!(
+            r.push(h, &mut image[1][HEADER_LEN..].to_vec()),
+            Err(WireError::PieceWithoutImage)
+        );
+        // The pieces are flagged, the head is not.
+        let flags = |f: &Vec<u8>| u16::from_le_bytes([f[6], f[7]]);
+        assert_eq!(flags(&image[0]), 0);
+        assert_eq!(flags(&image[1]), wire::FLAG_IMAGE | wire::FLAG_MORE);
+        assert_eq!(flags(&image[3]), wire::FLAG_IMAGE);
     }
 
     proptest! {

@@ -34,6 +34,16 @@
 //! stream reaches only when messages larger than the soft bound add up past it (room for
 //! one largest message is part of it: [`SessionLimits::with_largest_message`]).
 //!
+//! **Images that others pass.** The raw pieces of a big region's image
+//! ([`crate::fragment`]) are not numbered when pushed: they wait in a *bulk* queue and each is
+//! numbered only when the writer reaches it ([`SendSession::next_to_write`]). A message pushed
+//! meanwhile that may pass the rest of the image ([`Lane::may_pass_image_of`]: one frame about
+//! another region, a ping or a pong) is numbered at once, so it is written before the
+//! remaining pieces; any other message joins the bulk queue behind them, and so does
+//! everything after it until the queue has drained back to one image's pieces. Numbers still
+//! follow the order of writing, so the receiver, re-sends and acknowledgements work on
+//! numbers alone, as before.
+//!
 //! The session is a pure state machine: no I/O, no clock. The transport (crl-net) writes what
 //! [`SendSession::next_to_write`] returns, feeds acknowledgements and handshake answers back,
 //! and calls [`SendSession::on_disconnected`] when a connection breaks. The simulator drives
@@ -42,7 +52,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::fragment::EncodedFrame;
+use crate::fragment::{EncodedFrame, EncodedMessage};
+use crate::wire::Lane;
 
 /// The length of the sequence number that precedes every numbered frame on a stream: a
 /// little-endian `u64`.
@@ -211,12 +222,22 @@ pub enum Resume {
     Zombie,
 }
 
-/// One numbered, encoded message waiting for acknowledgement.
+/// One numbered, encoded frame waiting for acknowledgement.
 #[derive(Debug)]
 struct Unacked {
     seq: u64,
     /// Shared with the writer, so a write needs no copy of a large message.
     frame: Arc<EncodedFrame>,
+    /// The lane of the message it belongs to.
+    lane: Lane,
+}
+
+/// A frame pushed behind the pieces of an image, not numbered yet.
+#[derive(Debug)]
+struct Queued {
+    frame: EncodedFrame,
+    /// The lane of the message it belongs to.
+    lane: Lane,
 }
 
 /// The sending half of a session: numbering, the retransmit buffer, resume after reconnect.
@@ -229,9 +250,19 @@ pub struct SendSession {
     peer_epoch: Option<SessionEpoch>,
     /// The number the next pushed message gets.
     next_seq: u64,
-    /// Messages not yet acknowledged, in order (written or not).
+    /// Numbered frames not yet acknowledged, in order (written or not).
     unacked: VecDeque<Unacked>,
+    /// Frames waiting, unnumbered, behind the pieces of an image: numbered as the writer
+    /// reaches them (see the [module docs](self)). Its first frame is always an image's piece.
+    bulk: VecDeque<Queued>,
+    /// The frames in `bulk` that are not pieces of an image. While 0, `bulk` holds the
+    /// pieces of one image alone (each image's pieces come after its head).
+    bulk_in_order: usize,
+    /// Bytes of `unacked` and `bulk`.
     unacked_bytes: usize,
+    /// Whether a frame's number is written into its first [`SEQ_LEN`] bytes when it is
+    /// numbered ([`SendSession::with_seq_prefix`]).
+    seq_prefix: bool,
     /// The number of the next message to write on the current connection (`None`: not
     /// connected).
     cursor: Option<u64>,
@@ -252,11 +283,24 @@ impl SendSession {
             peer_epoch: None,
             next_seq: 1,
             unacked: VecDeque::new(),
+            bulk: VecDeque::new(),
+            bulk_in_order: 0,
             unacked_bytes: 0,
+            seq_prefix: false,
             cursor: None,
             writes: 0,
             resends: 0,
             generation: 0,
+        }
+    }
+
+    /// The same session, writing each frame's number, little endian, into the first
+    /// [`SEQ_LEN`] bytes of its head when the frame is numbered (frames are then encoded with
+    /// that many bytes of prefix: [`crate::fragment::encode_fragments`]).
+    pub fn with_seq_prefix(self) -> Self {
+        SendSession {
+            seq_prefix: true,
+            ..self
         }
     }
 
@@ -275,40 +319,27 @@ impl SendSession {
         self.peer_epoch
     }
 
-    /// Takes an encoded message (a wire frame) and numbers it. It will be written on the
-    /// current connection or the next, and kept until acknowledged.
-    pub fn push(&mut self, frame: impl Into<EncodedFrame>) -> Result<u64, SendError> {
-        let frame = frame.into();
-        if frame.len() > self.limits.max_message_len {
-            return Err(SendError::TooLarge {
-                len: frame.len(),
-                max: self.limits.max_message_len,
-            });
-        }
-        if self.unacked_bytes > self.limits.hard_unacked_bytes {
-            return Err(SendError::Overflow {
-                bytes: self.unacked_bytes,
-            });
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.unacked_bytes += frame.len();
-        self.unacked.push_back(Unacked {
-            seq,
-            frame: Arc::new(frame),
-        });
-        Ok(seq)
+    /// Takes one frame that keeps its place ([`Lane::InOrder`]): see
+    /// [`push_all`](SendSession::push_all).
+    pub fn push(&mut self, frame: impl Into<EncodedFrame>) -> Result<Option<u64>, SendError> {
+        self.push_all(EncodedMessage {
+            frames: vec![frame.into()],
+            lane: Lane::InOrder,
+        })
     }
 
-    /// Takes the frames of one message (its fragments, in order) and numbers them
-    /// consecutively; returns the number of the last. All are taken or none: a frame over the
-    /// frame limit, or a buffer over the hard bound, refuses the whole message. `number` is
-    /// called with each frame's number before it is kept (to write the number into it).
-    pub fn push_all(
-        &mut self,
-        frames: Vec<EncodedFrame>,
-        mut number: impl FnMut(u64, &mut EncodedFrame),
-    ) -> Result<u64, SendError> {
+    /// Takes the frames of one message (its fragments, in order). All are taken or none: a
+    /// frame over the frame limit, or a buffer over the hard bound, refuses the whole
+    /// message. They will be written on the current connection or the next, and kept until
+    /// acknowledged.
+    ///
+    /// Frames are numbered consecutively, at once if the bulk queue is empty or the message
+    /// may pass the image whose pieces fill it ([`Lane::may_pass_image_of`]); otherwise they
+    /// join the bulk queue and are numbered as the writer reaches them. An image's pieces
+    /// always go through the bulk queue (see the [module docs](self)). Returns the number of
+    /// the last frame if it was numbered at once.
+    pub fn push_all(&mut self, msg: EncodedMessage) -> Result<Option<u64>, SendError> {
+        let EncodedMessage { frames, lane } = msg;
         if let Some(f) = frames
             .iter()
             .find(|f| f.len() > self.limits.max_message_len)
@@ -323,17 +354,47 @@ impl SendSession {
                 bytes: self.unacked_bytes,
             });
         }
-        for mut frame in frames {
-            let seq = self.next_seq;
-            number(seq, &mut frame);
-            self.next_seq += 1;
+        let numbered_now = match self.bulk_image() {
+            _ if self.bulk.is_empty() => true,
+            Some(region) => frames.len() == 1 && lane.may_pass_image_of(region),
+            None => false,
+        };
+        let mut last = None;
+        for frame in frames {
             self.unacked_bytes += frame.len();
-            self.unacked.push_back(Unacked {
-                seq,
-                frame: Arc::new(frame),
-            });
+            if numbered_now && !frame.is_image_piece() {
+                last = Some(self.number(frame, lane));
+            } else {
+                if !frame.is_image_piece() {
+                    self.bulk_in_order += 1;
+                }
+                self.bulk.push_back(Queued { frame, lane });
+            }
         }
-        Ok(self.last_seq())
+        Ok(last)
+    }
+
+    /// The region whose image's pieces alone fill the bulk queue, if they do.
+    fn bulk_image(&self) -> Option<crate::region::RegionId> {
+        match self.bulk.front()?.lane {
+            Lane::Image(region) if self.bulk_in_order == 0 => Some(region),
+            _ => None,
+        }
+    }
+
+    /// Gives `frame` the next number and keeps it for writing; returns the number.
+    fn number(&mut self, mut frame: EncodedFrame, lane: Lane) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.seq_prefix {
+            frame.head_mut()[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
+        }
+        self.unacked.push_back(Unacked {
+            seq,
+            frame: Arc::new(frame),
+            lane,
+        });
+        seq
     }
 
     /// Whether the retransmit buffer is under its soft bound (operations may add to it).
@@ -341,17 +402,26 @@ impl SendSession {
         self.unacked_bytes < self.limits.max_unacked_bytes
     }
 
-    /// Bytes waiting for acknowledgement.
+    /// Bytes waiting for acknowledgement (numbered or not).
     pub fn unacked_bytes(&self) -> usize {
         self.unacked_bytes
     }
 
-    /// Messages waiting for acknowledgement.
+    /// Frames waiting for acknowledgement, numbered or not.
     pub fn unacked_len(&self) -> usize {
-        self.unacked.len()
+        self.unacked.len() + self.bulk.len()
     }
 
-    /// The number of the last message pushed (0 if none).
+    /// The lanes of the frames waiting for acknowledgement (numbered or not), in the order
+    /// they will be written.
+    pub fn unacked_lanes(&self) -> impl Iterator<Item = Lane> + '_ {
+        self.unacked
+            .iter()
+            .map(|u| u.lane)
+            .chain(self.bulk.iter().map(|q| q.lane))
+    }
+
+    /// The number of the last frame numbered (0 if none).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
     }
@@ -416,7 +486,15 @@ impl SendSession {
     /// The next message to write on the current connection, with its number; advances the
     /// cursor. `None` if nothing is left to write or no connection is up.
     pub fn next_to_write(&mut self) -> Option<(u64, Arc<EncodedFrame>)> {
-        let cursor = self.cursor?;
+        let mut cursor = self.cursor?;
+        if self.unacked.back().is_none_or(|last| last.seq < cursor) {
+            // Every numbered frame is written: the bulk queue's first frame is next.
+            let Queued { frame, lane } = self.bulk.pop_front()?;
+            if !frame.is_image_piece() {
+                self.bulk_in_order -= 1;
+            }
+            cursor = self.number(frame, lane);
+        }
         let first = self.unacked.front()?.seq;
         // Acknowledgements may have dropped messages the cursor had not reached yet (a
         // re-send raced with the peer's acknowledgement): skip them.
@@ -431,8 +509,9 @@ impl SendSession {
     /// Whether a connection is up and a message waits to be written on it.
     pub fn wants_write(&self) -> bool {
         match (self.cursor, self.unacked.back()) {
-            (Some(c), Some(last)) => c <= last.seq,
-            _ => false,
+            (None, _) => false,
+            (Some(c), Some(last)) if c <= last.seq => true,
+            (Some(_), _) => !self.bulk.is_empty(),
         }
     }
 
@@ -448,10 +527,12 @@ impl SendSession {
     /// incarnation answers next (`None`): every message queued for the old one is dropped and
     /// numbering starts again at 1. Returns how many messages were dropped.
     pub fn reset(&mut self, peer_epoch: Option<SessionEpoch>) -> usize {
-        let dropped = self.unacked.len();
+        let dropped = self.unacked_len();
         self.peer_epoch = peer_epoch;
         self.next_seq = 1;
         self.unacked.clear();
+        self.bulk.clear();
+        self.bulk_in_order = 0;
         self.unacked_bytes = 0;
         self.cursor = None;
         self.generation += 1;
@@ -546,11 +627,18 @@ mod tests {
         EncodedFrame::new(vec![n; len])
     }
 
+    fn in_order(frames: Vec<EncodedFrame>) -> EncodedMessage {
+        EncodedMessage {
+            frames,
+            lane: Lane::InOrder,
+        }
+    }
+
     #[test]
     fn numbers_buffers_and_acknowledges() {
         let mut s = SendSession::new(limits());
-        assert_eq!(s.push(frame(1, 10)).unwrap(), 1);
-        assert_eq!(s.push(frame(2, 10)).unwrap(), 2);
+        assert_eq!(s.push(frame(1, 10)).unwrap(), Some(1));
+        assert_eq!(s.push(frame(2, 10)).unwrap(), Some(2));
         assert!(
             s.next_to_write().is_none(),
             "nothing is written before a handshake"
@@ -577,7 +665,7 @@ mod tests {
         assert_eq!(limits.hard_unacked_bytes, 1500);
         let mut s = SendSession::new(limits);
         let big: Vec<EncodedFrame> = (0..10).map(|i| frame(i, 100)).collect();
-        s.push_all(big, |_, _| {}).unwrap();
+        s.push_all(in_order(big)).unwrap();
         for i in 0..5 {
             s.push(frame(i, 100)).unwrap();
         }
@@ -595,36 +683,36 @@ mod tests {
     fn a_fragmented_message_is_numbered_whole_or_not_at_all() {
         let limits = SessionLimits::new(100, 250);
         assert_eq!(limits.hard_unacked_bytes, 600);
-        let mut s = SendSession::new(limits);
-        let mut numbered = Vec::new();
+        let mut s = SendSession::new(limits).with_seq_prefix();
         let last = s
-            .push_all(vec![frame(1, 100), frame(2, 100), frame(3, 7)], |n, f| {
-                numbered.push(n);
-                f.head_mut()[0] = n as u8;
-            })
+            .push_all(in_order(vec![frame(1, 100), frame(2, 100), frame(3, 8)]))
             .unwrap();
-        assert_eq!((last, numbered), (3, vec![1, 2, 3]));
-        assert_eq!((s.unacked_len(), s.unacked_bytes()), (3, 207));
+        assert_eq!(last, Some(3));
+        assert_eq!((s.unacked_len(), s.unacked_bytes()), (3, 208));
         // One frame over the frame limit refuses the whole message.
         let err = s
-            .push_all(vec![frame(4, 10), frame(5, 101)], |_, _| {})
+            .push_all(in_order(vec![frame(4, 10), frame(5, 101)]))
             .unwrap_err();
         assert_eq!(err, SendError::TooLarge { len: 101, max: 100 });
-        assert_eq!((s.last_seq(), s.unacked_bytes()), (3, 207));
+        assert_eq!((s.last_seq(), s.unacked_bytes()), (3, 208));
         // A message bigger than the hard bound still goes in whole while the buffer is under
         // the hard bound, and nothing after it does until acknowledged.
         let big: Vec<EncodedFrame> = (0..14).map(|i| frame(i, 100)).collect();
-        assert_eq!(s.push_all(big, |_, _| {}).unwrap(), 17);
+        assert_eq!(s.push_all(in_order(big)).unwrap(), Some(17));
         assert!(matches!(
-            s.push_all(vec![frame(9, 1)], |_, _| {}),
-            Err(SendError::Overflow { bytes: 1607 })
+            s.push_all(in_order(vec![frame(9, 8)])),
+            Err(SendError::Overflow { bytes: 1608 })
         ));
         s.on_connected(ep(1), 0).unwrap();
-        let written: Vec<u64> = std::iter::from_fn(|| s.next_to_write().map(|(n, _)| n)).collect();
-        assert_eq!(written, (1..=17).collect::<Vec<_>>());
-        assert_eq!(s.next_to_write().map(|(_, f)| f.head()[0]), None);
+        let written: Vec<(u64, [u8; SEQ_LEN])> = std::iter::from_fn(|| {
+            s.next_to_write()
+                .map(|(n, f)| (n, f.head()[..SEQ_LEN].try_into().unwrap()))
+        })
+        .collect();
+        let expected: Vec<_> = (1..=17u64).map(|n| (n, n.to_le_bytes())).collect();
+        assert_eq!(written, expected, "each frame carries its number");
         s.on_ack(17).unwrap();
-        assert_eq!(s.push_all(vec![frame(9, 1)], |_, _| {}).unwrap(), 18);
+        assert_eq!(s.push_all(in_order(vec![frame(9, 8)])).unwrap(), Some(18));
     }
 
     #[test]
@@ -671,7 +759,11 @@ mod tests {
         );
         assert_eq!(s.on_connected(ep(9), 0).unwrap(), Resume::Zombie);
         assert_eq!(s.reset(Some(ep(11))), 1);
-        assert_eq!(s.push(frame(2, 5)).unwrap(), 1, "numbering starts again");
+        assert_eq!(
+            s.push(frame(2, 5)).unwrap(),
+            Some(1),
+            "numbering starts again"
+        );
         assert_eq!(s.on_connected(ep(11), 0).unwrap(), Resume::Resume);
         assert_eq!(*s.next_to_write().unwrap().1, frame(2, 5));
     }
@@ -718,6 +810,207 @@ mod tests {
         assert!(r.accept(4).is_err(), "a gap is a violation");
         assert!(r.accept(0).is_err());
         assert_eq!((r.delivered(), r.duplicates()), (2, 1));
+    }
+
+    use crate::fragment::{Reassembly, encode_fragments};
+    use crate::region::{NodeId, RegionId};
+    use crate::wire::{self, Grant, HEADER_LEN, Message, RegionImage};
+
+    /// A Data message of region `region` whose image is `len` bytes; its version tells the
+    /// messages apart.
+    fn data(region: u64, len: usize, version: u64) -> Message {
+        Message::Data {
+            region: RegionId::new(NodeId(1), region),
+            grant: Grant::Shared,
+            image: Some(RegionImage {
+                bytes: vec![version as u8; len],
+                version,
+            }),
+        }
+    }
+
+    /// Pushes `msg` cut at `fragment_len` (100 bytes in these tests).
+    fn push_msg(s: &mut SendSession, msg: &Message) -> Option<u64> {
+        s.push_all(encode_fragments(msg.clone(), 100, usize::MAX, 0).unwrap())
+            .unwrap()
+    }
+
+    /// Feeds one written frame to the receiver; returns the message it completes.
+    fn receive(r: &mut Reassembly, frame: &EncodedFrame) -> Option<Message> {
+        let bytes = frame.to_vec();
+        let h = wire::parse_fragment_header(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+        r.push(h, &mut bytes[HEADER_LEN..].to_vec())
+            .expect("no violation from a correct sender")
+    }
+
+    /// Issue 10 (head-of-line): a 256 MiB miss held every small message on the link for
+    /// 1.2 s. A message of one frame about another region, or a ping, pushed while an image's
+    /// pieces wait, is written before them; one about the image's own region, or one that
+    /// keeps its place (a transaction's), is not, and nothing after such a message passes
+    /// either, until the queue holds nothing but one image's pieces again.
+    #[test]
+    fn a_small_message_passes_the_rest_of_an_image_of_another_region() {
+        let mut s = SendSession::new(SessionLimits::new(1 << 20, 1 << 30));
+        let image_a = data(1, 1000, 1);
+        assert_eq!(push_msg(&mut s, &image_a), Some(1), "the head is numbered");
+        let small_b = data(2, 10, 2);
+        let ping = Message::Ping { nonce: 3 };
+        let small_a = data(1, 10, 4);
+        let tx = Message::TxDone { txid: 5 };
+        let small_c = data(3, 10, 6);
+        let two_frames = encode_fragments(data(2, 95, 8), 100, usize::MAX, 0).unwrap();
+        assert_eq!(
+            (two_frames.frames.len(), two_frames.lane),
+            (2, Lane::Passes(Some(RegionId::new(NodeId(1), 2))))
+        );
+        let mut other = SendSession::new(s.limits());
+        push_msg(&mut other, &image_a);
+        assert_eq!(
+            other.push_all(two_frames).unwrap(),
+            None,
+            "two frames: waits"
+        );
+        assert_eq!(push_msg(&mut s, &small_b), Some(2), "passes");
+        assert_eq!(push_msg(&mut s, &ping), Some(3), "passes");
+        assert_eq!(
+            push_msg(&mut s, &small_a),
+            None,
+            "its own region's image: waits"
+        );
+        assert_eq!(push_msg(&mut s, &tx), None, "keeps its place");
+        assert_eq!(
+            push_msg(&mut s, &small_c),
+            None,
+            "behind messages that keep their place"
+        );
+        s.on_connected(ep(1), 0).unwrap();
+        let mut r = Reassembly::new(usize::MAX);
+        let mut got = Vec::new();
+        let mut seqs = Vec::new();
+        while let Some((seq, f)) = s.next_to_write() {
+            seqs.push(seq);
+            got.extend(receive(&mut r, &f));
+        }
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "numbered as written"
+        );
+        assert_eq!(
+            got,
+            vec![
+                small_b,
+                ping.clone(),
+                image_a.clone(),
+                small_a,
+                tx,
+                small_c.clone()
+            ]
+        );
+        s.on_ack(*seqs.last().unwrap()).unwrap();
+        assert_eq!((s.unacked_len(), s.unacked_bytes()), (0, 0));
+
+        // Once the queue is back to one image's pieces, messages pass again.
+        let mut s = SendSession::new(SessionLimits::new(1 << 20, 1 << 30));
+        let image_b = data(2, 300, 7);
+        push_msg(&mut s, &image_a);
+        assert_eq!(
+            push_msg(&mut s, &image_b),
+            None,
+            "a second image waits, head and all"
+        );
+        assert_eq!(
+            push_msg(&mut s, &small_c),
+            None,
+            "two images queued: in order"
+        );
+        s.on_connected(ep(1), 0).unwrap();
+        let mut r = Reassembly::new(usize::MAX);
+        let mut got = Vec::new();
+        while !r.receiving_image() || got.is_empty() {
+            let (_, f) = s.next_to_write().unwrap();
+            got.extend(receive(&mut r, &f));
+        }
+        // Image A is delivered and the first piece of B is written: the queue holds B's
+        // remaining pieces and the message behind them.
+        assert_eq!(got, vec![image_a.clone()]);
+        assert_eq!(
+            push_msg(&mut s, &ping),
+            None,
+            "a message still queued behind B"
+        );
+        while let Some((_, f)) = s.next_to_write() {
+            got.extend(receive(&mut r, &f));
+        }
+        assert_eq!(
+            got,
+            vec![image_a.clone(), image_b, small_c.clone(), ping.clone()]
+        );
+        push_msg(&mut s, &image_a);
+        assert_eq!(push_msg(&mut s, &ping), Some(s.last_seq()), "passes again");
+    }
+
+    /// A break in the middle of an image: the numbered frames are re-sent in the order they
+    /// were first written (a message that passed the image is re-sent where it was), then
+    /// the rest of the pieces; a reset drops the pieces not yet numbered too.
+    #[test]
+    fn a_reconnect_in_the_middle_of_an_image_resends_in_written_order() {
+        let mut s = SendSession::new(SessionLimits::new(1 << 20, 1 << 30));
+        let image_a = data(1, 1000, 1);
+        let small_b = data(2, 10, 2);
+        push_msg(&mut s, &image_a);
+        s.on_connected(ep(1), 0).unwrap();
+        let mut r = Reassembly::new(usize::MAX);
+        let mut rs = RecvSession::new(ep(1));
+        let mut got = Vec::new();
+        let mut deliver = |seq: u64, f: &EncodedFrame, got: &mut Vec<Message>| {
+            if rs.accept(seq).unwrap() == Delivery::Deliver {
+                got.extend(receive(&mut r, f));
+            }
+            rs.delivered()
+        };
+        // The head and three pieces are written; only the first two frames arrive.
+        let first: Vec<_> = (0..4).map(|_| s.next_to_write().unwrap()).collect();
+        assert_eq!(
+            push_msg(&mut s, &small_b),
+            Some(5),
+            "passes the remaining pieces"
+        );
+        for (seq, f) in &first[..2] {
+            deliver(*seq, f, &mut got);
+        }
+        s.on_disconnected();
+        assert_eq!(s.on_connected(ep(1), 2).unwrap(), Resume::Resume);
+        let mut written = Vec::new();
+        let mut delivered = 0;
+        while let Some((seq, f)) = s.next_to_write() {
+            written.push(seq);
+            delivered = deliver(seq, &f, &mut got);
+        }
+        assert_eq!(
+            written,
+            (3..=12).collect::<Vec<_>>(),
+            "head, ten pieces, small_b"
+        );
+        assert_eq!(s.resends(), 4, "the cursor had passed four frames");
+        assert_eq!(got, vec![small_b.clone(), image_a.clone()]);
+        s.on_ack(delivered).unwrap();
+        assert_eq!((s.unacked_len(), s.unacked_bytes()), (0, 0));
+
+        // A reset in the middle of an image drops its unnumbered pieces as well.
+        let mut s = SendSession::new(SessionLimits::new(1 << 20, 1 << 30));
+        push_msg(&mut s, &image_a);
+        assert_eq!(
+            (s.last_seq(), s.unacked_len()),
+            (1, 11),
+            "the head and ten pieces"
+        );
+        assert_eq!(s.reset(None), 11);
+        assert_eq!((s.unacked_len(), s.unacked_bytes()), (0, 0));
+        assert_eq!(push_msg(&mut s, &small_b), Some(1));
+        s.on_connected(ep(2), 0).unwrap();
+        assert_eq!(s.next_to_write().unwrap().0, 1);
+        assert!(s.next_to_write().is_none());
     }
 
     /// A link model: each connection carries a prefix of what was written on it (a break loses
@@ -818,6 +1111,124 @@ mod tests {
             s.on_ack(r.delivered()).unwrap();
             prop_assert_eq!(&delivered, &pushed);
             prop_assert_eq!(s.unacked_len(), 0);
+        }
+    }
+
+    /// The message `b` picks for [`messages_pass_only_images_across_breaks`]: an image of
+    /// region 1, 2 or 3 (cut into 3 to 6 pieces), a small message of one of them, a ping or a
+    /// message that keeps its place; `id` tells it apart.
+    fn pick(b: u8, id: u64) -> Message {
+        let region = u64::from(b % 3) + 1;
+        match b % 8 {
+            0..=2 => data(region, 250 + usize::from(b), id),
+            3..=5 => data(region, 10, id),
+            6 => Message::Ping { nonce: id },
+            _ => Message::TxDone { txid: id },
+        }
+    }
+
+    fn id_of(m: &Message) -> u64 {
+        match m {
+            Message::Data { image: Some(i), .. } => i.version,
+            Message::Ping { nonce } => *nonce,
+            Message::TxDone { txid } => *txid,
+            other => panic!("not a test message: {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// The link model of [`exactly_once_in_order_across_breaks`] carrying real messages,
+        /// images among them: every message is delivered exactly once, the receiver never
+        /// sees a violation, and a message is delivered before one pushed earlier only if that
+        /// one is an image the later one may pass ([`Lane::may_pass_image_of`]).
+        #[test]
+        fn messages_pass_only_images_across_breaks(steps in proptest::collection::vec(step(), 0..200)) {
+            let mut s = SendSession::new(SessionLimits::new(1 << 20, 1 << 30));
+            let mut rs = RecvSession::new(ep(1));
+            let mut r = Reassembly::new(usize::MAX);
+            // Each pushed message's lane, by id (ids are push order).
+            let mut lanes: Vec<Lane> = Vec::new();
+            let mut delivered: Vec<u64> = Vec::new();
+            type Wire = VecDeque<(u64, Arc<EncodedFrame>)>;
+            let mut wire: Option<Wire> = None;
+            let mut old: Wire = VecDeque::new();
+            let mut deliver = |seq: u64, f: &EncodedFrame, out: &mut Vec<u64>| {
+                if rs.accept(seq).expect("no gap on a correct link") == Delivery::Deliver {
+                    out.extend(receive(&mut r, f).map(|m| id_of(&m)));
+                }
+                rs.delivered()
+            };
+            let mut acked = 0;
+            for st in steps {
+                match st {
+                    Step::Push(b) => {
+                        let msg = pick(b, lanes.len() as u64);
+                        let encoded = encode_fragments(msg, 100, usize::MAX, 0).unwrap();
+                        lanes.push(encoded.lane);
+                        s.push_all(encoded).unwrap();
+                    }
+                    Step::Connect => {
+                        if let Some(w) = wire.take() {
+                            old.extend(w);
+                            s.on_disconnected();
+                        }
+                        prop_assert_eq!(s.on_connected(ep(1), acked).unwrap(), Resume::Resume);
+                        wire = Some(VecDeque::new());
+                    }
+                    Step::Write => {
+                        if let Some(w) = wire.as_mut()
+                            && let Some(f) = s.next_to_write()
+                        {
+                            w.push_back(f);
+                        }
+                    }
+                    Step::Deliver => {
+                        if let Some((seq, f)) = old.pop_front() {
+                            acked = deliver(seq, &f, &mut delivered);
+                        } else if let Some((seq, f)) = wire.as_mut().and_then(|w| w.pop_front()) {
+                            acked = deliver(seq, &f, &mut delivered);
+                        }
+                    }
+                    Step::Ack => {
+                        if wire.is_some() {
+                            s.on_ack(acked).unwrap();
+                        }
+                    }
+                    Step::Break => {
+                        wire = None;
+                        s.on_disconnected();
+                    }
+                }
+            }
+            for (seq, f) in old.drain(..) {
+                acked = deliver(seq, &f, &mut delivered);
+            }
+            s.on_disconnected();
+            s.on_connected(ep(1), acked).unwrap();
+            while let Some((seq, f)) = s.next_to_write() {
+                acked = deliver(seq, &f, &mut delivered);
+            }
+            s.on_ack(acked).unwrap();
+            prop_assert_eq!((s.unacked_len(), s.unacked_bytes()), (0, 0));
+            let mut sorted = delivered.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..lanes.len() as u64).collect::<Vec<_>>());
+            for (i, &later) in delivered.iter().enumerate() {
+                for &earlier in &delivered[i + 1..] {
+                    if earlier < later {
+                        let passed = match lanes[earlier as usize] {
+                            Lane::Image(region) => lanes[later as usize].may_pass_image_of(region),
+                            _ => false,
+                        };
+                        prop_assert!(
+                            passed,
+                            "message {} ({:?}) passed {} ({:?})",
+                            later, lanes[later as usize], earlier, lanes[earlier as usize]
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -342,7 +342,7 @@ impl Transport {
                     peer,
                     addr,
                     counters: PeerCounters::default(),
-                    send: Mutex::new(SendSession::new(limits)),
+                    send: Mutex::new(SendSession::new(limits).with_seq_prefix()),
                     state: Mutex::new(PeerState {
                         mine: SessionEpoch::new(settings.epoch, 0),
                         known_epoch: None,
@@ -418,17 +418,17 @@ impl Transport {
             });
         }
         // Each frame as written on the stream: its number, then the wire frame (the whole
-        // message, or one fragment of it). The numbers are filled in under the session lock;
-        // one buffer means one write per frame.
+        // message, or one fragment of it). The session fills the numbers in when it numbers
+        // the frames (at once, or, for an image's pieces, when the writer reaches them).
         let fragment_len = DEFAULT_FRAGMENT_LEN.min(self.inner.settings.max_frame_len);
         let kind = msg.kind_name();
-        let frames = match encode_fragments(
+        let encoded = match encode_fragments(
             msg,
             fragment_len,
             self.inner.settings.max_message_len,
             SEQ_LEN,
         ) {
-            Ok(frames) => frames,
+            Ok(encoded) => encoded,
             Err(e) => {
                 link.counters
                     .messages_refused
@@ -446,10 +446,8 @@ impl Transport {
                 });
             }
         };
-        let len: usize = frames.iter().map(EncodedFrame::len).sum();
-        let pushed = link.send.lock().push_all(frames, |seq, frame| {
-            frame.head_mut()[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
-        });
+        let len: usize = encoded.frames.iter().map(EncodedFrame::len).sum();
+        let pushed = link.send.lock().push_all(encoded);
         match pushed {
             Ok(_) => {
                 link.counters.messages_sent.fetch_add(1, Ordering::Relaxed);

@@ -12,7 +12,7 @@ use crate::session::{
     Delivery, EpochCheck, RecvSession, Resume, SendSession, SessionEpoch, SessionLimits,
     check_epoch,
 };
-use crate::wire::{self, Message};
+use crate::wire::{self, Lane, Message};
 
 use super::{Check, SessionFault, Sim, describe_message};
 
@@ -46,8 +46,6 @@ pub(super) struct SimSession {
     old: VecDeque<Frame>,
     /// The highest number written on any connection (for [`SessionFault::ResumeAfterWritten`]).
     written: u64,
-    /// The number of the last protocol message (not a ping or pong) of the sending session.
-    protocol_seq: u64,
     /// The planted [`SessionFault::KeepPiecesAcrossReset`].
     keep_pieces_across_reset: bool,
 }
@@ -63,7 +61,6 @@ impl SimSession {
             wire: VecDeque::new(),
             old: VecDeque::new(),
             written: 0,
-            protocol_seq: 0,
         }
     }
 
@@ -85,18 +82,19 @@ impl SimSession {
         let wire = std::mem::take(&mut self.wire);
         self.old.extend(wire);
         self.written = 0;
-        self.protocol_seq = 0;
     }
 
     /// Whether a protocol message (not a ping or pong) is not acknowledged yet.
     pub(super) fn protocol_unacked(&self) -> bool {
-        self.protocol_seq > self.send.last_seq() - self.send.unacked_len() as u64
+        // Pings and pongs, alone of all messages, pass any image: `Passes(None)`.
+        self.send
+            .unacked_lanes()
+            .any(|lane| lane != Lane::Passes(None))
     }
 
     /// Starts a new sending session (see [`SendSession::reset`]); returns how many messages
     /// were dropped.
     pub(super) fn reset_send(&mut self, peer_epoch: Option<SessionEpoch>) -> usize {
-        self.protocol_seq = 0;
         self.send.reset(peer_epoch)
     }
 
@@ -472,6 +470,9 @@ impl Sim {
             Err(e) => return Err(self.fail(format!("n{from} -> n{to}: decode #{seq}: {e}"))),
         };
         self.report.messages += 1;
+        if self.sessions[link].partial.receiving_image() {
+            self.report.passed_images += 1;
+        }
         if let Message::Data {
             image: Some(image), ..
         }
@@ -524,16 +525,16 @@ impl Sim {
 
     /// Queues `msg` from `from` to `to` on their session.
     pub(super) fn send(&mut self, from: usize, to: usize, msg: &Message) -> Check {
-        let frames = encode_fragments(msg.clone(), self.cfg.fragment_len, usize::MAX, 0)
+        let mut encoded = encode_fragments(msg.clone(), self.cfg.fragment_len, usize::MAX, 0)
             .map_err(|e| self.fail(format!("encode {msg:?}: {e}")))?;
+        if self.cfg.session_fault == Some(SessionFault::PassOwnRegion)
+            && matches!(encoded.lane, Lane::Passes(Some(_)))
+        {
+            encoded.lane = Lane::Passes(None);
+        }
         let s = &mut self.sessions[from * self.cfg.nodes + to];
-        match s.send.push_all(frames, |_, _| {}) {
-            Ok(seq) => {
-                if !matches!(msg, Message::Ping { .. } | Message::Pong { .. }) {
-                    s.protocol_seq = seq;
-                }
-                Ok(())
-            }
+        match s.send.push_all(encoded) {
+            Ok(_) => Ok(()),
             Err(e) => Err(self.fail(format!("n{from} -> n{to}: {e}"))),
         }
     }

@@ -100,6 +100,8 @@ mod value {
         pub value: u64,
         /// The node that wrote it.
         pub writer: u32,
+        /// Bytes that make the region's image longer ([`super::SimConfig::value_len`]).
+        pub pad: Vec<u8>,
     }
 }
 
@@ -236,6 +238,9 @@ pub enum SessionFault {
     /// head) when its session starts again, so the new session's first pieces are joined to
     /// the old one's.
     KeepPiecesAcrossReset,
+    /// The sender lets a message about a region pass the rest of an image of that same
+    /// region (it labels it as a ping is labelled: [`crate::wire::Lane::Passes`]`(None)`).
+    PassOwnRegion,
 }
 
 /// The shape of a simulated cluster.
@@ -272,6 +277,10 @@ pub struct SimConfig {
     /// and fences fall between the pieces (default [`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN):
     /// no message of the simulator is that long).
     pub fragment_len: usize,
+    /// Bytes of padding in every region's value: with a [`fragment_len`](Self::fragment_len)
+    /// above a small message's length and below an image's, images travel as pieces that
+    /// small messages pass ([`crate::wire::Lane`]).
+    pub value_len: usize,
     /// Virtual time, leases, fences, cuts and pauses (needs [`sessions`](Self::sessions);
     /// `None`: no clock, as before). Deletes are not honoured with it.
     pub time: Option<TimeConfig>,
@@ -293,6 +302,7 @@ impl Default for SimConfig {
             break_percent: 0,
             session_fault: None,
             fragment_len: crate::wire::MAX_FRAME_LEN,
+            value_len: 0,
             time: None,
         }
     }
@@ -310,6 +320,9 @@ pub struct SimReport {
     /// Messages delivered whose image followed their head as raw pieces (an image longer
     /// than [`SimConfig::fragment_len`]; see [`crate::fragment`]).
     pub images_joined: u64,
+    /// Messages delivered between two pieces of another region's image: they passed the
+    /// rest of it ([`crate::wire::Lane`]).
+    pub passed_images: u64,
     /// Accesses that hit (no message).
     pub hits: u64,
     /// Accesses that missed and were granted later.
@@ -383,6 +396,7 @@ impl SimReport {
         self.messages += o.messages;
         self.fragments += o.fragments;
         self.images_joined += o.images_joined;
+        self.passed_images += o.passed_images;
         self.hits += o.hits;
         self.misses += o.misses;
         self.deleted_errors += o.deleted_errors;
@@ -579,6 +593,7 @@ impl Sim {
             let cell = engines[home].create(SimValue {
                 value: 0,
                 writer: home as u32,
+                pad: vec![0x5a; cfg.value_len],
             });
             regions.push(cell.id());
             for (node, m) in maps.iter_mut().enumerate() {
