@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use crl::net::tls::{ClusterCa, node_dns_name};
-use crl::{Cluster, NodeId, Region};
+use crl::{Cluster, Node, NodeId, Region};
 
 #[derive(Parser, Debug)]
 #[command(about = "crl big-region read misses against raw quinn")]
@@ -190,40 +190,38 @@ async fn main() -> Result<(), BoxError> {
             progress(&format!(
                 "{mib} MiB: small misses on the same link during the transfer"
             ));
-            let small = home.create(Counter { value: 0 }).await?;
-            let near = reader.map::<Counter>(small.id()).await?;
             let done = Arc::new(AtomicBool::new(false));
-            let prober = {
-                let (done, home_small) = (done.clone(), small.clone());
-                tokio::spawn(async move {
-                    let mut trips = Vec::new();
-                    while !done.load(Ordering::Relaxed) {
-                        // Both steps cross the link: the home's write recalls the reader's
-                        // copy, and the read fetches it again.
-                        let started = Instant::now();
-                        home_small.start_write().await?.value += 1;
-                        drop(near.start_read().await?);
-                        trips.push(started.elapsed());
-                    }
-                    Ok::<_, crl::Error>(trips)
-                })
-            };
+            // Small regions homed at either end, each written at its home and read at the
+            // other node: a write+read round trip crosses the link both ways.
+            let toward_reader = probe(&home, &reader, done.clone()).await?;
+            let toward_home = probe(&reader, &home, done.clone()).await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
             let started = Instant::now();
             let g = far.start_read().await?;
             let big_t = started.elapsed();
             drop(g);
             done.store(true, Ordering::Relaxed);
-            let mut trips = prober.await??;
-            trips.sort_unstable();
-            let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-            println!(
-                "  during a {mib} MiB miss ({:.0} ms): {} small write+read round trips on the same link, median {:.1} ms, longest {:.1} ms",
-                big_t.as_secs_f64() * 1e3,
-                trips.len(),
-                ms(trips.get(trips.len() / 2)),
-                ms(trips.last())
-            );
+            for (what, prober) in [
+                (
+                    "small write at the big image's sender, read at its reader",
+                    toward_reader,
+                ),
+                (
+                    "small write at the big image's reader, read at its sender",
+                    toward_home,
+                ),
+            ] {
+                let mut trips = prober.await??;
+                trips.sort_unstable();
+                let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+                println!(
+                    "  during a {mib} MiB miss ({:.0} ms): {} round trips ({what}), median {:.1} ms, longest {:.1} ms",
+                    big_t.as_secs_f64() * 1e3,
+                    trips.len(),
+                    ms(trips.get(trips.len() / 2)),
+                    ms(trips.last())
+                );
+            }
             far.flush().await?;
         }
         drop(far);
@@ -231,4 +229,25 @@ async fn main() -> Result<(), BoxError> {
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+/// Starts a task that, until `done`, writes a small region homed at `writer` and reads it at
+/// `reader` (a recall, then a miss: both cross the link), timing each round trip.
+async fn probe(
+    writer: &Node,
+    reader: &Node,
+    done: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<Result<Vec<Duration>, crl::Error>>, crl::Error> {
+    let small = writer.create(Counter { value: 0 }).await?;
+    let far = reader.map::<Counter>(small.id()).await?;
+    Ok(tokio::spawn(async move {
+        let mut trips = Vec::new();
+        while !done.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            small.start_write().await?.value += 1;
+            drop(far.start_read().await?);
+            trips.push(started.elapsed());
+        }
+        Ok(trips)
+    }))
 }

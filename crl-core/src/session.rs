@@ -258,6 +258,8 @@ pub struct SendSession {
     /// The frames in `bulk` that are not pieces of an image. While 0, `bulk` holds the
     /// pieces of one image alone (each image's pieces come after its head).
     bulk_in_order: usize,
+    /// Bytes of the image pieces in `bulk`.
+    bulk_piece_bytes: usize,
     /// Bytes of `unacked` and `bulk`.
     unacked_bytes: usize,
     /// Whether a frame's number is written into its first [`SEQ_LEN`] bytes when it is
@@ -285,6 +287,7 @@ impl SendSession {
             unacked: VecDeque::new(),
             bulk: VecDeque::new(),
             bulk_in_order: 0,
+            bulk_piece_bytes: 0,
             unacked_bytes: 0,
             seq_prefix: false,
             cursor: None,
@@ -365,7 +368,9 @@ impl SendSession {
             if numbered_now && !frame.is_image_piece() {
                 last = Some(self.number(frame, lane));
             } else {
-                if !frame.is_image_piece() {
+                if frame.is_image_piece() {
+                    self.bulk_piece_bytes += frame.len();
+                } else {
                     self.bulk_in_order += 1;
                 }
                 self.bulk.push_back(Queued { frame, lane });
@@ -398,8 +403,12 @@ impl SendSession {
     }
 
     /// Whether the retransmit buffer is under its soft bound (operations may add to it).
+    ///
+    /// The pieces of images not written yet do not count: a small message pushed now passes
+    /// them or, if it may not, waits behind them counted, so a request does not wait for a big
+    /// image it would pass. They count against the hard bound, as everything does.
     pub fn has_room(&self) -> bool {
-        self.unacked_bytes < self.limits.max_unacked_bytes
+        self.unacked_bytes - self.bulk_piece_bytes < self.limits.max_unacked_bytes
     }
 
     /// Bytes waiting for acknowledgement (numbered or not).
@@ -490,7 +499,9 @@ impl SendSession {
         if self.unacked.back().is_none_or(|last| last.seq < cursor) {
             // Every numbered frame is written: the bulk queue's first frame is next.
             let Queued { frame, lane } = self.bulk.pop_front()?;
-            if !frame.is_image_piece() {
+            if frame.is_image_piece() {
+                self.bulk_piece_bytes -= frame.len();
+            } else {
                 self.bulk_in_order -= 1;
             }
             cursor = self.number(frame, lane);
@@ -533,6 +544,7 @@ impl SendSession {
         self.unacked.clear();
         self.bulk.clear();
         self.bulk_in_order = 0;
+        self.bulk_piece_bytes = 0;
         self.unacked_bytes = 0;
         self.cursor = None;
         self.generation += 1;
@@ -948,6 +960,44 @@ mod tests {
         );
         push_msg(&mut s, &image_a);
         assert_eq!(push_msg(&mut s, &ping), Some(s.last_seq()), "passes again");
+    }
+
+    /// Found by review after the change above: a node sending a big image to a peer was
+    /// over the soft bound for most of the transfer, so its own small requests to that peer
+    /// (a miss waits for room before it asks) waited for the image although they would pass
+    /// it. Pieces not yet written do not count against the soft bound (they count against
+    /// the hard one); everything else still does.
+    #[test]
+    fn unwritten_pieces_of_an_image_leave_room_for_small_requests() {
+        let mut s = SendSession::new(SessionLimits::new(1 << 20, 500));
+        push_msg(&mut s, &data(1, 2000, 1));
+        assert!(s.unacked_bytes() > 2000);
+        assert!(s.has_room(), "only unwritten pieces over the bound");
+        s.on_connected(ep(1), 0).unwrap();
+        for _ in 0..6 {
+            s.next_to_write().unwrap();
+        }
+        assert!(
+            !s.has_room(),
+            "five pieces written, not acknowledged: 500 bytes and the head"
+        );
+        s.on_ack(6).unwrap();
+        assert!(s.has_room());
+        // What waits behind the pieces counts.
+        let image = encode_fragments(data(1, 2000, 1), 100, usize::MAX, 0).unwrap();
+        let head = image.frames[0].len();
+        let mut s = SendSession::new(SessionLimits::new(1 << 20, head + 50));
+        s.push_all(image).unwrap();
+        assert!(s.has_room());
+        let mut queued = 0;
+        while s.has_room() {
+            assert_eq!(push_msg(&mut s, &Message::TxDone { txid: queued }), None);
+            queued += 1;
+        }
+        assert!(
+            queued <= 3,
+            "{queued} messages queued in order before the bound"
+        );
     }
 
     /// A break in the middle of an image: the numbered frames are re-sent in the order they
