@@ -132,9 +132,11 @@ async fn raw_fetch(raw: &Raw, len: usize) -> Result<Duration, BoxError> {
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let max = args.sizes.iter().copied().max().unwrap_or(1) << 20;
-    progress("starting a 2-node cluster and a raw quinn pair");
-    let cluster = Cluster::local_with(2, |c| c.op_timeout = Duration::from_secs(120)).await?;
+    progress("starting a 3-node cluster and a raw quinn pair");
+    let cluster = Cluster::local_with(3, |c| c.op_timeout = Duration::from_secs(120)).await?;
     let (home, reader) = (cluster.node(0).clone(), cluster.node(1).clone());
+    // Only the small-message probe uses the third node.
+    let third = cluster.node(2).clone();
     let ca = ClusterCa::generate("big-regions-raw")?;
     let raw = raw_start(&ca, max).await?;
     // Warm both paths (connections, congestion windows, allocator).
@@ -193,8 +195,10 @@ async fn main() -> Result<(), BoxError> {
             let done = Arc::new(AtomicBool::new(false));
             // Small regions homed at either end, each written at its home and read at the
             // other node: a write+read round trip crosses the link both ways.
-            let toward_reader = probe(&home, &reader, done.clone()).await?;
-            let toward_home = probe(&reader, &home, done.clone()).await?;
+            let t0 = Instant::now();
+            let toward_reader = probe(&home, &reader, done.clone(), t0).await?;
+            let toward_home = probe(&reader, &home, done.clone(), t0).await?;
+            let beside = probe(&third, &reader, done.clone(), t0).await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
             let started = Instant::now();
             let g = far.start_read().await?;
@@ -210,16 +214,26 @@ async fn main() -> Result<(), BoxError> {
                     "small write at the big image's reader, read at its sender",
                     toward_home,
                 ),
+                (
+                    "small write at a third node, read at the big image's reader",
+                    beside,
+                ),
             ] {
                 let mut trips = prober.await??;
                 trips.sort_unstable();
-                let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                let at = |d: Duration| ms(d) - ms(started - t0); // from the big miss's start
+                let (median, (longest, longest_at)) = match trips.last() {
+                    Some(&last) => (trips[trips.len() / 2].0, (last.0, at(last.1))),
+                    None => (Duration::ZERO, (Duration::ZERO, 0.0)),
+                };
                 println!(
-                    "  during a {mib} MiB miss ({:.0} ms): {} round trips ({what}), median {:.1} ms, longest {:.1} ms",
-                    big_t.as_secs_f64() * 1e3,
+                    "  during a {mib} MiB miss ({:.0} ms): {} round trips ({what}), median {:.1} ms, longest {:.1} ms (started at {:+.0} ms)",
+                    ms(big_t),
                     trips.len(),
-                    ms(trips.get(trips.len() / 2)),
-                    ms(trips.last())
+                    ms(median),
+                    ms(longest),
+                    longest_at
                 );
             }
             far.flush().await?;
@@ -232,12 +246,14 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Starts a task that, until `done`, writes a small region homed at `writer` and reads it at
-/// `reader` (a recall, then a miss: both cross the link), timing each round trip.
+/// `reader` (a recall, then a miss: both cross the link), timing each round trip: its
+/// duration and when it started, after `t0`.
 async fn probe(
     writer: &Node,
     reader: &Node,
     done: Arc<AtomicBool>,
-) -> Result<tokio::task::JoinHandle<Result<Vec<Duration>, crl::Error>>, crl::Error> {
+    t0: Instant,
+) -> Result<tokio::task::JoinHandle<Result<Vec<(Duration, Duration)>, crl::Error>>, crl::Error> {
     let small = writer.create(Counter { value: 0 }).await?;
     let far = reader.map::<Counter>(small.id()).await?;
     Ok(tokio::spawn(async move {
@@ -246,7 +262,7 @@ async fn probe(
             let started = Instant::now();
             small.start_write().await?.value += 1;
             drop(far.start_read().await?);
-            trips.push(started.elapsed());
+            trips.push((started.elapsed(), started - t0));
         }
         Ok(trips)
     }))

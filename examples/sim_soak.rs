@@ -6,7 +6,10 @@
 //! Every link runs the session layer; `--break-percent N` breaks connections on N% of the
 //! choices (frames in flight lost or delayed, re-sends, duplicates). One seed in three cuts
 //! every message into fragments of 8 to 47 bytes, so breaks, crashes and fences also fall
-//! between the pieces of a message (as they do for big regions on real links).
+//! between the pieces of a message (as they do for big regions on real links). Another one
+//! in three pads every region to 100–400 bytes and cuts at 40–99 bytes: images travel as
+//! pieces that small messages of other regions, pings and pongs pass
+//! (`crl::core::wire::Lane`).
 //!
 //! `--faults` gives the simulator a clock: drifting node clocks (`--drift-ppm`), leases and
 //! fencing on every node (`--peer-timeout-ms`), frame latencies and delays
@@ -97,10 +100,15 @@ fn shape(seed: u64, args: &Args) -> SimConfig {
         sessions: wire,
         break_percent,
         time,
-        fragment_len: if seed.is_multiple_of(3) {
-            8 + (seed / 3 % 40) as usize
+        fragment_len: match seed % 3 {
+            0 => 8 + (seed / 3 % 40) as usize,
+            1 => 40 + (seed / 3 % 60) as usize,
+            _ => crl::core::wire::MAX_FRAME_LEN,
+        },
+        value_len: if seed % 3 == 1 {
+            100 + (seed / 3 % 301) as usize
         } else {
-            crl::core::wire::MAX_FRAME_LEN
+            0
         },
         ..SimConfig::default()
     }
@@ -183,8 +191,14 @@ fn main() {
     );
     let t = total.lock();
     println!(
-        "  {} messages ({} more fragments), {} breaks, {} frames lost in flight, {} duplicates dropped",
-        t.messages, t.fragments, t.breaks, t.frames_lost, t.duplicates_dropped
+        "  {} messages ({} more fragments, {} images after their heads, {} messages passed one), {} breaks, {} frames lost in flight, {} duplicates dropped",
+        t.messages,
+        t.fragments,
+        t.images_joined,
+        t.passed_images,
+        t.breaks,
+        t.frames_lost,
+        t.duplicates_dropped
     );
     if args.faults {
         println!(
