@@ -8,7 +8,10 @@
 //! acknowledges them (cumulatively). Each new connection starts with a handshake in which the
 //! receiver says how far it got; the sender re-sends the rest, and the receiver drops any
 //! number it has already delivered. So the engine's assumption, reliable per-link FIFO, holds
-//! for real: a cut that heals, however long, loses nothing.
+//! for real: a cut that heals, however long, loses nothing. One relaxation, which the
+//! engine's per-region state machines allow: a message of one frame about another region, a
+//! ping or a pong may pass the remaining pieces of a big region's image
+//! ([`crl_core::wire::Lane`]), so it does not wait for hundreds of megabytes.
 //!
 //! **Streams.** For each direction of each peer pair, the sending node opens a connection and
 //! one bidirectional stream on it. The sender writes its numbered messages on the stream; the
@@ -398,8 +401,9 @@ impl Transport {
             .is_some_and(|l| l.counters.connected.load(Ordering::Relaxed))
     }
 
-    /// Queues `msg` for `to`, in order after every message queued for `to` before; it is
-    /// delivered exactly once while both nodes live. Never blocks. Call it in the order the
+    /// Queues `msg` for `to`, in order after every message queued for `to` before (but that
+    /// it may pass the rest of a big image of another region: [`crl_core::wire::Lane`]); it
+    /// is delivered exactly once while both nodes live. Never blocks. Call it in the order the
     /// engine produced the messages. A message larger than a frame, or to a peer that has
     /// acknowledged nothing past the hard bound, is refused (logged and counted).
     pub fn send(&self, to: NodeId, msg: Message) -> Result<(), SendError> {

@@ -22,8 +22,16 @@
 //! ([`crate::session`], driven by crl-net's transport) does, across any number of broken
 //! connections, and a peer's restart is reported to the engine
 //! ([`peer_restarted`](Engine::peer_restarted)) before any message of its new incarnation.
-//! Messages on different links may be reordered arbitrarily. The simulator delivers in every
-//! order this allows, through the real session layer with connections that break. Under it:
+//! Messages on different links may be reordered arbitrarily. On one link, the only reordering
+//! is that a message of one frame about another region (or a ping or pong) may pass the
+//! remaining pieces of a big region's image ([`crate::wire::Lane`]): the messages of one
+//! region, and everything that is not about one region, stay in the order sent. The engine
+//! needs no more: each region's state machine sees its own messages in order, and a message
+//! of region B arriving before an earlier image of region A is indistinguishable from one
+//! sent before it. The simulator delivers in every order per-link FIFO allows, through the
+//! real session layer with connections that break, and so also these passes when images
+//! travel as pieces (`SimConfig::value_len`; lifting the rule for a region's own messages, at
+//! both ends, made it find two writers at once). Under it:
 //! - a `Recall` that crosses a `Flush` is answered with an empty `RecallAck` (the home applied
 //!   the flush first, since it was sent first on the same link);
 //! - a `GetExclusive` from a node the home no longer lists as a sharer (its copy was recalled
