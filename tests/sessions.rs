@@ -136,6 +136,60 @@ async fn a_big_transfer_survives_a_broken_connection_in_its_middle() {
     c.shutdown().await;
 }
 
+/// Issue 10 (head-of-line): a small miss on the same link completes while a big region is
+/// still on its way: the recall and the small region's data pass the big image's remaining
+/// pieces. Before, they waited for the whole transfer. Judged by order, not by time: the
+/// small round trip must end before the big read does and before all of its bytes arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_miss_passes_a_big_transfer_on_the_same_link() {
+    const LEN: usize = 48 << 20;
+    let c = Cluster::local_with(2, |c| c.op_timeout = Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (a, b) = (c.node(0), c.node(1));
+    let big = a
+        .create(Blob {
+            bytes: pattern(LEN, 9),
+        })
+        .await
+        .unwrap();
+    let small = a.create(Counter { value: 0 }).await.unwrap();
+    let far_small = b.map::<Counter>(small.id()).await.unwrap();
+    assert_eq!(far_small.start_read().await.unwrap().value, 0);
+    let far = b.map::<Blob>(big.id()).await.unwrap();
+    let from_home = |b: &crl::Node| {
+        b.stats()
+            .peers
+            .iter()
+            .find(|p| p.node == NodeId(0))
+            .map_or(0, |p| p.bytes_received)
+    };
+    let before = from_home(b);
+    let read = {
+        let far = far.clone();
+        tokio::spawn(async move { far.start_read().await.map(|g| g.bytes.len()) })
+    };
+    let started = Instant::now();
+    while from_home(b) < before + (4 << 20) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the transfer never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A write at the home recalls node 1's copy, and the read fetches it again: both cross
+    // the link that carries the big image.
+    small.start_write().await.unwrap().value = 1;
+    assert_eq!(far_small.start_read().await.unwrap().value, 1);
+    let got = from_home(b) - before;
+    assert!(
+        !read.is_finished() && got < LEN as u64,
+        "the small round trip waited for the big transfer ({got} of {LEN} bytes had arrived)"
+    );
+    assert_eq!(read.await.unwrap().unwrap(), LEN);
+    c.shutdown().await;
+}
+
 /// Found by `examples/big_regions` (outside the tests): after a region larger than the
 /// retransmit buffer's hard bound went out (taken whole, as messages are), every message
 /// after it on that link was refused until most of it was acknowledged: a small read miss's
