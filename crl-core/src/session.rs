@@ -799,6 +799,13 @@ mod tests {
             s.push(frame(i, 100)).unwrap();
         }
         assert!(!s.has_room(), "300 bytes is over the soft bound of 250");
+        let mut at_bound = SendSession::new(limits());
+        for len in [100, 100, 49] {
+            at_bound.push(frame(0, len)).unwrap();
+        }
+        assert!(at_bound.has_room(), "249 bytes: under the bound");
+        at_bound.push(frame(0, 1)).unwrap();
+        assert!(!at_bound.has_room(), "250 bytes: at the bound, no room");
         // The hard bound is 2 * 250 + 100 = 600.
         for i in 3..7 {
             s.push(frame(i, 100)).unwrap();
@@ -895,6 +902,17 @@ mod tests {
             None,
             "behind messages that keep their place"
         );
+        // The lanes of what waits, in the order it will be written: the head, the two that
+        // passed, the ten pieces, then the three that wait behind them.
+        let a = RegionId::new(NodeId(1), 1);
+        let mut lanes = vec![Lane::Image(a)];
+        lanes.push(Lane::Passes(Some(RegionId::new(NodeId(1), 2))));
+        lanes.push(Lane::Passes(None));
+        lanes.extend([Lane::Image(a); 10]);
+        lanes.push(Lane::Passes(Some(a)));
+        lanes.push(Lane::InOrder);
+        lanes.push(Lane::Passes(Some(RegionId::new(NodeId(1), 3))));
+        assert_eq!(s.unacked_lanes().collect::<Vec<_>>(), lanes);
         s.on_connected(ep(1), 0).unwrap();
         let mut r = Reassembly::new(usize::MAX);
         let mut got = Vec::new();
