@@ -2,23 +2,27 @@
 //! raw quinn moving the same bytes in the same run (issue 10; figures in BENCHMARKS.md, "Big
 //! regions").
 //!
-//! Both nodes and both raw endpoints live in this process, on 127.0.0.1, on one multi-thread
-//! tokio runtime, with the same mutual-TLS configuration. A crl read miss of a region of N
-//! bytes ships its archived image (N bytes) from the home after the message's head, raw, in
-//! fragments of 1 MiB on the session, collects and decodes it, and grants the copy; the timed span is
-//! `start_read` until the guard is granted. After each rep node 1 flushes its copy (untimed),
-//! so the next read misses again. The raw baseline asks, on a new bidirectional stream, for N
-//! bytes that the server writes from memory with `write_all`; the client reads them into one
-//! buffer with `read_to_end`.
+//! The nodes (three; the third only for the probe below) and both raw endpoints live in this
+//! process, on 127.0.0.1, on one multi-thread tokio runtime, with the same mutual-TLS
+//! configuration. A crl read miss of a region of N bytes ships its archived image (N bytes)
+//! from the home after the message's head, raw, in fragments of 1 MiB on the session,
+//! collects and decodes it, and grants the copy; the timed span is `start_read` until the
+//! guard is granted. After each rep node 1 flushes its copy (untimed), so the next read misses
+//! again. The raw baseline asks, on a new bidirectional stream, for N bytes that the server
+//! writes from memory with `write_all`; the client reads them into one buffer with
+//! `read_to_end`.
 //!
-//! During one more 256 MiB miss, a task writes a small region at its home (node 0), which
-//! recalls node 1's copy, and reads it on node 1 (a miss), in a loop. The recall and the
-//! answer pass the big image's remaining pieces on the link (`crl_core::wire::Lane`); the
-//! number of such write+read round trips, their median and the longest are printed (the
-//! head-of-line cost, stated rather than hidden). The longest includes the time the home
-//! spends encoding the big image and the reader installing it, each under its node's engine
-//! lock. (An earlier version timed the read alone, which came after the wait: it printed
-//! 0.3 ms while the round trip took the whole transfer.)
+//! During one more miss of the largest size, three tasks each write a small region at its
+//! home and read it at another node, in a loop: homed at node 0 (the big image's sender)
+//! and read at node 1 (its reader), homed at node 1 and read at node 0, homed at node 2 and
+//! read at node 1. A write recalls the reader's copy and the read misses, so each round trip
+//! crosses a link both ways; on the big image's link the messages pass its remaining pieces
+//! (`crl_core::wire::Lane`). For each probe the number of round trips, the median, the
+//! longest and when the longest began are printed (the head-of-line cost, stated rather than
+//! hidden): the longest includes the home encoding the big image and the reader decoding and
+//! installing it, during which that node handles no other message. (An earlier version timed
+//! the read alone, which came after the wait: it printed 0.3 ms while the round trip took the
+//! whole transfer.)
 //!
 //! Run: `cargo run --release --example big_regions [-- --sizes 1,64,256 --reps 3]`.
 
