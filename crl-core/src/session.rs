@@ -656,8 +656,10 @@ mod tests {
             "nothing is written before a handshake"
         );
         assert_eq!(s.on_connected(ep(7), 0).unwrap(), Resume::Resume);
+        assert!(s.wants_write());
         assert_eq!(s.next_to_write().unwrap().0, 1);
         assert_eq!(s.next_to_write().unwrap().0, 2);
+        assert!(!s.wants_write());
         assert!(s.next_to_write().is_none());
         assert_eq!(s.unacked_bytes(), 20);
         s.on_ack(1).unwrap();
@@ -1027,6 +1029,12 @@ mod tests {
         let image_a = data(1, 1000, 1);
         let small_b = data(2, 10, 2);
         push_msg(&mut s, &image_a);
+        assert!(!s.wants_write(), "no connection");
+        s.on_connected(ep(1), 0).unwrap();
+        assert!(s.wants_write(), "the head");
+        s.next_to_write().unwrap();
+        assert!(s.wants_write(), "only unnumbered pieces left");
+        s.on_disconnected();
         s.on_connected(ep(1), 0).unwrap();
         let mut r = Reassembly::new(usize::MAX);
         let mut rs = RecvSession::new(ep(1));
@@ -1060,7 +1068,9 @@ mod tests {
             (3..=12).collect::<Vec<_>>(),
             "head, ten pieces, small_b"
         );
-        assert_eq!(s.resends(), 4, "the cursor had passed four frames");
+        assert!(!s.wants_write(), "everything written");
+        assert_eq!(s.resends(), 5, "the cursor had passed one frame, then four");
+        assert_eq!(s.writes(), 1 + 4 + 10, "writes, re-sends included");
         assert_eq!(got, vec![small_b.clone(), image_a.clone()]);
         s.on_ack(delivered).unwrap();
         assert_eq!((s.unacked_len(), s.unacked_bytes()), (0, 0));
@@ -1073,7 +1083,11 @@ mod tests {
             (1, 11),
             "the head and ten pieces"
         );
+        let generation = s.generation();
         assert_eq!(s.reset(None), 11);
+        assert_eq!(s.generation(), generation + 1);
+        assert_eq!(s.reset(None), 0);
+        assert_eq!(s.generation(), generation + 2);
         assert_eq!((s.unacked_len(), s.unacked_bytes()), (0, 0));
         assert_eq!(push_msg(&mut s, &small_b), Some(1));
         s.on_connected(ep(2), 0).unwrap();
