@@ -868,6 +868,15 @@ mod tests {
             reassemble(&frames, 0, usize::MAX).unwrap(),
             vec![Message::Pong { nonce: 4 }, small_data(3), data(3000)]
         );
+        // Receiving an image: from its head until its last piece.
+        let mut r = Reassembly::new(usize::MAX);
+        let mut receiving = Vec::new();
+        for f in &image {
+            let h = wire::parse_fragment_header(f[..HEADER_LEN].try_into().unwrap()).unwrap();
+            r.push(h, &mut f[HEADER_LEN..].to_vec()).unwrap();
+            receiving.push(r.receiving_image());
+        }
+        assert_eq!(receiving, [true, true, true, false]);
     }
 
     /// What may not pass an image is refused where it comes between its pieces, and so is a
