@@ -402,13 +402,23 @@ impl SendSession {
         seq
     }
 
-    /// Whether the retransmit buffer is under its soft bound (operations may add to it).
+    /// Whether the retransmit buffer is under its soft bound for a small request (an
+    /// operation may send one).
     ///
     /// The pieces of images not written yet do not count: a small message pushed now passes
     /// them or, if it may not, waits behind them counted, so a request does not wait for a big
-    /// image it would pass. They count against the hard bound, as everything does.
+    /// image it would pass. They count against the hard bound, as everything does, and for
+    /// [`has_room_for_contents`](Self::has_room_for_contents).
     pub fn has_room(&self) -> bool {
         self.unacked_bytes - self.bulk_piece_bytes < self.limits.max_unacked_bytes
+    }
+
+    /// Whether the retransmit buffer is under its soft bound for a message that may carry a
+    /// region's contents (a flush's image, a placed create): every byte waiting counts, so
+    /// such operations go one after another behind a big image instead of piling images up
+    /// to the hard bound.
+    pub fn has_room_for_contents(&self) -> bool {
+        self.unacked_bytes < self.limits.max_unacked_bytes
     }
 
     /// Bytes waiting for acknowledgement (numbered or not).
@@ -806,8 +816,10 @@ mod tests {
             at_bound.push(frame(0, len)).unwrap();
         }
         assert!(at_bound.has_room(), "249 bytes: under the bound");
+        assert!(at_bound.has_room_for_contents());
         at_bound.push(frame(0, 1)).unwrap();
         assert!(!at_bound.has_room(), "250 bytes: at the bound, no room");
+        assert!(!at_bound.has_room_for_contents());
         // The hard bound is 2 * 250 + 100 = 600.
         for i in 3..7 {
             s.push(frame(i, 100)).unwrap();
@@ -993,6 +1005,10 @@ mod tests {
         push_msg(&mut s, &data(1, 2000, 1));
         assert!(s.unacked_bytes() > 2000);
         assert!(s.has_room(), "only unwritten pieces over the bound");
+        assert!(
+            !s.has_room_for_contents(),
+            "another image waits for this one's pieces"
+        );
         s.on_connected(ep(1), 0).unwrap();
         for _ in 0..6 {
             s.next_to_write().unwrap();
@@ -1003,6 +1019,10 @@ mod tests {
         );
         s.on_ack(6).unwrap();
         assert!(s.has_room());
+        assert!(!s.has_room_for_contents());
+        while s.next_to_write().is_some() {}
+        s.on_ack(s.last_seq()).unwrap();
+        assert!(s.has_room_for_contents());
         // What waits behind the pieces counts.
         let image = encode_fragments(data(1, 2000, 1), 100, usize::MAX, 0).unwrap();
         let head = image.frames[0].len();

@@ -122,6 +122,17 @@ pub enum TransportError {
     Endpoint(#[from] std::io::Error),
 }
 
+/// What an operation is about to send, for [`Transport::wait_for_room`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    /// A small request: the unwritten pieces of a big image, which it would pass or wait
+    /// behind, do not count ([`SendSession::has_room`]).
+    Request,
+    /// A message that may carry a region's contents (a flush, a placed create): everything
+    /// waiting counts ([`SendSession::has_room_for_contents`]).
+    Contents,
+}
+
 /// What the transport delivers to the node's driver, in order.
 #[derive(Debug)]
 pub enum Inbound {
@@ -485,16 +496,24 @@ impl Transport {
         }
     }
 
-    /// Waits until the retransmit buffer to `peer` is under its soft bound. Operations call
-    /// it (under their own timeout) before sending a request, so a peer that does not keep up
-    /// slows its clients down instead of growing this node's memory. Cancel-safe.
-    pub async fn wait_for_room(&self, peer: NodeId) {
+    /// Waits until the retransmit buffer to `peer` is under its soft bound for what the
+    /// operation will send ([`Room`]). Operations call it (under their own timeout) before
+    /// sending, so a peer that does not keep up slows its clients down instead of growing
+    /// this node's memory. Cancel-safe.
+    pub async fn wait_for_room(&self, peer: NodeId, room: Room) {
         let Some(link) = self.inner.links.get(&peer) else {
             return;
         };
         loop {
             let notified = link.room.notified();
-            if link.send.lock().has_room() {
+            let has_room = {
+                let s = link.send.lock();
+                match room {
+                    Room::Request => s.has_room(),
+                    Room::Contents => s.has_room_for_contents(),
+                }
+            };
+            if has_room {
                 return;
             }
             notified.await;

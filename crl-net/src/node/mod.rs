@@ -60,7 +60,7 @@ use crate::error::Error;
 use crate::hits::HitCounter;
 use crate::liveness::{LeaseTable, LivenessDriver, LivenessStats};
 use crate::transport::{
-    Inbound, PeerStats, SessionEnd, Transport, TransportError, TransportSettings,
+    Inbound, PeerStats, Room, SessionEnd, Transport, TransportError, TransportSettings,
 };
 pub(crate) use commits::Durability;
 use commits::IN_DOUBT_RESEND;
@@ -681,7 +681,7 @@ impl Node {
     pub async fn map<T: Region>(&self, id: RegionId) -> Result<Handle<T>, Error> {
         let mut mapped = None;
         let outcome = self
-            .run_op("map", id, |engine, op| {
+            .run_op("map", Room::Request, id, |engine, op| {
                 let (cell, progress) = engine.map::<T>(id, op)?;
                 mapped = Some(cell);
                 Ok((progress == Progress::Done).then_some(Outcome::Done(Ok(()))))
@@ -704,7 +704,7 @@ impl Node {
     /// returns.
     pub async fn delete(&self, id: RegionId) -> Result<(), Error> {
         let outcome = self
-            .run_op("delete", id, |engine, op| {
+            .run_op("delete", Room::Request, id, |engine, op| {
                 Ok((engine.delete(id, op)? == Progress::Done).then_some(Outcome::Done(Ok(()))))
             })
             .await?;
@@ -886,8 +886,8 @@ impl Node {
     }
 
     /// Waits until `peer`'s retransmit buffer has room (see [`Transport::wait_for_room`]).
-    pub(crate) async fn wait_for_room(&self, peer: NodeId) {
-        self.inner.transport.wait_for_room(peer).await
+    pub(crate) async fn wait_for_room(&self, peer: NodeId, room: Room) {
+        self.inner.transport.wait_for_room(peer, room).await
     }
 
     pub(crate) fn locks(&self) -> &LockTable {
@@ -951,7 +951,7 @@ impl Node {
     ) -> Result<Access, Error> {
         let priority = tx.priority;
         let op_id = AtomicU64::new(0);
-        let op_future = self.run_op(what, region, |engine, op| {
+        let op_future = self.run_op(what, Room::Request, region, |engine, op| {
             op_id.store(op, Ordering::Relaxed);
             let start = match mode {
                 AccessMode::Read => engine.start_read_with(region, op, priority)?,
@@ -1033,6 +1033,7 @@ impl Node {
     async fn run_op(
         &self,
         what: &'static str,
+        room: Room,
         region: RegionId,
         start: impl FnOnce(&mut Engine, OpId) -> Result<Option<Outcome>, OpError>,
     ) -> Result<Outcome, Error> {
@@ -1050,7 +1051,7 @@ impl Node {
         if region.home != self.inner.id {
             // A home that does not acknowledge what it is sent slows its clients down
             // instead of growing this node's retransmit buffer.
-            let room = self.inner.transport.wait_for_room(region.home);
+            let room = self.inner.transport.wait_for_room(region.home, room);
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return Err(Error::HomeUnreachable {
                     what,
@@ -1472,7 +1473,7 @@ impl<T: Region> Handle<T> {
         loop {
             let access = match self
                 .node
-                .run_op(what, id, |engine, op| {
+                .run_op(what, Room::Request, id, |engine, op| {
                     Ok(granted(match mode {
                         AccessMode::Read => engine.start_read(id, op)?,
                         AccessMode::Write => engine.start_write(id, op)?,
@@ -1509,7 +1510,7 @@ impl<T: Region> Handle<T> {
         let id = self.id();
         let outcome = self
             .node
-            .run_op("flush", id, |engine, op| {
+            .run_op("flush", Room::Contents, id, |engine, op| {
                 Ok((engine.flush(id, op)? == Progress::Done).then_some(Outcome::Done(Ok(()))))
             })
             .await?;

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{Handle, Node};
 use crate::error::Error;
+use crate::transport::Room;
 
 /// The most `create_at` calls of one node that may wait for their homes at once; more wait
 /// for a slot (under the operation timeout).
@@ -173,7 +174,7 @@ impl Node {
             placements,
             request,
         };
-        if tokio::time::timeout_at(deadline, self.wait_for_room(home))
+        if tokio::time::timeout_at(deadline, self.wait_for_room(home, Room::Contents))
             .await
             .is_err()
         {
