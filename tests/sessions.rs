@@ -97,28 +97,14 @@ async fn a_big_transfer_survives_a_broken_connection_in_its_middle() {
         .await
         .unwrap();
     let far = b.map::<Blob>(big.id()).await.unwrap();
-    let from_home = |b: &crl::Node| {
-        b.stats()
-            .peers
-            .iter()
-            .find(|p| p.node == NodeId(0))
-            .map_or(0, |p| p.bytes_received)
-    };
-    let before = from_home(b);
+    let before = bytes_from_home(b);
     let read = {
         let (far, data) = (far.clone(), data.clone());
         tokio::spawn(async move { far.start_read().await.map(|g| g.bytes == *data) })
     };
     // Break it once a few MiB have arrived, well before the end.
-    let started = Instant::now();
-    while from_home(b) < before + (3 << 20) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the transfer never started"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let got = from_home(b) - before;
+    wait_for_bytes_from_home(b, before + (3 << 20)).await;
+    let got = bytes_from_home(b) - before;
     assert!(
         got < LEN as u64,
         "the transfer ended before the break ({got} bytes)"
@@ -157,31 +143,17 @@ async fn a_small_miss_passes_a_big_transfer_on_the_same_link() {
     let far_small = b.map::<Counter>(small.id()).await.unwrap();
     assert_eq!(far_small.start_read().await.unwrap().value, 0);
     let far = b.map::<Blob>(big.id()).await.unwrap();
-    let from_home = |b: &crl::Node| {
-        b.stats()
-            .peers
-            .iter()
-            .find(|p| p.node == NodeId(0))
-            .map_or(0, |p| p.bytes_received)
-    };
-    let before = from_home(b);
+    let before = bytes_from_home(b);
     let read = {
         let far = far.clone();
         tokio::spawn(async move { far.start_read().await.map(|g| g.bytes.len()) })
     };
-    let started = Instant::now();
-    while from_home(b) < before + (4 << 20) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the transfer never started"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_for_bytes_from_home(b, before + (4 << 20)).await;
     // A write at the home recalls node 1's copy, and the read fetches it again: both cross
     // the link that carries the big image.
     small.start_write().await.unwrap().value = 1;
     assert_eq!(far_small.start_read().await.unwrap().value, 1);
-    let got = from_home(b) - before;
+    let got = bytes_from_home(b) - before;
     assert!(
         !read.is_finished() && got < LEN as u64,
         "the small round trip waited for the big transfer ({got} of {LEN} bytes had arrived)"
@@ -365,6 +337,27 @@ async fn a_copy_grown_past_the_limit_is_dropped_not_left_blocking_its_home() {
     assert_eq!(home.start_read().await.unwrap().bytes, vec![3; 32]);
     assert_eq!(a.stats().engine.lost_copies, 2, "counted at the home too");
     c.shutdown().await;
+}
+
+/// The bytes node `b` has received from node 0.
+fn bytes_from_home(b: &crl::Node) -> u64 {
+    b.stats()
+        .peers
+        .iter()
+        .find(|p| p.node == NodeId(0))
+        .map_or(0, |p| p.bytes_received)
+}
+
+/// Waits (at most 30 s) until node `b` has received `at_least` bytes from node 0.
+async fn wait_for_bytes_from_home(b: &crl::Node, at_least: u64) {
+    let started = Instant::now();
+    while bytes_from_home(b) < at_least {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the transfer never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// `len` bytes that differ per MiB and per `salt` (cheap in a debug build: one memset per MiB).
