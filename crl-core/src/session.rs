@@ -26,9 +26,11 @@
 //! **Bounds.** A frame longer than [`SessionLimits::max_message_len`] is refused by
 //! [`SendSession::push`] before it is numbered, so it can never wedge the link. A message
 //! longer than a frame travels as several frames ([`crate::fragment`]), pushed together by
-//! [`SendSession::push_all`]: all of them are numbered, or none. The retransmit
+//! [`SendSession::push_all`]: all of them are taken, or none. The retransmit
 //! buffer holds at most [`SessionLimits::max_unacked_bytes`] bytes before
-//! [`SendSession::has_room`] turns false: the node's operations then wait (under their own
+//! [`SendSession::has_room_for_contents`] turns false (and [`SendSession::has_room`], for
+//! small requests, which do not count the unwritten pieces of images they would pass or
+//! wait behind): the node's operations then wait (under their own
 //! timeout) for acknowledgements; the engine, which cannot wait, is never refused except by
 //! the hard limit, [`SessionLimits::hard_unacked_bytes`], which a live peer that reads its
 //! stream reaches only when messages larger than the soft bound add up past it (room for
