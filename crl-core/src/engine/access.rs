@@ -381,6 +381,24 @@ impl<T: Region> RegionCell<T> {
         unsafe { (*self.value.get()).assume_init_mut() }
     }
 
+    /// Replaces the value (dropping the old one) and sets the version. The caller guarantees
+    /// that no access is in progress and none can start (the engine revoked the permissions).
+    fn replace_value(&self, value: T, version: u64) {
+        // Checked in every build: the engine only installs into an idle cell whose permissions
+        // are revoked; if a protocol bug ever broke that, refuse rather than race a reader.
+        assert!(
+            self.word.in_progress().is_idle(),
+            "crl: region {} replaced while an access is in progress",
+            self.id()
+        );
+        self.drop_value();
+        // SAFETY: the caller guarantees no access is in progress and none can start, so no
+        // reference to the value exists; the old value was dropped just above.
+        unsafe { (*self.value.get()).write(value) };
+        self.word.0.fetch_or(HAS_VALUE, Ordering::AcqRel);
+        self.version.store(version, Ordering::Release);
+    }
+
     /// Drops the value if there is one and marks the cell empty. The caller guarantees that
     /// no access is in progress and none can start (the engine revoked the permissions).
     fn drop_value(&self) {
@@ -608,6 +626,10 @@ impl Drop for Access {
     }
 }
 
+/// A region's value decoded away from the engine ([`ErasedCell::decode_detached`]), of the
+/// cell's Rust type behind `dyn Any`.
+pub(crate) struct DetachedValue(pub(crate) Box<dyn Any + Send>);
+
 /// The engine's untyped view of a [`RegionCell`].
 pub(crate) trait ErasedCell: Send + Sync + 'static {
     fn id(&self) -> RegionId;
@@ -619,6 +641,18 @@ pub(crate) trait ErasedCell: Send + Sync + 'static {
     fn encode(&self) -> Result<Vec<u8>, CodecError>;
     /// Replaces the local copy. Caller: no access in progress, and none can start.
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError>;
+    /// Decodes `bytes` as this cell's type without touching the cell, on any thread and
+    /// without the engine (see [`super::ImageDecode`]); `None` for a cell with no Rust type
+    /// ([`RawCell`]: it keeps bytes, and installing them is a copy).
+    fn decode_detached(&self, _bytes: &[u8]) -> Option<Result<DetachedValue, CodecError>> {
+        None
+    }
+    /// Replaces the local copy with a value [`decode_detached`](Self::decode_detached) made,
+    /// as [`install`](Self::install) does; gives the value back if it is not of this cell's
+    /// type. Caller: as for `install`.
+    fn install_decoded(&self, value: DetachedValue, _version: u64) -> Result<(), DetachedValue> {
+        Err(value)
+    }
     /// Drops the local copy (it is invalid). Caller: as for `install`.
     fn clear(&self);
     fn as_any(&self) -> &(dyn Any + Send + Sync);
@@ -744,20 +778,20 @@ impl<T: Region> ErasedCell for RegionCell<T> {
     }
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError> {
         let value = T::decode_region(bytes)?;
-        // Checked in every build: the engine only installs into an idle cell whose permissions
-        // are revoked; if a protocol bug ever broke that, refuse rather than race a reader.
-        assert!(
-            self.word.in_progress().is_idle(),
-            "crl: region {} replaced while an access is in progress",
-            self.id()
-        );
-        self.drop_value();
-        // SAFETY: the caller guarantees no access is in progress and none can start, so no
-        // reference to the value exists; the old value was dropped just above.
-        unsafe { (*self.value.get()).write(value) };
-        self.word.0.fetch_or(HAS_VALUE, Ordering::AcqRel);
-        self.version.store(version, Ordering::Release);
+        self.replace_value(value, version);
         Ok(())
+    }
+    fn decode_detached(&self, bytes: &[u8]) -> Option<Result<DetachedValue, CodecError>> {
+        Some(T::decode_region(bytes).map(|v| DetachedValue(Box::new(v))))
+    }
+    fn install_decoded(&self, value: DetachedValue, version: u64) -> Result<(), DetachedValue> {
+        match value.0.downcast::<T>() {
+            Ok(value) => {
+                self.replace_value(*value, version);
+                Ok(())
+            }
+            Err(other) => Err(DetachedValue(other)),
+        }
     }
     fn clear(&self) {
         if !self.word.in_progress().is_idle() {

@@ -20,7 +20,10 @@ use tracing::{debug, error, trace};
 
 use super::access::{AccessMode, ErasedCell};
 use super::home::encode_image;
-use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation, planted};
+use super::{
+    Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation, install_image,
+    planted,
+};
 use crate::region::{NodeId, RegionId};
 use crate::wire::{Grant, Message, Recall, Refusal, RegionImage};
 
@@ -948,7 +951,9 @@ impl Engine {
                                 "data for a copy already held or in use",
                             ));
                         }
-                        if let Err(source) = entry.cell.install(&image.bytes, image.version) {
+                        if let Err(source) =
+                            install_image(&*entry.cell, &image, self.decoded.take())
+                        {
                             entry.set_pending(None);
                             entry.no_request_priority();
                             let failed: Vec<_> =

@@ -22,7 +22,10 @@ use std::sync::Arc;
 use tracing::{debug, trace, warn};
 
 use super::access::{AccessMode, ErasedCell};
-use super::{Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation, planted};
+use super::{
+    DecodedImage, Engine, Event, OpError, OpId, PRIORITY_NONE, PeerReset, ProtocolViolation,
+    install_image, planted,
+};
 use crate::region::{NodeId, RegionId};
 use crate::wire::{Grant, Message, Recall, Refusal, RegionImage};
 
@@ -869,7 +872,7 @@ impl Engine {
                                 "recall ack with data from a node that does not own the region",
                             );
                         }
-                        install(&*entry.cell, &image)
+                        install(&*entry.cell, &image, self.decoded.take())
                             .map_err(|e| self.violation(from, Some(id), e))?;
                         let entry = self.homes.get_mut(&id.seq).expect("home entry");
                         entry.dir = if downgrade {
@@ -906,7 +909,7 @@ impl Engine {
                                 "flush with data from a node that does not own the region",
                             ));
                         }
-                        install(&*entry.cell, &image)
+                        install(&*entry.cell, &image, self.decoded.take())
                             .map_err(|e| self.violation(from, Some(id), e))?;
                         self.homes.get_mut(&id.seq).expect("home entry").dir = DirState::Unowned;
                     }
@@ -1009,12 +1012,15 @@ pub(crate) fn encode_image(
     })
 }
 
-fn install(cell: &dyn ErasedCell, image: &RegionImage) -> Result<(), String> {
+fn install(
+    cell: &dyn ErasedCell,
+    image: &RegionImage,
+    decoded: Option<DecodedImage>,
+) -> Result<(), String> {
     if !cell.word().in_progress().is_idle() {
         return Err("returned data for a region the home is using".into());
     }
-    cell.install(&image.bytes, image.version)
-        .map_err(|e| e.to_string())
+    install_image(cell, image, decoded).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

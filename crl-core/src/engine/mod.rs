@@ -97,6 +97,7 @@
 pub mod access;
 mod cache;
 mod cache_table;
+mod detached;
 mod home;
 mod home_table;
 
@@ -110,6 +111,8 @@ use access::{DrainList, ErasedCell, RawCell};
 pub use cache::CacheState;
 use cache::{CacheEntry, LocalOp};
 use cache_table::CacheTable;
+pub use detached::{DETACHED_DECODE_MIN_BYTES, DecodedMessage, ImageDecode};
+use detached::{DecodedImage, install_image};
 pub use home::{DirState, Sharers};
 use home::{HomeEntry, Requester};
 use home_table::HomeTable;
@@ -460,6 +463,9 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: EngineStats,
+    /// The value of the image the message being handled carries, decoded already
+    /// ([`handle_decoded`](Self::handle_decoded)); taken by the install.
+    decoded: Option<DecodedImage>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -489,6 +495,7 @@ impl Engine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EngineStats::default(),
+            decoded: None,
         }
     }
 
