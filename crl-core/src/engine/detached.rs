@@ -19,6 +19,7 @@
 //! when it is handled, as always, and a value that no longer fits the region's cell (not of
 //! its type) is dropped and the bytes decoded again.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use tracing::debug;
@@ -64,11 +65,12 @@ impl std::fmt::Debug for DecodedMessage {
     }
 }
 
-/// A value decoded for one region image: installed in place of decoding its bytes.
+/// A region image decoded away from the engine: the value (or the decode's error), installed
+/// in place of decoding the image's bytes.
 pub(crate) struct DecodedImage {
     pub(crate) region: RegionId,
     pub(crate) version: u64,
-    pub(crate) value: DetachedValue,
+    pub(crate) value: Result<DetachedValue, CodecError>,
 }
 
 impl ImageDecode {
@@ -78,21 +80,30 @@ impl ImageDecode {
     }
 
     /// Decodes `msg`'s image (the message [`Engine::detached_decode`] was asked about) on
-    /// the calling thread. A decode error is not reported here: the engine meets it again
-    /// when it handles the message, and treats it as it always does.
+    /// the calling thread. A decode error (or a panic of the decode) is not reported here:
+    /// [`Engine::handle_decoded`] treats it as a decode error of the install, as always.
     pub fn run(self, msg: Message) -> DecodedMessage {
-        let value =
-            image_of(&msg).and_then(|image| match self.cell.decode_detached(&image.bytes)? {
-                Ok(value) => Some(DecodedImage {
-                    region: self.region,
-                    version: image.version,
-                    value,
-                }),
-                Err(e) => {
-                    debug!(region = %self.region, "detached decode failed: {e}");
-                    None
-                }
-            });
+        let value = image_of(&msg).and_then(|image| {
+            // A decode that panics (a bug in the type's `decode_region`) is a decode error:
+            // the message is refused, and nothing was touched (the decode only reads bytes).
+            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.cell.decode_detached(&image.bytes)
+            }))
+            .unwrap_or_else(|_| {
+                Some(Err(CodecError::Invalid {
+                    type_name: self.cell.type_name(),
+                    reason: "the decode panicked".into(),
+                }))
+            })?;
+            if let Err(e) = &decoded {
+                debug!(region = %self.region, "detached decode failed: {e}");
+            }
+            Some(DecodedImage {
+                region: self.region,
+                version: image.version,
+                value: decoded,
+            })
+        });
         DecodedMessage { msg, value }
     }
 }
@@ -153,14 +164,14 @@ impl Engine {
 }
 
 /// Installs `image` in `cell`: the value `decoded` holds if it was decoded for this image
-/// and fits the cell, else the image's bytes decoded now.
+/// and fits the cell (or its decode error), else the image's bytes decoded now.
 pub(crate) fn install_image(
     cell: &dyn ErasedCell,
     image: &RegionImage,
     decoded: Option<DecodedImage>,
 ) -> Result<(), CodecError> {
     if let Some(d) = decoded.filter(|d| d.region == cell.id() && d.version == image.version) {
-        match cell.install_decoded(d.value, image.version) {
+        match cell.install_decoded(d.value?, image.version) {
             Ok(()) => return Ok(()),
             Err(_) => {
                 debug!(region = %cell.id(), "a value decoded away from the engine does not fit the cell: decoding again")
@@ -184,6 +195,9 @@ mod tests {
 
     static DECODES: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 
+    /// The first byte of an image whose decode panics.
+    const PANICS: u8 = 0xfe;
+
     fn decodes(tag: u8) -> usize {
         DECODES[tag as usize].load(Ordering::SeqCst)
     }
@@ -196,6 +210,7 @@ mod tests {
         }
         fn decode_region(bytes: &[u8]) -> Result<Self, CodecError> {
             match bytes.first() {
+                Some(&PANICS) => panic!("a decode that panics"),
                 Some(&tag) if (tag as usize) < DECODES.len() => {
                     DECODES[tag as usize].fetch_add(1, Ordering::SeqCst);
                     Ok(Blob(bytes.to_vec()))
@@ -350,6 +365,18 @@ mod tests {
 
     #[test]
     fn an_image_that_does_not_decode_is_still_a_violation() {
+        refused_when_the_first_byte_is(0xff);
+    }
+
+    #[test]
+    fn a_decode_that_panics_is_a_decode_error() {
+        refused_when_the_first_byte_is(PANICS);
+    }
+
+    /// A big image whose first byte is `first` is refused by the cache after a detached
+    /// decode, and the read waiting for it fails (without a second decode: one that panics
+    /// would panic here).
+    fn refused_when_the_first_byte_is(first: u8) {
         let len = DETACHED_DECODE_MIN_BYTES;
         let (mut home, mut cache, cell) = pair(0, len);
         assert!(matches!(cache.start_read(cell.id(), 2), Ok(Start::Queued)));
@@ -363,14 +390,17 @@ mod tests {
             panic!("data");
         };
         let mut image = image.expect("an image");
-        image.bytes[0] = 0xff; // not a tag Blob decodes
+        image.bytes[0] = first;
         let bad = Message::Data {
             region,
             grant,
             image: Some(image),
         };
         let decoded = cache.detached_decode(&bad).expect("offered").run(bad);
-        assert!(decoded.value.is_none());
+        assert!(matches!(
+            decoded.value,
+            Some(DecodedImage { value: Err(_), .. })
+        ));
         assert!(cache.handle_decoded(NodeId(0), decoded).is_err());
         assert!(matches!(
             cache.poll_event(),
