@@ -38,30 +38,30 @@ use std::time::Duration;
 
 use crate::durable::{DurableStore, LogRecord, StoreConfig};
 use crl_core::engine::{
-    Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, PeerReset,
-    Progress, ReadGuard, RegionCell, Start, WriteGuard,
+    Access, AccessMode, Engine, EngineConfig, EngineStats, Event, OpError, OpId, Progress,
+    ReadGuard, RegionCell, Start, WriteGuard,
 };
 use crl_core::liveness::LivenessConfig;
 use crl_core::wire::Message;
 use crl_core::{NodeId, Region, RegionId};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 mod commits;
+mod driver;
 pub(crate) mod locks;
 mod placement;
 
+use driver::drive;
 pub use placement::MAX_PENDING_PLACEMENTS;
-use placement::{Placements, handle_placement};
+use placement::Placements;
 
 use crate::config::{ConfigError, NodeConfig, TxFault};
 use crate::error::Error;
 use crate::hits::HitCounter;
 use crate::liveness::{LeaseTable, LivenessDriver, LivenessStats};
-use crate::transport::{
-    Inbound, PeerStats, Room, SessionEnd, Transport, TransportError, TransportSettings,
-};
+use crate::transport::{PeerStats, Room, Transport, TransportError, TransportSettings};
 pub(crate) use commits::Durability;
 use commits::IN_DOUBT_RESEND;
 use locks::{LockTable, TxShared, next_priority};
@@ -1137,216 +1137,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
-    let inner = node.inner.clone();
-    let mut shutdown = inner.shutdown.subscribe();
-    // Protocol messages held back while in-doubt transactions are resolved after a restart.
-    let mut held_back: Vec<(NodeId, Message)> = Vec::new();
-    // Restarted peers whose prepared transactions are not resolved yet, and their messages.
-    let mut restarting: HashMap<NodeId, (PeerReset, Vec<Message>)> = HashMap::new();
-    loop {
-        tokio::select! {
-            // Biased: held-back messages go first once recovery is over, before anything that
-            // arrived after them.
-            biased;
-            _ = inner.recovered.notified() => {
-                for (from, msg) in held_back.drain(..) {
-                    handle_protocol(&inner, from, msg);
-                }
-            }
-            m = inbound.recv() => {
-                let Some(first) = m else { return };
-                if !held_back.is_empty() && !inner.recovering.load(Ordering::Acquire) {
-                    // Recovery ended between two polls: the older messages first.
-                    for (from, msg) in held_back.drain(..) {
-                        handle_protocol(&inner, from, msg);
-                    }
-                }
-                let mut next = Some(first);
-                // Take what has already arrived, in order.
-                let mut budget = 64;
-                while let Some(item) = next.take() {
-                    if let (Some(l), Inbound::Message { from, .. }) = (&inner.liveness, &item) {
-                        l.on_heard(*from);
-                    }
-                    match item {
-                        Inbound::Message { from, msg: Message::Ping { nonce } } => {
-                            let _ = inner.transport.send(from, Message::Pong { nonce });
-                        }
-                        Inbound::Message { from, msg: Message::Pong { nonce } } => {
-                            if let Some(l) = &inner.liveness {
-                                l.on_pong(&inner.transport, from, nonce);
-                            }
-                        }
-                        Inbound::Message { from, msg } if msg.is_placement() => {
-                            handle_placement(&node, from, msg);
-                        }
-                        Inbound::Message { from, msg } if msg.is_transaction() => {
-                            match &inner.durability {
-                                Some(d) => {
-                                    d.handle(&node, from, msg);
-                                    release_resolved(&node, d, &mut restarting);
-                                }
-                                None => refuse_transaction(&node, from, msg),
-                            }
-                        }
-                        Inbound::Message { from, msg } => {
-                            if let Some((_, held)) = restarting.get_mut(&from) {
-                                held.push(msg);
-                            } else if inner.recovering.load(Ordering::Acquire) {
-                                held_back.push((from, msg));
-                            } else {
-                                handle_protocol(&inner, from, msg);
-                            }
-                        }
-                        Inbound::PeerRestarted { peer, epoch, cause } => {
-                            let reset = match cause {
-                                SessionEnd::Restarted => PeerReset::Restarted,
-                                SessionEnd::Fenced | SessionEnd::FencedByPeer => PeerReset::Fenced,
-                            };
-                            if cause == SessionEnd::FencedByPeer {
-                                warn!(node = %inner.id, %peer, %epoch, "fenced by the peer: dropping its copies and failing what waited on it");
-                            } else {
-                                info!(node = %inner.id, %peer, %epoch, ?cause, "the session with the peer ended: dropping what it knew");
-                            }
-                            inner.placements.home_reset(peer);
-                            let waiting = inner
-                                .durability
-                                .as_ref()
-                                .map_or(0, |d| d.holding(peer));
-                            // Leases and pings start again only once the transport has
-                            // dropped the old session (`restart_handled`, in both branches
-                            // below): a ping queued before would be dropped with it.
-                            if waiting == 0 {
-                                forget_incarnation(&node, peer, true, reset);
-                            } else {
-                                // Talk to the new incarnation now (the inquiries must reach
-                                // it); what the engine sends it meanwhile is about copies the
-                                // old one held and is at worst refused.
-                                {
-                                    let _engine = inner.state.lock();
-                                    inner.transport.restart_handled(peer);
-                                }
-                                // Transactions it wrote are prepared (or being decided) here:
-                                // until their coordinator says how they ended, the regions they
-                                // wrote must keep their old holder (the peer's old session), or
-                                // the home would serve contents that miss a committed write.
-                                // Its messages wait meanwhile.
-                                info!(node = %inner.id, %peer, waiting, "resolving the transactions it wrote first");
-                                restarting.entry(peer).or_insert((reset, Vec::new()));
-                                if let Some(d) = &inner.durability {
-                                    d.inquire_after_reset(&node, peer);
-                                }
-                            }
-                            if let Some(l) = &inner.liveness {
-                                l.peer_reset(&inner.transport, peer, cause == SessionEnd::FencedByPeer);
-                            }
-                        }
-                    }
-                    budget -= 1;
-                    if budget > 0 {
-                        next = inbound.try_recv().ok();
-                    }
-                }
-            }
-            _ = async { match &inner.durability {
-                Some(d) => d.resolved().await,
-                None => std::future::pending().await,
-            } } => {
-                if let Some(d) = &inner.durability {
-                    release_resolved(&node, d, &mut restarting);
-                }
-            }
-            _ = inner.drained.notified() => {
-                let mut st = inner.state.lock();
-                st.engine.process_drained();
-                st.flush(&inner.transport, &inner.locks);
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// Forgets the old sessions of the peers held back until the transactions they wrote were
-/// decided, once none is left, and handles their held-back messages.
-fn release_resolved(
-    node: &Node,
-    d: &Durability,
-    restarting: &mut HashMap<NodeId, (PeerReset, Vec<Message>)>,
-) {
-    let done: Vec<NodeId> = restarting
-        .keys()
-        .copied()
-        .filter(|&p| d.holding(p) == 0)
-        .collect();
-    for peer in done {
-        let Some((reset, held)) = restarting.remove(&peer) else {
-            continue;
-        };
-        forget_incarnation(node, peer, false, reset);
-        for msg in held {
-            // A recall ack answers a recall meant for the old incarnation's copy, which the
-            // line above counted as acknowledged already.
-            if !matches!(msg, Message::RecallAck { .. }) {
-                handle_protocol(&node.inner, peer, msg);
-            }
-        }
-    }
-}
-
-/// Forgets everything about `peer`'s previous session (it restarted, or one of the two fenced
-/// the other).
-fn forget_incarnation(node: &Node, peer: NodeId, reconnect: bool, reset: PeerReset) {
-    let inner = &node.inner;
-    {
-        let mut st = inner.state.lock();
-        st.engine.peer_reset(peer, reset);
-        // Transactions here that hold copies of its regions lost those locks with the session.
-        let doomed = inner.locks.home_reset(peer);
-        if doomed > 0 {
-            info!(node = %inner.id, %peer, doomed, "transactions holding the peer's regions must retry");
-        }
-        st.flush(&inner.transport, &inner.locks);
-        if reconnect {
-            // Under the engine lock: nothing meant for the old incarnation can be queued
-            // after this, and nothing for the new one before.
-            inner.transport.restart_handled(peer);
-        }
-    }
-    inner.peer_restarts.fetch_add(1, Ordering::Relaxed);
-    if let Some(d) = &inner.durability {
-        d.peer_restarted(node, peer);
-    }
-}
-
-/// Feeds a protocol message to the engine; a violation closes the peer's connections.
-fn handle_protocol(inner: &NodeInner, from: NodeId, msg: Message) {
-    let violation = {
-        let mut st = inner.state.lock();
-        let r = st.engine.handle_message(from, msg);
-        st.flush(&inner.transport, &inner.locks);
-        r.err()
-    };
-    if let Some(v) = violation {
-        inner.violations.fetch_add(1, Ordering::Relaxed);
-        inner.transport.close_peer(from, &v.to_string());
-    }
-}
-
-/// A node without a data dir takes no part in durable commits: it votes no.
-fn refuse_transaction(node: &Node, from: NodeId, msg: Message) {
-    if let Message::TxPrepare { txid, .. } | Message::TxCommit { txid, .. } = msg {
-        node.send(
-            from,
-            Message::TxReply {
-                txid,
-                ok: false,
-                reason: format!("{} has no data dir (not durable)", node.id()),
-            },
-        );
-    }
 }
 
 /// Re-sends, every second, the decisions of committed two-phase transactions that some
