@@ -526,6 +526,19 @@ impl Access {
         Access { cell, mode }
     }
 
+    /// A read of `cell` started as a hit (without the engine), for work done beside it
+    /// ([`super::ImageWork`]); `None` where a hit would miss.
+    pub(crate) fn try_read_erased(cell: Arc<dyn ErasedCell>) -> Option<Access> {
+        cell.word()
+            .try_read()
+            .then(|| Access::new(cell, AccessMode::Read))
+    }
+
+    /// The cell accessed.
+    pub(crate) fn erased_cell(&self) -> &dyn ErasedCell {
+        &*self.cell
+    }
+
     /// The region accessed.
     pub fn region(&self) -> RegionId {
         self.cell.id()
@@ -642,7 +655,7 @@ pub(crate) trait ErasedCell: Send + Sync + 'static {
     /// Replaces the local copy. Caller: no access in progress, and none can start.
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError>;
     /// Decodes `bytes` as this cell's type without touching the cell, on any thread and
-    /// without the engine (see [`super::ImageDecode`]); `None` for a cell with no Rust type
+    /// without the engine (see [`super::ImageWork`]); `None` for a cell with no Rust type
     /// ([`RawCell`]: it keeps bytes, and installing them is a copy).
     fn decode_detached(&self, _bytes: &[u8]) -> Option<Result<DetachedValue, CodecError>> {
         None

@@ -1,66 +1,95 @@
-//! Decoding a big image away from the engine.
+//! Decoding and encoding big images away from the engine.
 //!
 //! Installing a region image received from a peer decodes it into the region's Rust type,
-//! which takes about a millisecond per mebibyte. Done in [`Engine::handle_message`], that time
-//! is spent holding the engine, so the node's driver handles nothing else meanwhile: a
-//! 256 MiB region stalls every other region of the node for a quarter of a second.
+//! and a home answering a request encodes its copy: each takes about a millisecond per
+//! mebibyte. Done in [`Engine::handle_message`], that time is spent holding the engine, so the
+//! node's driver handles nothing else meanwhile: a 256 MiB region stalls every other region
+//! of the node for a quarter of a second, at each end.
 //!
-//! The driver may instead ask [`Engine::detached_decode`] for an [`ImageDecode`] of a
-//! message carrying a big image, run it on another thread ([`ImageDecode::run`]: it needs
-//! only the region's cell, not the engine), go on with other messages meanwhile, and hand
-//! the result to [`Engine::handle_decoded`], which handles the message exactly as
-//! `handle_message` would, installing the value decoded already. The driver must keep the
-//! peer's order around the decode: a message from the same peer that arrives meanwhile may be
-//! handled first only if it may pass the image ([`crate::wire::Lane::may_pass_image_of`]),
-//! just as the session lets it pass the image's pieces on the link; everything else from that
-//! peer waits until the decoded message has been handled.
+//! The driver may instead ask [`Engine::image_work`] for the [`ImageWork`] of a message,
+//! run it on another thread ([`ImageWork::run`]: it needs only the region's cell, not the
+//! engine), go on with other messages meanwhile, and hand the result to
+//! [`Engine::handle_prepared`], which handles the message exactly as `handle_message` would,
+//! with the work done already:
+//! - a message carrying a big image ([`Message::Data`], [`Message::RecallAck`],
+//!   [`Message::Flush`]) for a region this node holds: the image is decoded, and the
+//!   install takes the value;
+//! - a request ([`Message::GetShared`], [`Message::GetExclusive`]) for a region homed here
+//!   whose image was big when last encoded: the home's copy is encoded under a read access
+//!   (taken as a local hit: no write can start meanwhile, and where a hit would miss there
+//!   is no work), and the answer takes the bytes if the copy's version is still the one
+//!   encoded when the request is served; otherwise the home encodes again.
 //!
-//! Nothing changes if the state moves while the decode runs: the engine checks the message
-//! when it is handled, as always, and a value that no longer fits the region's cell (not of
-//! its type) is dropped and the bytes decoded again.
+//! The driver must keep the peer's order around the work: a message from the same peer that
+//! arrives meanwhile may be handled first only if it may pass the image
+//! ([`crate::wire::Lane::may_pass_image_of`]), just as the session lets it pass an image's
+//! pieces on the link; everything else from that peer waits until the prepared message has
+//! been handled. Nothing changes if the state moves while the work runs: the engine checks
+//! the message when it is handled, as always, and a result that does not fit (another
+//! region, version or type) is dropped and the work done again inline.
+//!
+//! The first request for a big region at its home is encoded inline: the home learns that
+//! the region is big by encoding it ([`Engine::big_images`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use tracing::debug;
 
-use super::access::{DetachedValue, ErasedCell, RawCell};
+use super::access::{Access, DetachedValue, ErasedCell, RawCell};
+use super::home::DirState;
 use super::{Engine, ProtocolViolation};
 use crate::region::{CodecError, NodeId, RegionId};
 use crate::wire::{Message, RegionImage};
 
-/// The shortest image [`Engine::detached_decode`] offers to decode away from the engine:
-/// below it, handing the work to another thread costs more than it saves.
-pub const DETACHED_DECODE_MIN_BYTES: usize = 256 << 10;
+/// The shortest image worth decoding or encoding away from the engine
+/// ([`Engine::image_work`]): below it, handing the work to another thread costs more than
+/// it saves.
+pub const IMAGE_WORK_MIN_BYTES: usize = 256 << 10;
 
-/// The decode of one message's big image, to run on any thread
-/// ([`Engine::detached_decode`]).
-pub struct ImageDecode {
+/// Work on one message's big image, to run on any thread ([`Engine::image_work`]).
+pub struct ImageWork {
     region: RegionId,
-    cell: Arc<dyn ErasedCell>,
+    kind: WorkKind,
 }
 
-impl std::fmt::Debug for ImageDecode {
+enum WorkKind {
+    /// Decode the message's image as this cell's type.
+    Decode(Arc<dyn ErasedCell>),
+    /// Encode the home's copy, read under this access, at this version.
+    Encode { read: Access, version: u64 },
+}
+
+impl std::fmt::Debug for ImageWork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageDecode")
+        f.debug_struct("ImageWork")
             .field("region", &self.region)
-            .finish_non_exhaustive()
+            .field(
+                "kind",
+                &match self.kind {
+                    WorkKind::Decode(_) => "decode",
+                    WorkKind::Encode { .. } => "encode",
+                },
+            )
+            .finish()
     }
 }
 
-/// A message whose image has been decoded ([`ImageDecode::run`]), for
-/// [`Engine::handle_decoded`].
-pub struct DecodedMessage {
+/// A message with its image work done ([`ImageWork::run`]), for
+/// [`Engine::handle_prepared`].
+pub struct PreparedMessage {
     msg: Message,
-    value: Option<DecodedImage>,
+    decoded: Option<DecodedImage>,
+    encoded: Option<EncodedImage>,
 }
 
-impl std::fmt::Debug for DecodedMessage {
+impl std::fmt::Debug for PreparedMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecodedMessage")
+        f.debug_struct("PreparedMessage")
             .field("msg", &self.msg.kind_name())
             .field("region", &self.msg.region())
-            .field("decoded", &self.value.is_some())
+            .field("decoded", &self.decoded.is_some())
+            .field("encoded", &self.encoded.is_some())
             .finish()
     }
 }
@@ -73,45 +102,78 @@ pub(crate) struct DecodedImage {
     pub(crate) value: Result<DetachedValue, CodecError>,
 }
 
-impl ImageDecode {
-    /// The region whose image is decoded: messages of other regions may pass it.
+/// A home's copy encoded away from the engine: the bytes (or the encode's error) at
+/// `version`, sent in place of encoding the copy again.
+pub(crate) struct EncodedImage {
+    pub(crate) region: RegionId,
+    pub(crate) version: u64,
+    pub(crate) bytes: Result<Vec<u8>, CodecError>,
+}
+
+impl ImageWork {
+    /// The region whose image is worked on: messages of other regions may pass it.
     pub fn region(&self) -> RegionId {
         self.region
     }
 
-    /// Decodes `msg`'s image (the message [`Engine::detached_decode`] was asked about) on
-    /// the calling thread. A decode error (or a panic of the decode) is not reported here:
-    /// [`Engine::handle_decoded`] treats it as a decode error of the install, as always.
-    pub fn run(self, msg: Message) -> DecodedMessage {
-        let value = image_of(&msg).and_then(|image| {
-            // A decode that panics (a bug in the type's `decode_region`) is a decode error:
-            // the message is refused, and nothing was touched (the decode only reads bytes).
-            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.cell.decode_detached(&image.bytes)
-            }))
-            .unwrap_or_else(|_| {
-                Some(Err(CodecError::Invalid {
-                    type_name: self.cell.type_name(),
-                    reason: "the decode panicked".into(),
-                }))
-            })?;
-            if let Err(e) = &decoded {
-                debug!(region = %self.region, "detached decode failed: {e}");
+    /// Does the work for `msg` (the message [`Engine::image_work`] was asked about) on the
+    /// calling thread. An error (or a panic of the type's code) is not reported here:
+    /// [`Engine::handle_prepared`] treats it as it treats the same error inline.
+    pub fn run(self, msg: Message) -> PreparedMessage {
+        let region = self.region;
+        let mut prepared = PreparedMessage::unprepared(msg);
+        match self.kind {
+            WorkKind::Decode(cell) => {
+                prepared.decoded = image_of(&prepared.msg).and_then(|image| {
+                    let value = catch(&*cell, "decode", || cell.decode_detached(&image.bytes))?;
+                    if let Err(e) = &value {
+                        debug!(%region, "detached decode failed: {e}");
+                    }
+                    Some(DecodedImage {
+                        region,
+                        version: image.version,
+                        value,
+                    })
+                });
             }
-            Some(DecodedImage {
-                region: self.region,
-                version: image.version,
-                value: decoded,
-            })
-        });
-        DecodedMessage { msg, value }
+            WorkKind::Encode { read, version } => {
+                let cell = read.erased_cell();
+                let bytes = catch(cell, "encode", || Some(cell.encode())).expect("an encode");
+                drop(read);
+                prepared.encoded = Some(EncodedImage {
+                    region,
+                    version,
+                    bytes,
+                });
+            }
+        }
+        prepared
     }
 }
 
-impl DecodedMessage {
-    /// A message to handle as it is (no image decoded).
-    pub fn undecoded(msg: Message) -> Self {
-        DecodedMessage { msg, value: None }
+/// Runs the type's `work` on `cell`, a panic becoming a codec error: nothing was changed
+/// (a decode only reads bytes, an encode only reads the value).
+fn catch<T>(
+    cell: &dyn ErasedCell,
+    what: &str,
+    work: impl FnOnce() -> Option<Result<T, CodecError>>,
+) -> Option<Result<T, CodecError>> {
+    std::panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        Some(Err(CodecError::Invalid {
+            type_name: cell.type_name(),
+            reason: format!("the {what} panicked"),
+        }))
+    })
+}
+
+impl PreparedMessage {
+    /// A message to handle as it is (no work done).
+    pub fn unprepared(msg: Message) -> Self {
+        PreparedMessage {
+            msg,
+            decoded: None,
+            encoded: None,
+        }
     }
 }
 
@@ -126,17 +188,39 @@ fn image_of(msg: &Message) -> Option<&RegionImage> {
 }
 
 impl Engine {
-    /// Offers to decode `msg`'s image away from the engine (see the module docs): `Some` if
-    /// the message carries an image of at least [`DETACHED_DECODE_MIN_BYTES`] for a region
-    /// this node holds with a Rust type. Changes nothing; `msg` is then handed to
-    /// [`ImageDecode::run`] and the result to [`handle_decoded`](Self::handle_decoded).
-    pub fn detached_decode(&self, msg: &Message) -> Option<ImageDecode> {
+    /// Offers work on `msg`'s big image to do away from the engine (see the module docs):
+    /// `Some` for a message carrying an image of at least [`IMAGE_WORK_MIN_BYTES`] for a
+    /// region this node holds with a Rust type, and for a request from `from` for a region
+    /// homed here whose image was that big when last encoded, whose copy is valid here and
+    /// that `from` does not share already. An offered encode holds a read of the home's copy
+    /// until it has run. `msg` is then handed to [`ImageWork::run`] and the result to
+    /// [`handle_prepared`](Self::handle_prepared).
+    pub fn image_work(&self, from: NodeId, msg: &Message) -> Option<ImageWork> {
+        let region = msg.region()?;
+        let home = region.home == self.node;
+        if let Message::GetShared { .. } | Message::GetExclusive { .. } = msg {
+            if !home || !self.big_images.contains(&region.seq) {
+                return None;
+            }
+            let entry = self.homes.get(&region.seq)?;
+            if matches!(&entry.dir, DirState::Shared(s) if s.contains(&from)) {
+                return None; // an upgrade, or a repeated read: no image
+            }
+            if entry.cell.as_any().is::<RawCell>() {
+                return None; // it keeps bytes: encoding is a copy
+            }
+            let read = Access::try_read_erased(entry.cell.clone())?;
+            let version = entry.cell.version();
+            return Some(ImageWork {
+                region,
+                kind: WorkKind::Encode { read, version },
+            });
+        }
         let image = image_of(msg)?;
-        if image.bytes.len() < DETACHED_DECODE_MIN_BYTES {
+        if image.bytes.len() < IMAGE_WORK_MIN_BYTES {
             return None;
         }
-        let region = msg.region()?;
-        let cell = if region.home == self.node {
+        let cell = if home {
             self.homes.get(&region.seq)?.cell.clone()
         } else {
             self.cache.get(&region)?.cell.clone()
@@ -144,22 +228,59 @@ impl Engine {
         if cell.as_any().is::<RawCell>() {
             return None; // it keeps bytes: nothing to decode
         }
-        Some(ImageDecode { region, cell })
+        Some(ImageWork {
+            region,
+            kind: WorkKind::Decode(cell),
+        })
     }
 
-    /// Handles a message whose image [`ImageDecode::run`] decoded: exactly as
-    /// [`handle_message`](Self::handle_message), except that installing the image installs
-    /// the decoded value.
-    pub fn handle_decoded(
+    /// Handles a message whose work [`ImageWork::run`] did: exactly as
+    /// [`handle_message`](Self::handle_message), except that installing its image installs
+    /// the decoded value, and answering the request sends the bytes encoded (if the home's
+    /// copy is still at the version encoded).
+    pub fn handle_prepared(
         &mut self,
         from: NodeId,
-        decoded: DecodedMessage,
+        prepared: PreparedMessage,
     ) -> Result<(), ProtocolViolation> {
-        self.decoded = decoded.value;
-        let result = self.handle_message(from, decoded.msg);
-        // Not installed (the message was refused, or carried no image): dropped here.
+        self.decoded = prepared.decoded;
+        self.encoded = prepared.encoded;
+        let result = self.handle_message(from, prepared.msg);
+        // Not used (the message was refused, carried no image, or its request waits): dropped.
         self.decoded = None;
+        self.encoded = None;
         result
+    }
+
+    /// Regions homed here whose image was at least [`IMAGE_WORK_MIN_BYTES`] when last
+    /// encoded or installed here: requests for them are encoded away from the engine.
+    pub fn big_images(&self) -> usize {
+        self.big_images.len()
+    }
+
+    /// Notes the length of an image of `id` (homed here) just encoded or installed.
+    pub(crate) fn note_image_len(&mut self, id: RegionId, len: usize) {
+        if len >= IMAGE_WORK_MIN_BYTES {
+            self.big_images.insert(id.seq);
+        } else {
+            self.big_images.remove(&id.seq);
+        }
+    }
+
+    /// The image of `cell` (homed here) to send: the bytes encoded away from the engine if
+    /// they are of this region at its current version, else encoded now.
+    pub(crate) fn home_image(
+        encoded: Option<EncodedImage>,
+        cell: &dyn ErasedCell,
+    ) -> Result<RegionImage, CodecError> {
+        let version = cell.version();
+        match encoded.filter(|e| e.region == cell.id() && e.version == version) {
+            Some(e) => Ok(RegionImage {
+                version,
+                bytes: e.bytes?,
+            }),
+            None => super::home::encode_image(cell),
+        }
     }
 }
 
@@ -186,14 +307,20 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::engine::{EngineConfig, Event, Progress, Start};
+    use crate::engine::{EngineConfig, Event, Progress, RegionCell, Start};
     use crate::region::Region;
 
-    /// Bytes whose decodes are counted (per test, by the first byte of the value).
+    /// Bytes whose decodes and encodes are counted (per test: by the first byte of the value,
+    /// a tag no other test counting them uses).
     #[derive(Debug, Clone, PartialEq)]
     struct Blob(Vec<u8>);
 
-    static DECODES: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+    static DECODES: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
+    static ENCODES: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
+
+    fn encodes(tag: u8) -> usize {
+        ENCODES[tag as usize].load(Ordering::SeqCst)
+    }
 
     /// The first byte of an image whose decode panics.
     const PANICS: u8 = 0xfe;
@@ -206,6 +333,9 @@ mod tests {
         const TYPE_NAME: &'static str = "Blob";
         const FINGERPRINT: u64 = 0xb10b;
         fn encode_region(&self) -> Result<Vec<u8>, CodecError> {
+            if let Some(n) = self.0.first().and_then(|&t| ENCODES.get(usize::from(t))) {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
             Ok(self.0.clone())
         }
         fn decode_region(bytes: &[u8]) -> Result<Self, CodecError> {
@@ -269,13 +399,13 @@ mod tests {
 
     #[test]
     fn a_big_read_miss_installs_the_value_decoded_away_from_the_engine() {
-        let len = DETACHED_DECODE_MIN_BYTES;
+        let len = IMAGE_WORK_MIN_BYTES;
         let (mut home, mut cache, cell) = pair(1, len);
         assert!(matches!(cache.start_read(cell.id(), 2), Ok(Start::Queued)));
         deliver_all(&mut cache, &mut home);
         let data = only_transmit(&mut home);
         assert!(matches!(data, Message::Data { .. }));
-        let decode = cache.detached_decode(&data).expect("offered");
+        let decode = cache.image_work(NodeId(0), &data).expect("offered");
         assert_eq!(decode.region(), cell.id());
         let before = decodes(1);
         let decoded = std::thread::spawn(move || decode.run(data))
@@ -283,7 +413,7 @@ mod tests {
             .expect("decode thread");
         assert_eq!(decodes(1), before + 1, "decoded on the other thread");
         cache
-            .handle_decoded(NodeId(0), decoded)
+            .handle_prepared(NodeId(0), decoded)
             .expect("no violation");
         assert_eq!(decodes(1), before + 1, "not decoded again");
         let access = granted(&mut cache, 2);
@@ -292,45 +422,45 @@ mod tests {
 
     #[test]
     fn a_small_image_is_decoded_by_the_engine() {
-        let (mut home, mut cache, cell) = pair(0, DETACHED_DECODE_MIN_BYTES - 1);
+        let (mut home, mut cache, cell) = pair(0, IMAGE_WORK_MIN_BYTES - 1);
         assert!(matches!(cache.start_read(cell.id(), 2), Ok(Start::Queued)));
         deliver_all(&mut cache, &mut home);
         let data = only_transmit(&mut home);
-        assert!(cache.detached_decode(&data).is_none());
+        assert!(cache.image_work(NodeId(0), &data).is_none());
         // Nor a message without an image, nor one for a region this node does not hold.
         let get = Message::GetShared {
             region: cell.id(),
             fingerprint: Blob::FINGERPRINT,
             priority: crate::wire::PRIORITY_NONE,
         };
-        assert!(home.detached_decode(&get).is_none());
+        assert!(home.image_work(NodeId(1), &get).is_none());
         let Message::Data { grant, image, .. } = data else {
             unreachable!()
         };
         let mut image = image.expect("an image");
-        image.bytes.resize(DETACHED_DECODE_MIN_BYTES, 0);
+        image.bytes.resize(IMAGE_WORK_MIN_BYTES, 0);
         let unknown = Message::Data {
             region: RegionId::new(NodeId(0), 99),
             grant,
             image: Some(image),
         };
-        assert!(cache.detached_decode(&unknown).is_none());
+        assert!(cache.image_work(NodeId(0), &unknown).is_none());
     }
 
     #[test]
     fn a_value_decoded_for_another_image_is_not_installed() {
-        let len = DETACHED_DECODE_MIN_BYTES;
+        let len = IMAGE_WORK_MIN_BYTES;
         let (mut home, mut cache, cell) = pair(2, len);
         assert!(matches!(cache.start_read(cell.id(), 2), Ok(Start::Queued)));
         deliver_all(&mut cache, &mut home);
         let data = only_transmit(&mut home);
-        let decode = cache.detached_decode(&data).expect("offered");
+        let decode = cache.image_work(NodeId(0), &data).expect("offered");
         let mut decoded = decode.run(data);
         // As if it were decoded for another version of the region: the bytes are decoded again.
-        decoded.value.as_mut().expect("decoded").version += 1;
+        decoded.decoded.as_mut().expect("decoded").version += 1;
         let before = decodes(2);
         cache
-            .handle_decoded(NodeId(0), decoded)
+            .handle_prepared(NodeId(0), decoded)
             .expect("no violation");
         assert_eq!(decodes(2), before + 1, "decoded again from the bytes");
         assert_eq!(*granted(&mut cache, 2).read(&cell), blob(2, len));
@@ -338,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_big_image_returned_to_its_home_is_decoded_away_from_the_engine() {
-        let len = DETACHED_DECODE_MIN_BYTES + 1;
+        let len = IMAGE_WORK_MIN_BYTES + 1;
         let (mut home, mut cache, cell) = pair(3, len);
         assert!(matches!(cache.start_write(cell.id(), 2), Ok(Start::Queued)));
         deliver_all(&mut cache, &mut home);
@@ -353,10 +483,12 @@ mod tests {
         deliver_all(&mut home, &mut cache);
         let ack = only_transmit(&mut cache);
         assert!(matches!(ack, Message::RecallAck { image: Some(_), .. }));
-        let decode = home.detached_decode(&ack).expect("offered at the home");
+        let decode = home
+            .image_work(NodeId(1), &ack)
+            .expect("offered at the home");
         let before = decodes(3);
         let decoded = decode.run(ack);
-        home.handle_decoded(NodeId(1), decoded)
+        home.handle_prepared(NodeId(1), decoded)
             .expect("no violation");
         assert_eq!(decodes(3), before + 1, "decoded once");
         let access = granted(&mut home, 4);
@@ -377,7 +509,7 @@ mod tests {
     /// decode, and the read waiting for it fails (without a second decode: one that panics
     /// would panic here).
     fn refused_when_the_first_byte_is(first: u8) {
-        let len = DETACHED_DECODE_MIN_BYTES;
+        let len = IMAGE_WORK_MIN_BYTES;
         let (mut home, mut cache, cell) = pair(0, len);
         assert!(matches!(cache.start_read(cell.id(), 2), Ok(Start::Queued)));
         deliver_all(&mut cache, &mut home);
@@ -396,12 +528,12 @@ mod tests {
             grant,
             image: Some(image),
         };
-        let decoded = cache.detached_decode(&bad).expect("offered").run(bad);
+        let decoded = cache.image_work(NodeId(0), &bad).expect("offered").run(bad);
         assert!(matches!(
-            decoded.value,
+            decoded.decoded,
             Some(DecodedImage { value: Err(_), .. })
         ));
-        assert!(cache.handle_decoded(NodeId(0), decoded).is_err());
+        assert!(cache.handle_prepared(NodeId(0), decoded).is_err());
         assert!(matches!(
             cache.poll_event(),
             Some(Event::Completed {
@@ -409,5 +541,88 @@ mod tests {
                 result: Err(_)
             })
         ));
+    }
+
+    /// A home of a big blob that served one read miss (learning it is big), and a second
+    /// node that mapped the blob and whose read miss's request is returned, not yet sent.
+    fn second_reader(
+        tag: u8,
+        len: usize,
+    ) -> (
+        Engine,
+        Engine,
+        Arc<RegionCell<Blob>>,
+        Arc<RegionCell<Blob>>,
+        Message,
+    ) {
+        let (mut home, mut first, cell) = pair(tag, len);
+        let id = cell.id();
+        let home_cell = home.map::<Blob>(id, 9).expect("home map").0;
+        assert!(matches!(first.start_read(id, 2), Ok(Start::Queued)));
+        let get = only_transmit(&mut first);
+        assert!(
+            home.image_work(NodeId(1), &get).is_none(),
+            "not known to be big before its first encode"
+        );
+        home.handle_message(NodeId(1), get).expect("no violation");
+        assert_eq!(home.big_images(), 1, "learnt by encoding");
+        deliver_all(&mut home, &mut first);
+        drop(granted(&mut first, 2));
+        // A node that shares the copy already asks for no image: nothing to encode.
+        let upgrade = Message::GetExclusive {
+            region: id,
+            fingerprint: Blob::FINGERPRINT,
+            priority: crate::wire::PRIORITY_NONE,
+        };
+        assert!(home.image_work(NodeId(1), &upgrade).is_none());
+        let mut second = Engine::new(NodeId(2), EngineConfig::default());
+        let (far, progress) = second.map::<Blob>(id, 1).expect("map");
+        if progress == Progress::Pending {
+            deliver_all(&mut second, &mut home);
+            deliver_all(&mut home, &mut second);
+            while second.poll_event().is_some() {}
+        }
+        assert!(matches!(second.start_read(id, 2), Ok(Start::Queued)));
+        let get = only_transmit(&mut second);
+        (home, second, far, home_cell, get)
+    }
+
+    #[test]
+    fn a_request_for_a_big_region_is_encoded_away_from_the_engine_after_the_first() {
+        let len = IMAGE_WORK_MIN_BYTES;
+        let (mut home, mut second, far, home_cell, get) = second_reader(5, len);
+        let work = home.image_work(NodeId(2), &get).expect("offered");
+        assert!(
+            home_cell.try_write().is_none(),
+            "no write at the home while its copy is encoded"
+        );
+        let before = encodes(5);
+        let prepared = std::thread::spawn(move || work.run(get))
+            .join()
+            .expect("encode thread");
+        assert_eq!(encodes(5), before + 1, "encoded on the other thread");
+        assert!(home_cell.word().in_progress().is_idle(), "the read ended");
+        home.handle_prepared(NodeId(2), prepared)
+            .expect("no violation");
+        assert_eq!(encodes(5), before + 1, "not encoded again");
+        deliver_all(&mut home, &mut second);
+        assert_eq!(*granted(&mut second, 2).read(&far), blob(5, len));
+    }
+
+    #[test]
+    fn bytes_encoded_at_another_version_are_not_sent() {
+        let len = IMAGE_WORK_MIN_BYTES + 3;
+        let (mut home, mut second, far, _, get) = second_reader(6, len);
+        let mut prepared = home.image_work(NodeId(2), &get).expect("offered").run(get);
+        // As if the copy had been written since: the home encodes it again.
+        let encoded = prepared.encoded.as_mut().expect("encoded");
+        encoded.version += 1;
+        encoded.bytes = Ok(vec![6, 0, 0]);
+        let before = encodes(6);
+        home.handle_prepared(NodeId(2), prepared)
+            .expect("no violation");
+        assert_eq!(encodes(6), before + 1, "encoded again");
+        deliver_all(&mut home, &mut second);
+        assert_eq!(*granted(&mut second, 2).read(&far), blob(6, len));
     }
 }

@@ -521,13 +521,14 @@ impl Engine {
                 self.grant(op, &cell, AccessMode::Read);
             }
             (Want::Read, Requester::Remote(r)) => {
-                let image = match encode_image(&*entry.cell) {
+                let image = match Engine::home_image(self.encoded.take(), &*entry.cell) {
                     Ok(image) => image,
                     Err(e) => {
                         tracing::error!(node = %self.node, region = %id, "cannot encode: {e}");
                         return;
                     }
                 };
+                let len = image.bytes.len();
                 if let Some(reason) = too_large(&image, self.config.max_image_len) {
                     self.refuse_too_large(r, id, reason);
                     return;
@@ -546,6 +547,7 @@ impl Engine {
                         image: Some(image),
                     },
                 );
+                self.note_image_len(id, len);
             }
             (Want::Write, Requester::Local(op)) => {
                 entry.dir = DirState::Unowned;
@@ -557,7 +559,7 @@ impl Engine {
                 let image = if upgrade {
                     None
                 } else {
-                    match encode_image(&*entry.cell) {
+                    match Engine::home_image(self.encoded.take(), &*entry.cell) {
                         Ok(image) => Some(image),
                         Err(e) => {
                             tracing::error!(node = %self.node, region = %id, "cannot encode: {e}");
@@ -575,6 +577,7 @@ impl Engine {
                     return;
                 }
                 entry.dir = DirState::Exclusive(r);
+                let len = image.as_ref().map(|i| i.bytes.len());
                 self.send(
                     r,
                     Message::Data {
@@ -583,6 +586,9 @@ impl Engine {
                         image,
                     },
                 );
+                if let Some(len) = len {
+                    self.note_image_len(id, len);
+                }
             }
             (Want::Read | Want::Write, Requester::Decided) => {
                 // Never made: a decided request is a delete.
@@ -590,6 +596,7 @@ impl Engine {
             }
             (Want::Delete, who) => {
                 let entry = self.homes.delete(&id.seq).expect("home entry");
+                self.big_images.remove(&id.seq);
                 entry.cell.clear();
                 debug!(node = %self.node, region = %id, "deleted");
                 self.events.push_back(Event::Deleted { region: id });
@@ -874,6 +881,7 @@ impl Engine {
                         }
                         install(&*entry.cell, &image, self.decoded.take())
                             .map_err(|e| self.violation(from, Some(id), e))?;
+                        self.note_image_len(id, image.bytes.len());
                         let entry = self.homes.get_mut(&id.seq).expect("home entry");
                         entry.dir = if downgrade {
                             DirState::Shared(Sharers::from([from]))
@@ -911,6 +919,7 @@ impl Engine {
                         }
                         install(&*entry.cell, &image, self.decoded.take())
                             .map_err(|e| self.violation(from, Some(id), e))?;
+                        self.note_image_len(id, image.bytes.len());
                         self.homes.get_mut(&id.seq).expect("home entry").dir = DirState::Unowned;
                     }
                     None if entry.dir == DirState::Exclusive(from) => {

@@ -111,8 +111,8 @@ use access::{DrainList, ErasedCell, RawCell};
 pub use cache::CacheState;
 use cache::{CacheEntry, LocalOp};
 use cache_table::CacheTable;
-pub use detached::{DETACHED_DECODE_MIN_BYTES, DecodedMessage, ImageDecode};
-use detached::{DecodedImage, install_image};
+use detached::{DecodedImage, EncodedImage, install_image};
+pub use detached::{IMAGE_WORK_MIN_BYTES, ImageWork, PreparedMessage};
 pub use home::{DirState, Sharers};
 use home::{HomeEntry, Requester};
 use home_table::HomeTable;
@@ -464,8 +464,14 @@ pub struct Engine {
     events: VecDeque<Event>,
     stats: EngineStats,
     /// The value of the image the message being handled carries, decoded already
-    /// ([`handle_decoded`](Self::handle_decoded)); taken by the install.
+    /// ([`handle_prepared`](Self::handle_prepared)); taken by the install.
     decoded: Option<DecodedImage>,
+    /// The home's copy encoded for the request being handled
+    /// ([`handle_prepared`](Self::handle_prepared)); taken by the answer.
+    encoded: Option<EncodedImage>,
+    /// Regions homed here whose image was big when last encoded or installed
+    /// ([`big_images`](Self::big_images)).
+    big_images: std::collections::BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -496,6 +502,8 @@ impl Engine {
             events: VecDeque::new(),
             stats: EngineStats::default(),
             decoded: None,
+            encoded: None,
+            big_images: Default::default(),
         }
     }
 

@@ -2,21 +2,23 @@
 //! transaction layer and placement, in each peer's order.
 //!
 //! # Big images
-//! Installing a region image decodes it (about a millisecond per mebibyte). The driver does
-//! not do that for a big image ([`Engine::detached_decode`](crl_core::engine::Engine::detached_decode)): it runs the decode on tokio's
-//! blocking pool and goes on meanwhile with every other peer's messages, and with the
-//! messages of the image's sender that may pass the image ([`Lane::may_pass_image_of`](crl_core::wire::Lane::may_pass_image_of),
-//! the rule the session applies on the link, so the engine sees no order it could not see
-//! already). Everything else from that peer (its restart too) waits in [`PendingDecode`]
-//! until the decoded message has been handled; one decode runs per peer at a time, so the
-//! decodes in flight are bounded by the number of peers. What waits is bounded as the
-//! transport's delivery queue is: by what the peer's session may have in flight.
+//! Installing a region image decodes it, and a home answering a request encodes its copy:
+//! about a millisecond per mebibyte each. The driver does neither for a big image
+//! ([`Engine::image_work`](crl_core::engine::Engine::image_work)): it runs the work on
+//! tokio's blocking pool and goes on meanwhile with every other peer's messages, and with
+//! the messages of the same peer that may pass the image
+//! ([`Lane::may_pass_image_of`](crl_core::wire::Lane::may_pass_image_of), the rule the
+//! session applies on the link, so the engine sees no order it could not see already).
+//! Everything else from that peer (its restart too) waits in [`PendingWork`] until the
+//! prepared message has been handled; one piece of work runs per peer at a time, so the work
+//! in flight is bounded by the number of peers. What waits is bounded as the transport's
+//! delivery queue is: by what the peer's session may have in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
 use crl_core::NodeId;
-use crl_core::engine::{DecodedMessage, PeerReset};
+use crl_core::engine::{PeerReset, PreparedMessage};
 use crl_core::wire::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -26,8 +28,8 @@ use super::placement::handle_placement;
 use super::{Durability, InternalNode, Node, NodeInner};
 use crate::transport::{Inbound, SessionEnd};
 
-/// The messages of one peer that wait for the decode of a big image it sent.
-struct PendingDecode {
+/// The messages of one peer that wait for the work on a big image of a message it sent.
+struct PendingWork {
     /// The image's region: the peer's messages that may pass the image are handled at once
     /// while nothing waits.
     region: crl_core::RegionId,
@@ -43,10 +45,10 @@ struct Driver {
     held_back: Vec<(NodeId, Message)>,
     /// Restarted peers whose prepared transactions are not resolved yet, and their messages.
     restarting: HashMap<NodeId, (PeerReset, Vec<Message>)>,
-    /// Peers with a big image being decoded, and what waits for it.
-    decoding: HashMap<NodeId, PendingDecode>,
-    /// The decodes running on the blocking pool (at most one per peer).
-    decodes: JoinSet<(NodeId, DecodedMessage)>,
+    /// Peers with a message whose big image is being worked on, and what waits for it.
+    pending: HashMap<NodeId, PendingWork>,
+    /// The work running on the blocking pool (at most one per peer).
+    work: JoinSet<(NodeId, PreparedMessage)>,
 }
 
 pub(super) async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
@@ -56,19 +58,19 @@ pub(super) async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiv
         node,
         held_back: Vec::new(),
         restarting: HashMap::new(),
-        decoding: HashMap::new(),
-        decodes: JoinSet::new(),
+        pending: HashMap::new(),
+        work: JoinSet::new(),
     };
     loop {
         tokio::select! {
             // Biased: held-back messages go first once recovery is over, before anything that
-            // arrived after them; a finished decode before new deliveries.
+            // arrived after them; finished work before new deliveries.
             biased;
             _ = inner.recovered.notified() => d.release_held_back(),
-            Some(done) = d.decodes.join_next(), if !d.decodes.is_empty() => match done {
-                Ok((from, decoded)) => d.decoded(from, decoded),
-                // The decode catches a panic of the type's decode itself; this is a bug.
-                Err(e) => panic!("crl: an image decode task failed: {e}"),
+            Some(done) = d.work.join_next(), if !d.work.is_empty() => match done {
+                Ok((from, prepared)) => d.prepared(from, prepared),
+                // The work catches a panic of the type's code itself; this is a bug.
+                Err(e) => panic!("crl: an image work task failed: {e}"),
             },
             m = inbound.recv() => {
                 let Some(first) = m else { return };
@@ -115,13 +117,13 @@ impl Driver {
         }
     }
 
-    /// Takes one delivery: at once, or behind the decode of an image from the same peer.
+    /// Takes one delivery: at once, or behind the work on an image from the same peer.
     fn receive(&mut self, item: Inbound) {
         let from = match &item {
             Inbound::Message { from, .. } => *from,
             Inbound::PeerRestarted { peer, .. } => *peer,
         };
-        if let Some(pending) = self.decoding.get_mut(&from) {
+        if let Some(pending) = self.pending.get_mut(&from) {
             let passes = matches!(&item, Inbound::Message { msg, .. }
                 if pending.held.is_empty() && msg.lane().may_pass_image_of(pending.region));
             if !passes {
@@ -132,16 +134,16 @@ impl Driver {
         self.dispatch(item);
     }
 
-    /// A decode finished: its message is handled, then what waited for it, in order (up to
-    /// the next big image, whose decode starts).
-    fn decoded(&mut self, from: NodeId, decoded: DecodedMessage) {
-        let Some(pending) = self.decoding.remove(&from) else {
-            unreachable!("a decode of {from} with nothing pending");
+    /// Work finished: its message is handled, then what waited for it, in order (up to the
+    /// next message with work, which starts).
+    fn prepared(&mut self, from: NodeId, prepared: PreparedMessage) {
+        let Some(pending) = self.pending.remove(&from) else {
+            unreachable!("work for {from} with nothing pending");
         };
         let inner = &self.node.inner;
         let violation = {
             let mut st = inner.state.lock();
-            let r = st.engine.handle_decoded(from, decoded);
+            let r = st.engine.handle_prepared(from, prepared);
             st.flush(&inner.transport, &inner.locks);
             r.err()
         };
@@ -150,14 +152,16 @@ impl Driver {
             inner.transport.close_peer(from, &v.to_string());
         }
         let mut held = pending.held;
-        while let Some(item) = held.pop_front() {
-            if let Some(next) = self.decoding.get_mut(&from) {
-                // Another big image from the peer: the rest waits for it (they came after).
+        while !held.is_empty() {
+            if let Some(next) = self.pending.get_mut(&from) {
+                // Work on another message of the peer started: the rest came after it.
                 debug_assert!(next.held.is_empty());
                 next.held = held;
                 return;
             }
-            self.dispatch(item);
+            if let Some(item) = held.pop_front() {
+                self.dispatch(item);
+            }
         }
     }
 
@@ -196,17 +200,23 @@ impl Driver {
                 } else if inner.recovering.load(Ordering::Acquire) {
                     self.held_back.push((from, msg));
                 } else {
-                    let decode = inner.state.lock().engine.detached_decode(&msg);
-                    match decode {
-                        Some(decode) => {
-                            self.decoding.insert(
+                    // One piece of work per peer: a message that passed the work in progress
+                    // (about another region) does its own inline.
+                    let work = if self.pending.contains_key(&from) {
+                        None
+                    } else {
+                        inner.state.lock().engine.image_work(from, &msg)
+                    };
+                    match work {
+                        Some(work) => {
+                            self.pending.insert(
                                 from,
-                                PendingDecode {
-                                    region: decode.region(),
+                                PendingWork {
+                                    region: work.region(),
                                     held: VecDeque::new(),
                                 },
                             );
-                            self.decodes.spawn_blocking(move || (from, decode.run(msg)));
+                            self.work.spawn_blocking(move || (from, work.run(msg)));
                         }
                         None => handle_protocol(inner, from, msg),
                     }
