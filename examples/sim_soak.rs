@@ -9,7 +9,10 @@
 //! between the pieces of a message (as they do for big regions on real links). Another one
 //! in three pads every region to 100–400 bytes and cuts at 40–99 bytes: images travel as
 //! pieces that small messages of other regions, pings and pongs pass
-//! (`crl::core::wire::Lane`).
+//! (`crl::core::wire::Lane`). Every other seed puts every image through the work beside the
+//! engine that crl-net's driver does for big ones (decodes, and a home's encodes for
+//! requests), finished at a later step while the same peer's messages pass it or wait
+//! (`SimConfig::image_work`).
 //!
 //! `--faults` gives the simulator a clock: drifting node clocks (`--drift-ppm`), leases and
 //! fencing on every node (`--peer-timeout-ms`), frame latencies and delays
@@ -110,6 +113,7 @@ fn shape(seed: u64, args: &Args) -> SimConfig {
         } else {
             0
         },
+        image_work: wire && !seed.is_multiple_of(2),
         ..SimConfig::default()
     }
 }
@@ -191,11 +195,13 @@ fn main() {
     );
     let t = total.lock();
     println!(
-        "  {} messages ({} more fragments, {} images after their heads, {} messages passed one), {} breaks, {} frames lost in flight, {} duplicates dropped",
+        "  {} messages ({} more fragments, {} images after their heads, {} messages passed one; {} worked on beside the engine, {} messages passed that work), {} breaks, {} frames lost in flight, {} duplicates dropped",
         t.messages,
         t.fragments,
         t.images_joined,
         t.passed_images,
+        t.image_work,
+        t.passed_work,
         t.breaks,
         t.frames_lost,
         t.duplicates_dropped

@@ -502,6 +502,54 @@ fn small_messages_pass_big_images_under_faults() {
     assert!(total.breaks > 1000 && total.fences > 100 && total.crashes > 5);
 }
 
+/// Issue 10 (head-of-line at each end): with every image decoded, and every request for a
+/// big region encoded, beside the engine (`SimConfig::image_work`), finished at a later step
+/// while the same peer's messages that may pass it are handled and the rest wait, as
+/// crl-net's driver does. Breaks, cuts, pauses, crashes and fences fall while work waits;
+/// every invariant holds.
+#[test]
+fn image_work_beside_the_engine_keeps_every_invariant_under_faults() {
+    let total = thirty_faulty_runs("image work", |seed| SimConfig {
+        image_work: true,
+        fragment_len: if seed % 2 == 0 { 64 } else { 1 << 20 },
+        value_len: 200,
+        break_percent: 5,
+        ..faults(seed)
+    });
+    println!(
+        "image work: {} messages worked on beside the engine, {} passed one",
+        total.image_work, total.passed_work
+    );
+    assert!(
+        total.image_work > 1000 && total.passed_work > 100,
+        "too few messages worked on ({}) or that passed one ({})",
+        total.image_work,
+        total.passed_work
+    );
+    assert!(total.breaks > 1000 && total.fences > 100 && total.crashes > 5);
+}
+
+/// The planted bug: the driver lets every message of a peer pass a message of that peer
+/// whose image is being worked on (a recall before the data it recalls, a region's data
+/// before its own earlier image). The simulator catches it.
+#[test]
+fn planted_bug_a_message_passing_image_work_of_its_own_region_is_caught() {
+    for seed in 0..200u64 {
+        let cfg = SimConfig {
+            image_work: true,
+            value_len: 200,
+            break_percent: 5,
+            session_fault: Some(SessionFault::PassWorkInProgress),
+            ..faults(seed)
+        };
+        if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
+            println!("caught at seed {seed}:\n{failure}");
+            return;
+        }
+    }
+    panic!("the simulator missed PassWorkInProgress in 200 seeds");
+}
+
 /// Runs seeds 0..30 of `cfg(seed)` for 10,000 steps each; panics on the first failure;
 /// prints and returns the reports added up.
 fn thirty_faulty_runs(what: &str, cfg: impl Fn(u64) -> SimConfig) -> SimReport {

@@ -43,8 +43,9 @@ use crate::region::{CodecError, NodeId, RegionId};
 use crate::wire::{Message, RegionImage};
 
 /// The shortest image worth decoding or encoding away from the engine
-/// ([`Engine::image_work`]): below it, handing the work to another thread costs more than
-/// it saves.
+/// ([`Engine::image_work`]; the default of
+/// [`EngineConfig::image_work_min_bytes`](super::EngineConfig::image_work_min_bytes)): below
+/// it, handing the work to another thread costs more than it saves.
 pub const IMAGE_WORK_MIN_BYTES: usize = 256 << 10;
 
 /// Work on one message's big image, to run on any thread ([`Engine::image_work`]).
@@ -114,6 +115,11 @@ impl ImageWork {
     /// The region whose image is worked on: messages of other regions may pass it.
     pub fn region(&self) -> RegionId {
         self.region
+    }
+
+    /// Whether the work holds a read of the home's copy until it has run (an encode).
+    pub fn holds_read(&self) -> bool {
+        matches!(self.kind, WorkKind::Encode { .. })
     }
 
     /// Does the work for `msg` (the message [`Engine::image_work`] was asked about) on the
@@ -189,7 +195,8 @@ fn image_of(msg: &Message) -> Option<&RegionImage> {
 
 impl Engine {
     /// Offers work on `msg`'s big image to do away from the engine (see the module docs):
-    /// `Some` for a message carrying an image of at least [`IMAGE_WORK_MIN_BYTES`] for a
+    /// `Some` for a message carrying an image of at least
+    /// [`image_work_min_bytes`](super::EngineConfig::image_work_min_bytes) for a
     /// region this node holds with a Rust type, and for a request from `from` for a region
     /// homed here whose image was that big when last encoded, whose copy is valid here and
     /// that `from` does not share already. An offered encode holds a read of the home's copy
@@ -217,7 +224,7 @@ impl Engine {
             });
         }
         let image = image_of(msg)?;
-        if image.bytes.len() < IMAGE_WORK_MIN_BYTES {
+        if image.bytes.len() < self.config.image_work_min_bytes {
             return None;
         }
         let cell = if home {
@@ -252,7 +259,8 @@ impl Engine {
         result
     }
 
-    /// Regions homed here whose image was at least [`IMAGE_WORK_MIN_BYTES`] when last
+    /// Regions homed here whose image was at least
+    /// [`image_work_min_bytes`](super::EngineConfig::image_work_min_bytes) when last
     /// encoded or installed here: requests for them are encoded away from the engine.
     pub fn big_images(&self) -> usize {
         self.big_images.len()
@@ -260,7 +268,7 @@ impl Engine {
 
     /// Notes the length of an image of `id` (homed here) just encoded or installed.
     pub(crate) fn note_image_len(&mut self, id: RegionId, len: usize) {
-        if len >= IMAGE_WORK_MIN_BYTES {
+        if len >= self.config.image_work_min_bytes {
             self.big_images.insert(id.seq);
         } else {
             self.big_images.remove(&id.seq);

@@ -334,6 +334,10 @@ pub struct EngineConfig {
     /// [`Refusal::Full`], so no peer can make this node store regions without bound
     /// (default [`DEFAULT_MAX_HOMED_REGIONS`]; the node's own creates are not limited).
     pub max_homed_regions: usize,
+    /// The shortest image [`Engine::image_work`] offers to decode or encode away from the
+    /// engine (default [`IMAGE_WORK_MIN_BYTES`]; the simulator sets 0 to put every image
+    /// through that path).
+    pub image_work_min_bytes: usize,
     /// A planted bug (tests of the checker only).
     #[cfg(feature = "sim")]
     pub fault: Option<PlantedFault>,
@@ -358,6 +362,7 @@ impl Default for EngineConfig {
             on_drain: None,
             max_image_len: DEFAULT_MAX_IMAGE_LEN,
             max_homed_regions: DEFAULT_MAX_HOMED_REGIONS,
+            image_work_min_bytes: IMAGE_WORK_MIN_BYTES,
             #[cfg(feature = "sim")]
             fault: None,
         }

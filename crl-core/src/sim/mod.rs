@@ -82,6 +82,7 @@ mod describe;
 mod link;
 mod network;
 pub mod time;
+mod work;
 
 pub use describe::describe_message;
 pub use network::Network;
@@ -241,6 +242,9 @@ pub enum SessionFault {
     /// The sender lets a message about a region pass the rest of an image of that same
     /// region (it labels it as a ping is labelled: [`crate::wire::Lane::Passes`]`(None)`).
     PassOwnRegion,
+    /// The receiving driver lets every message of a peer pass a message of that peer whose
+    /// image is being worked on beside the engine ([`SimConfig::image_work`]).
+    PassWorkInProgress,
 }
 
 /// The shape of a simulated cluster.
@@ -281,6 +285,11 @@ pub struct SimConfig {
     /// above a small message's length and below an image's, images travel as pieces that
     /// small messages pass ([`crate::wire::Lane`]).
     pub value_len: usize,
+    /// Put every image through the driver's work beside the engine
+    /// ([`Engine::image_work`]), finished at a later step, with the same peer's messages
+    /// passing it or waiting behind it as crl-net's driver lets them (`work.rs`; needs
+    /// [`sessions`](Self::sessions)).
+    pub image_work: bool,
     /// Virtual time, leases, fences, cuts and pauses (needs [`sessions`](Self::sessions);
     /// `None`: no clock, as before). Deletes are not honoured with it.
     pub time: Option<TimeConfig>,
@@ -303,6 +312,7 @@ impl Default for SimConfig {
             session_fault: None,
             fragment_len: crate::wire::MAX_FRAME_LEN,
             value_len: 0,
+            image_work: false,
             time: None,
         }
     }
@@ -323,6 +333,11 @@ pub struct SimReport {
     /// Messages delivered between two pieces of another region's image: they passed the
     /// rest of it ([`crate::wire::Lane`]).
     pub passed_images: u64,
+    /// Messages whose image was worked on beside the engine ([`SimConfig::image_work`]).
+    pub image_work: u64,
+    /// Messages handled while an earlier message of the same peer waited for its image
+    /// work: they passed it.
+    pub passed_work: u64,
     /// Accesses that hit (no message).
     pub hits: u64,
     /// Accesses that missed and were granted later.
@@ -397,6 +412,8 @@ impl SimReport {
         self.fragments += o.fragments;
         self.images_joined += o.images_joined;
         self.passed_images += o.passed_images;
+        self.image_work += o.image_work;
+        self.passed_work += o.passed_work;
         self.hits += o.hits;
         self.misses += o.misses;
         self.deleted_errors += o.deleted_errors;
@@ -550,6 +567,8 @@ pub struct Sim {
     maps: Vec<Vec<MapState>>,
     pending: BTreeMap<OpId, PendingOp>,
     held: Vec<Held>,
+    /// Messages waiting for their image work ([`SimConfig::image_work`]).
+    works: Vec<work::SimWork>,
     next_op: OpId,
     writes: u64,
     trace: VecDeque<String>,
@@ -565,6 +584,11 @@ fn engine_config(cfg: &SimConfig) -> EngineConfig {
         on_drain: None,
         max_image_len: crate::engine::DEFAULT_MAX_IMAGE_LEN,
         max_homed_regions: crate::engine::DEFAULT_MAX_HOMED_REGIONS,
+        image_work_min_bytes: if cfg.image_work {
+            0
+        } else {
+            crate::engine::IMAGE_WORK_MIN_BYTES
+        },
         fault: cfg.fault,
     }
 }
@@ -615,6 +639,7 @@ impl Sim {
             maps,
             pending: BTreeMap::new(),
             held: Vec::new(),
+            works: Vec::new(),
             next_op: 1,
             writes: 0,
             trace: VecDeque::new(),
@@ -839,7 +864,7 @@ impl Sim {
     /// Whether any link has something to deliver now (or a session something to re-send).
     fn network_busy(&self) -> bool {
         if self.cfg.sessions {
-            self.links_actionable()
+            self.links_actionable() || self.working()
         } else {
             self.links.iter().any(|l| !l.is_empty())
         }
@@ -847,6 +872,10 @@ impl Sim {
 
     fn deliver(&mut self, pick: usize) -> Check {
         if self.cfg.sessions {
+            // Image work finishes at a step of its own, one in three while links move.
+            if self.working() && (pick.is_multiple_of(3) || !self.links_actionable()) {
+                return self.finish_work(pick / 3);
+            }
             return self.deliver_session(pick);
         }
         let live: Vec<usize> = (0..self.links.len())
@@ -1381,10 +1410,12 @@ impl Sim {
                     self.note(format!("n{node}: {region} wanted by priority {priority}"));
                     self.report.wanted += 1;
                     let r = self.regions.iter().position(|&id| id == region);
+                    // An encode beside the engine holds a read of the home's copy too (it
+                    // ends by itself: nothing to wound).
                     let holds = r.is_some_and(|r| {
                         released.contains(&r)
                             || self.held.iter().any(|h| h.node == node && h.region == r)
-                    });
+                    }) || self.encoding(node, region);
                     if !holds || priority == PRIORITY_NONE {
                         return Err(self.fail(format!(
                             "n{node}: Wanted {{ {region}, priority {priority} }} without a local \

@@ -341,6 +341,8 @@ impl Sim {
     /// `node` forgets what it shared with `peer` (a fence, by either side): engine, liveness,
     /// sending session; the model orphans the accesses the reset voids and checks the losses.
     pub(super) fn reset_pair(&mut self, node: usize, peer: usize, cause: PeerReset) -> Check {
+        // What the peer's old session delivered is handled first, as crl-net's driver does.
+        self.finish_work_from(node, peer)?;
         let n = self.cfg.nodes;
         // What rule 4 says this node, as a home, loses: the writes that live only in the
         // peer's copy.
@@ -423,16 +425,12 @@ impl Sim {
             }
             _ => {}
         }
-        self.observe_image(to, &msg);
-        if let Err(v) = self.engines[to].handle_message(NodeId(from as u32), msg) {
-            return Err(self.fail(format!("n{to} reports {v}")));
-        }
-        self.collect(to)
+        self.hand_to_engine(from, to, msg)
     }
 
     /// A copy's image reaching its home (a recall answer or a flush with data) becomes the
     /// home's value.
-    fn observe_image(&mut self, to: usize, msg: &Message) {
+    pub(super) fn observe_image(&mut self, to: usize, msg: &Message) {
         let (Message::RecallAck {
             region,
             image: Some(image),
@@ -688,6 +686,7 @@ impl Sim {
                 lost.push(self.regions[r].to_string());
             }
         }
+        self.drop_work_at(node);
         self.engines[node] = Engine::new(NodeId(node as u32), engine_config(&self.cfg));
         // A new incarnation: a greater epoch towards every peer, nothing known of them.
         let epoch = (0..n)
