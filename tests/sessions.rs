@@ -410,8 +410,8 @@ async fn messages_held_behind_a_big_image_are_handled_in_order_after_it() {
     c.shutdown().await;
 }
 
-/// Issue 10 (head-of-line, at the home): while a home encodes a big region for a request
-/// (after the first, which teaches it that the region is big), it keeps handling messages,
+/// Issue 10 (head-of-line, at the home): while a home encodes a big region for a request,
+/// it keeps handling messages,
 /// from the requester (those that may pass the image) and from other nodes. Before, the
 /// encode ran in the node's one message task, under the engine. Here it lasts until the
 /// test opens its gate, and two round trips through the home must end first.
@@ -422,8 +422,8 @@ async fn a_home_encoding_a_big_image_keeps_handling_other_messages() {
         .await
         .unwrap();
     let (a, b, third) = (c.node(0), c.node(1), c.node(2));
-    // The create (which checks the size) and the first read miss (not known as big yet)
-    // encode the region in the home's message task: they pass the open gate.
+    // The create (which checks the size, and tells the engine) and the first read miss
+    // pass the open gate.
     GATES[5].open();
     let big = a.create(gated(NO_GATE, 5, LEN)).await.unwrap();
     let small = a.create(Counter { value: 0 }).await.unwrap();

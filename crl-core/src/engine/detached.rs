@@ -28,8 +28,9 @@
 //! the message when it is handled, as always, and a result that does not fit (another
 //! region, version or type) is dropped and the work done again inline.
 //!
-//! The first request for a big region at its home is encoded inline: the home learns that
-//! the region is big by encoding it ([`Engine::big_images`]).
+//! A home knows a region is big once it has encoded or installed a big image of it, or was
+//! told its length ([`Engine::note_encoded_len`], as crl-net's create does): until then a
+//! request for it is encoded inline ([`Engine::big_images`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -264,6 +265,16 @@ impl Engine {
     /// encoded or installed here: requests for them are encoded away from the engine.
     pub fn big_images(&self) -> usize {
         self.big_images.len()
+    }
+
+    /// Tells the engine how long the image of region `id`, homed here, is (measured by the
+    /// caller, as a node's create does): a request for a big one is then encoded beside the
+    /// engine from the first ([`image_work`](Self::image_work)). Ignored for a region not
+    /// homed here.
+    pub fn note_encoded_len(&mut self, id: RegionId, len: usize) {
+        if id.home == self.node && self.homes.contains_key(&id.seq) {
+            self.note_image_len(id, len);
+        }
     }
 
     /// Notes the length of an image of `id` (homed here) just encoded or installed.
@@ -632,5 +643,23 @@ mod tests {
         assert_eq!(encodes(6), before + 1, "encoded again");
         deliver_all(&mut home, &mut second);
         assert_eq!(*granted(&mut second, 2).read(&far), blob(6, len));
+    }
+
+    #[test]
+    fn a_home_told_the_length_encodes_even_the_first_request_beside_the_engine() {
+        let len = IMAGE_WORK_MIN_BYTES;
+        let (mut home, mut cache, cell) = pair(0, len);
+        let id = cell.id();
+        home.note_encoded_len(RegionId::new(NodeId(0), 999), len); // not homed here: ignored
+        assert_eq!(home.big_images(), 0);
+        assert!(matches!(cache.start_read(id, 2), Ok(Start::Queued)));
+        let get = only_transmit(&mut cache);
+        home.note_encoded_len(id, len);
+        assert_eq!(home.big_images(), 1);
+        assert!(home.image_work(NodeId(1), &get).is_some(), "offered from the first");
+        // Shrunk below the threshold: encoded inline again.
+        home.note_encoded_len(id, 1);
+        assert_eq!(home.big_images(), 0);
+        assert!(home.image_work(NodeId(1), &get).is_none());
     }
 }

@@ -665,8 +665,15 @@ impl Node {
                 max: self.inner.max_image_len as u64,
             });
         }
+        let len = encoded.len();
         let bytes = self.inner.durability.is_some().then_some(encoded);
-        let cell = self.inner.state.lock().engine.create(value);
+        let cell = {
+            let mut st = self.inner.state.lock();
+            let cell = st.engine.create(value);
+            // So that even its first request is encoded beside the engine if it is big.
+            st.engine.note_encoded_len(cell.id(), len);
+            cell
+        };
         let handle = Handle::new(self.clone(), cell);
         if let (Some(d), Some(bytes)) = (&self.inner.durability, bytes) {
             d.log_create(handle.id(), T::FINGERPRINT, T::TYPE_NAME, bytes)
