@@ -61,6 +61,9 @@ struct Counter {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The size of the warm-up transfer on both paths, in MiB.
+const WARM_UP_MIB: usize = 8;
+
 fn progress(what: &str) {
     eprintln!("[big_regions] {what}");
 }
@@ -135,7 +138,8 @@ async fn raw_fetch(raw: &Raw, len: usize) -> Result<Duration, BoxError> {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    let max = args.sizes.iter().copied().max().unwrap_or(1) << 20;
+    // The raw server's buffer holds the largest size and the warm-up's 8 MiB.
+    let max = args.sizes.iter().copied().max().unwrap_or(1).max(WARM_UP_MIB) << 20;
     progress("starting a 3-node cluster and a raw quinn pair");
     let cluster = Cluster::local_with(3, |c| c.op_timeout = Duration::from_secs(120)).await?;
     let (home, reader) = (cluster.node(0).clone(), cluster.node(1).clone());
@@ -144,10 +148,10 @@ async fn main() -> Result<(), BoxError> {
     let ca = ClusterCa::generate("big-regions-raw")?;
     let raw = raw_start(&ca, max).await?;
     // Warm both paths (connections, congestion windows, allocator).
-    raw_fetch(&raw, 8 << 20).await?;
+    raw_fetch(&raw, WARM_UP_MIB << 20).await?;
     let warm = home
         .create(Blob {
-            data: vec![1; 8 << 20],
+            data: vec![1; WARM_UP_MIB << 20],
         })
         .await?;
     let w = reader.map::<Blob>(warm.id()).await?;
