@@ -19,8 +19,9 @@
 //! crosses a link both ways; on the big image's link the messages pass its remaining pieces
 //! (`crl_core::wire::Lane`). For each probe the number of round trips, the median, the
 //! longest and when the longest began are printed (the head-of-line cost, stated rather than
-//! hidden): the longest includes the home encoding the big image and the reader decoding and
-//! installing it, during which that node handles no other message. (An earlier version timed
+//! hidden). The home encodes the big image, and the reader decodes it, beside the engine
+//! (`crl_core::engine::ImageWork`), so neither node stops handling other messages for it;
+//! before that, the longest round trip was that work. (An earlier version timed
 //! the read alone, which came after the wait: it printed 0.3 ms while the round trip took the
 //! whole transfer.)
 //!
