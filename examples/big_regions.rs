@@ -140,7 +140,14 @@ async fn raw_fetch(raw: &Raw, len: usize) -> Result<Duration, BoxError> {
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     // The raw server's buffer holds the largest size and the warm-up's 8 MiB.
-    let max = args.sizes.iter().copied().max().unwrap_or(1).max(WARM_UP_MIB) << 20;
+    let max = args
+        .sizes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(WARM_UP_MIB)
+        << 20;
     progress("starting a 3-node cluster and a raw quinn pair");
     let cluster = Cluster::local_with(3, |c| c.op_timeout = Duration::from_secs(120)).await?;
     let (home, reader) = (cluster.node(0).clone(), cluster.node(1).clone());

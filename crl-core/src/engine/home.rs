@@ -881,7 +881,7 @@ impl Engine {
                         }
                         install(&*entry.cell, &image, self.decoded.take())
                             .map_err(|e| self.violation(from, Some(id), e))?;
-                        self.note_image_len(id, image.bytes.len());
+                        self.keep_returned_image(id, image);
                         let entry = self.homes.get_mut(&id.seq).expect("home entry");
                         entry.dir = if downgrade {
                             DirState::Shared(Sharers::from([from]))
@@ -919,7 +919,7 @@ impl Engine {
                         }
                         install(&*entry.cell, &image, self.decoded.take())
                             .map_err(|e| self.violation(from, Some(id), e))?;
-                        self.note_image_len(id, image.bytes.len());
+                        self.keep_returned_image(id, image);
                         self.homes.get_mut(&id.seq).expect("home entry").dir = DirState::Unowned;
                     }
                     None if entry.dir == DirState::Exclusive(from) => {

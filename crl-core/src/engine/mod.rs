@@ -830,6 +830,10 @@ impl Engine {
         } else {
             self.cache_message(from, region, msg)
         };
+        // Work done for this message and not used (the request waits, or was refused) is
+        // dropped: nothing of one message's images outlives its handling.
+        self.decoded = None;
+        self.encoded = None;
         self.evict_unmapped();
         result
     }
