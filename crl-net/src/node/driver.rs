@@ -49,6 +49,8 @@ struct Driver {
     pending: HashMap<NodeId, PendingWork>,
     /// The work running on the blocking pool (at most one per peer).
     work: JoinSet<(NodeId, PreparedMessage)>,
+    /// Whose message each piece of work is for (to go on after one that failed).
+    work_peers: HashMap<tokio::task::Id, NodeId>,
 }
 
 pub(super) async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
@@ -60,6 +62,7 @@ pub(super) async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiv
         restarting: HashMap::new(),
         pending: HashMap::new(),
         work: JoinSet::new(),
+        work_peers: HashMap::new(),
     };
     loop {
         tokio::select! {
@@ -67,10 +70,20 @@ pub(super) async fn drive(node: InternalNode, mut inbound: mpsc::UnboundedReceiv
             // arrived after them; finished work before new deliveries.
             biased;
             _ = inner.recovered.notified() => d.release_held_back(),
-            Some(done) = d.work.join_next(), if !d.work.is_empty() => match done {
-                Ok((from, prepared)) => d.prepared(from, prepared),
-                // The work catches a panic of the type's code itself; this is a bug.
-                Err(e) => panic!("crl: an image work task failed: {e}"),
+            Some(done) = d.work.join_next_with_id(), if !d.work.is_empty() => match done {
+                Ok((id, (from, prepared))) => {
+                    d.work_peers.remove(&id);
+                    d.prepared(from, Some(prepared));
+                }
+                Err(e) => {
+                    // The work catches panics of the region type's code; this is a bug of
+                    // crl's. The message is lost: the peer's connection is closed as for a
+                    // violation, and what waited behind it goes on.
+                    if let Some(from) = d.work_peers.remove(&e.id()) {
+                        tracing::error!(node = %inner.id, peer = %from, "image work failed: {e}");
+                        d.prepared(from, None);
+                    }
+                }
             },
             m = inbound.recv() => {
                 let Some(first) = m else { return };
@@ -134,22 +147,25 @@ impl Driver {
         self.dispatch(item);
     }
 
-    /// Work finished: its message is handled, then what waited for it, in order (up to the
-    /// next message with work, which starts).
-    fn prepared(&mut self, from: NodeId, prepared: PreparedMessage) {
+    /// Work finished (`None`: it failed): its message is handled, then what waited for it, in
+    /// order (up to the next message with work, which starts).
+    fn prepared(&mut self, from: NodeId, prepared: Option<PreparedMessage>) {
         let Some(pending) = self.pending.remove(&from) else {
             unreachable!("work for {from} with nothing pending");
         };
         let inner = &self.node.inner;
-        let violation = {
-            let mut st = inner.state.lock();
-            let r = st.engine.handle_prepared(from, prepared);
-            st.flush(&inner.transport, &inner.locks);
-            r.err()
+        let violation = match prepared {
+            Some(prepared) => {
+                let mut st = inner.state.lock();
+                let r = st.engine.handle_prepared(from, prepared);
+                st.flush(&inner.transport, &inner.locks);
+                r.err().map(|v| v.to_string())
+            }
+            None => Some("a message's image work failed".to_string()),
         };
         if let Some(v) = violation {
             inner.violations.fetch_add(1, Ordering::Relaxed);
-            inner.transport.close_peer(from, &v.to_string());
+            inner.transport.close_peer(from, &v);
         }
         let mut held = pending.held;
         while !held.is_empty() {
@@ -216,7 +232,8 @@ impl Driver {
                                     held: VecDeque::new(),
                                 },
                             );
-                            self.work.spawn_blocking(move || (from, work.run(msg)));
+                            let task = self.work.spawn_blocking(move || (from, work.run(msg)));
+                            self.work_peers.insert(task.id(), from);
                         }
                         None => handle_protocol(inner, from, msg),
                     }
