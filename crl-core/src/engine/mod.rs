@@ -28,8 +28,13 @@
 //! region, and everything that is not about one region, stay in the order sent. The engine
 //! needs no more: each region's state machine sees its own messages in order, and a message
 //! of region B arriving before an earlier image of region A is indistinguishable from one
-//! sent before it. The simulator delivers in every order per-link FIFO allows, through the
-//! real session layer with connections that break, and so also these passes when images
+//! sent before it. A driver that decodes or encodes a big image beside the engine
+//! ([`ImageWork`]) may reorder the same way after delivery, and no more: a message of the
+//! same peer passes the one being worked on only if it is about another region (or a ping
+//! or pong: [`Message::lane`]) and nothing else of that peer waits. The simulator delivers
+//! in every order per-link FIFO allows, through the real session layer with connections
+//! that break (and with `SimConfig::image_work`, through such a driver), and so also these
+//! passes when images
 //! travel as pieces (`SimConfig::value_len`; lifting the rule for a region's own messages, at
 //! both ends, made it find two writers at once). Under it:
 //! - a `Recall` that crosses a `Flush` is answered with an empty `RecallAck` (the home applied
