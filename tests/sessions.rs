@@ -177,7 +177,7 @@ struct Gate {
 }
 
 /// How many gates there are.
-const GATE_COUNT: usize = 6;
+const GATE_COUNT: usize = 7;
 
 /// The gate index of work that does not wait.
 const NO_GATE: u8 = 0xff;
@@ -451,6 +451,88 @@ async fn a_home_encoding_a_big_image_keeps_handling_other_messages() {
     );
     assert!(encoding, "the big read ended before the gate opened");
     assert_eq!(read.await.unwrap().unwrap(), LEN);
+    c.shutdown().await;
+}
+
+/// Issue 10: a restart of the image's sender, learnt while the image is being decoded, is
+/// handled after the decode (the transport delivered it after the image), and the node then
+/// works with the new incarnation: nothing hangs. While the decode waits, the restart has not
+/// been handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_the_sender_during_a_decode_is_handled_after_it() {
+    const LEN: usize = 1 << 20;
+    let mut c = Cluster::local_with(2, |c| {
+        c.op_timeout = Duration::from_secs(20);
+        c.peer_timeout = Some(Duration::from_secs(10));
+    })
+    .await
+    .unwrap();
+    let big = c.node(0).create(gated(6, NO_GATE, LEN)).await.unwrap();
+    let at_one = c.node(1).create(Counter { value: 3 }).await.unwrap();
+    let far = c.node(1).map::<Gated>(big.id()).await.unwrap();
+    let read = tokio::spawn(async move { far.start_read().await.map(|g| g.0.len()) });
+    GATES[6].wait_for_work().await;
+    drop(big);
+    c.restart(0).await.unwrap();
+    // The new incarnation reads a region of node 1: it connects, and node 1's transport
+    // learns the restart (and delivers the read's request after it).
+    let new_zero = c.node(0).clone();
+    let probe = tokio::spawn(async move {
+        let h = new_zero.map::<Counter>(at_one.id()).await?;
+        let v = h.start_read().await?.value;
+        Ok::<_, Error>(v)
+    });
+    let started = Instant::now();
+    while !c
+        .node(0)
+        .stats()
+        .peers
+        .iter()
+        .any(|p| p.node == NodeId(1) && p.connected)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handled_early = c.node(1).stats().peer_restarts;
+    let probe_early = probe.is_finished();
+    GATES[6].open();
+    assert_eq!(
+        handled_early, 0,
+        "the restart was handled before the image it followed"
+    );
+    assert!(
+        !probe_early,
+        "the new incarnation's request passed the restart"
+    );
+    // The read was granted by the old incarnation (or failed with it): it ends either way.
+    let _ = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the read ended");
+    assert_eq!(probe.await.unwrap().unwrap(), 3);
+    let fresh = c.node(0).create(Counter { value: 5 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let value = loop {
+        let r = match c.node(1).map::<Counter>(fresh.id()).await {
+            Ok(h) => h.start_read().await.map(|g| g.value),
+            Err(e) => Err(e),
+        };
+        match r {
+            Err(Error::HomeRestarted(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            r => break r,
+        }
+    };
+    assert_eq!(
+        value.ok(),
+        Some(5),
+        "node 1 cannot read the new incarnation's region"
+    );
+    assert_eq!(c.node(1).stats().peer_restarts, 1);
     c.shutdown().await;
 }
 
