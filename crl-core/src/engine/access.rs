@@ -652,6 +652,11 @@ pub(crate) trait ErasedCell: Send + Sync + 'static {
     fn type_name(&self) -> &'static str;
     /// Archives the local copy. Caller: no write in progress, and none can start.
     fn encode(&self) -> Result<Vec<u8>, CodecError>;
+    /// [`encode`](Self::encode) with the version of what was archived (one snapshot for a
+    /// [`RawCell`], which may be replaced meanwhile under its own lock).
+    fn encode_versioned(&self) -> Result<(Vec<u8>, u64), CodecError> {
+        Ok((self.encode()?, self.version()))
+    }
     /// Replaces the local copy. Caller: no access in progress, and none can start.
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError>;
     /// Decodes `bytes` as this cell's type without touching the cell, on any thread and
@@ -721,6 +726,10 @@ impl ErasedCell for RawCell {
     }
     fn encode(&self) -> Result<Vec<u8>, CodecError> {
         Ok(self.state.lock().0.clone())
+    }
+    fn encode_versioned(&self) -> Result<(Vec<u8>, u64), CodecError> {
+        let state = self.state.lock();
+        Ok((state.0.clone(), state.1))
     }
     fn install(&self, bytes: &[u8], version: u64) -> Result<(), CodecError> {
         *self.state.lock() = (bytes.to_vec(), version);

@@ -18,7 +18,9 @@
 //!   whose image was big when last encoded: the home's copy is encoded under a read access
 //!   (taken as a local hit: no write can start meanwhile, and where a hit would miss there
 //!   is no work), and the answer takes the bytes if the copy's version is still the one
-//!   encoded when the request is served; otherwise the home encodes again.
+//!   encoded when the request is served; otherwise the home encodes again. A region homed
+//!   here without a Rust type yet (restored from the log, or placed by another node) keeps
+//!   its archived bytes: they are copied, with their version, under the cell's own lock.
 //!
 //! The driver must keep the peer's order around the work: a message from the same peer that
 //! arrives meanwhile may be handled first only if it may pass the image
@@ -60,6 +62,9 @@ enum WorkKind {
     Decode(Arc<dyn ErasedCell>),
     /// Encode the home's copy, read under this access, at this version.
     Encode { read: Access, version: u64 },
+    /// Copy the bytes of a home's copy that has no Rust type here ([`RawCell`]: a restored
+    /// or placed region), with their version, under the cell's own lock.
+    CopyRaw(Arc<dyn ErasedCell>),
 }
 
 impl std::fmt::Debug for ImageWork {
@@ -71,6 +76,7 @@ impl std::fmt::Debug for ImageWork {
                 &match self.kind {
                     WorkKind::Decode(_) => "decode",
                     WorkKind::Encode { .. } => "encode",
+                    WorkKind::CopyRaw(_) => "copy raw",
                 },
             )
             .finish()
@@ -153,6 +159,16 @@ impl ImageWork {
                     bytes,
                 });
             }
+            WorkKind::CopyRaw(cell) => {
+                // A raw cell's encode is a copy of its bytes: it cannot fail.
+                if let Ok((bytes, version)) = cell.encode_versioned() {
+                    prepared.encoded = Some(EncodedImage {
+                        region,
+                        version,
+                        bytes: Ok(bytes),
+                    });
+                }
+            }
         }
         prepared
     }
@@ -215,7 +231,15 @@ impl Engine {
                 return None; // an upgrade, or a repeated read: no image
             }
             if entry.cell.as_any().is::<RawCell>() {
-                return None; // it keeps bytes: encoding is a copy
+                // Its bytes are copied under its own lock (no access is granted on it), unless
+                // an owner holds newer ones.
+                if matches!(entry.dir, DirState::Exclusive(_)) {
+                    return None;
+                }
+                return Some(ImageWork {
+                    region,
+                    kind: WorkKind::CopyRaw(entry.cell.clone()),
+                });
             }
             let read = Access::try_read_erased(entry.cell.clone())?;
             let version = entry.cell.version();
@@ -703,5 +727,44 @@ mod tests {
         assert_eq!(encodes(7), before, "the returned image is sent as it came");
         deliver_all(&mut home, &mut reader);
         assert_eq!(granted(&mut reader, 2).read(&far).0[1], 42);
+    }
+
+    #[test]
+    fn a_placed_regions_bytes_are_copied_beside_the_engine() {
+        let len = IMAGE_WORK_MIN_BYTES;
+        let mut home = Engine::new(NodeId(0), EngineConfig::default());
+        let bytes = blob(0, len).encode_region().expect("encode");
+        let id = home
+            .create_placed(Blob::FINGERPRINT, "Blob".into(), bytes)
+            .expect("placed");
+        assert_eq!(home.big_images(), 1, "known big from its bytes");
+        let mut reader = Engine::new(NodeId(1), EngineConfig::default());
+        let (far, progress) = reader.map::<Blob>(id, 1).expect("map");
+        if progress == Progress::Pending {
+            deliver_all(&mut reader, &mut home);
+            deliver_all(&mut home, &mut reader);
+            while reader.poll_event().is_some() {}
+        }
+        assert!(matches!(reader.start_write(id, 2), Ok(Start::Queued)));
+        let get = only_transmit(&mut reader);
+        let work = home.image_work(NodeId(1), &get).expect("offered");
+        assert!(!work.holds_read(), "a raw copy needs no access");
+        let prepared = work.run(get);
+        assert!(prepared.encoded.is_some());
+        home.handle_prepared(NodeId(1), prepared)
+            .expect("no violation");
+        deliver_all(&mut home, &mut reader);
+        granted(&mut reader, 2).write(&far).0[1] = 9;
+        // Node 1 owns it now: the home's bytes are stale, nothing to copy for node 2.
+        let mut other = Engine::new(NodeId(2), EngineConfig::default());
+        let (_, progress) = other.map::<Blob>(id, 1).expect("map");
+        if progress == Progress::Pending {
+            deliver_all(&mut other, &mut home);
+            deliver_all(&mut home, &mut other);
+            while other.poll_event().is_some() {}
+        }
+        assert!(matches!(other.start_read(id, 2), Ok(Start::Queued)));
+        let get = only_transmit(&mut other);
+        assert!(home.image_work(NodeId(2), &get).is_none());
     }
 }

@@ -997,10 +997,12 @@ impl Engine {
             return Err(RestoreError::Exists(id));
         }
         debug!(node = %self.node, region = %id, ty = %type_name, len = bytes.len(), "restored");
+        let len = bytes.len();
         let cell = Arc::new(RawCell::new(id, fingerprint, type_name, bytes));
         let mut entry = HomeEntry::new(cell);
         entry.map_count = 0;
         self.homes.insert(id.seq, entry);
+        self.note_image_len(id, len);
         self.next_seq = self.next_seq.max(id.seq.saturating_add(1));
         Ok(())
     }
@@ -1039,10 +1041,12 @@ impl Engine {
         let id = RegionId::new(self.node, self.next_seq);
         self.next_seq += 1;
         debug!(node = %self.node, region = %id, ty = %type_name, len = bytes.len(), "created for another node");
+        let len = bytes.len();
         let cell = Arc::new(RawCell::new(id, fingerprint, type_name, bytes));
         let mut entry = HomeEntry::new(cell);
         entry.map_count = 0;
         self.homes.insert(id.seq, entry);
+        self.note_image_len(id, len);
         Ok(id)
     }
 
