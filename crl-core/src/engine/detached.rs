@@ -648,6 +648,12 @@ mod tests {
         let len = IMAGE_WORK_MIN_BYTES;
         let (mut home, mut second, far, home_cell, get) = second_reader(5, len);
         let work = home.image_work(NodeId(2), &get).expect("offered");
+        assert!(work.holds_read());
+        let shown = format!("{work:?}");
+        assert!(
+            shown.contains("encode") && shown.contains(&format!("{:?}", far.id())),
+            "{shown}"
+        );
         assert!(
             home_cell.try_write().is_none(),
             "no write at the home while its copy is encoded"
@@ -656,6 +662,8 @@ mod tests {
         let prepared = std::thread::spawn(move || work.run(get))
             .join()
             .expect("encode thread");
+        let shown = format!("{prepared:?}");
+        assert!(shown.contains("encoded: true"), "{shown}");
         assert_eq!(encodes(5), before + 1, "encoded on the other thread");
         assert!(home_cell.word().in_progress().is_idle(), "the read ended");
         home.handle_prepared(NodeId(2), prepared)
