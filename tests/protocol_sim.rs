@@ -534,20 +534,11 @@ fn image_work_beside_the_engine_keeps_every_invariant_under_faults() {
 /// before its own earlier image). The simulator catches it.
 #[test]
 fn planted_bug_a_message_passing_image_work_of_its_own_region_is_caught() {
-    for seed in 0..200u64 {
-        let cfg = SimConfig {
-            image_work: true,
-            value_len: 200,
-            break_percent: 5,
-            session_fault: Some(SessionFault::PassWorkInProgress),
-            ..faults(seed)
-        };
-        if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
-            println!("caught at seed {seed}:\n{failure}");
-            return;
-        }
-    }
-    panic!("the simulator missed PassWorkInProgress in 200 seeds");
+    fault_is_caught(SessionFault::PassWorkInProgress, |seed| SimConfig {
+        image_work: true,
+        value_len: 200,
+        ..faults(seed)
+    });
 }
 
 /// Runs seeds 0..30 of `cfg(seed)` for 10,000 steps each; panics on the first failure;
@@ -604,13 +595,21 @@ fn fragment_fault_is_caught(fault: SessionFault) {
 /// Runs faulty simulations with `fault` planted, messages cut at `fragment_len` and values
 /// padded to `value_len` bytes, until one fails; panics if none does within 200 seeds.
 fn fault_in_pieces_is_caught(fault: SessionFault, fragment_len: usize, value_len: usize) {
+    fault_is_caught(fault, |seed| SimConfig {
+        fragment_len,
+        value_len,
+        ..faults(seed)
+    });
+}
+
+/// Runs faulty simulations of `cfg(seed)` with `fault` planted and connections breaking on
+/// 5% of the choices, until one fails; panics if none does within 200 seeds.
+fn fault_is_caught(fault: SessionFault, cfg: impl Fn(u64) -> SimConfig) {
     for seed in 0..200u64 {
         let cfg = SimConfig {
-            fragment_len,
-            value_len,
             break_percent: 5,
             session_fault: Some(fault),
-            ..faults(seed)
+            ..cfg(seed)
         };
         if let Err(failure) = Sim::run_random(cfg, seed, 10_000) {
             println!("{fault:?} caught at seed {seed}:\n{failure}");

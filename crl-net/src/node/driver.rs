@@ -164,8 +164,7 @@ impl Driver {
             None => Some("a message's image work failed".to_string()),
         };
         if let Some(v) = violation {
-            inner.violations.fetch_add(1, Ordering::Relaxed);
-            inner.transport.close_peer(from, &v);
+            report_violation(inner, from, &v);
         }
         let mut held = pending.held;
         while !held.is_empty() {
@@ -217,14 +216,17 @@ impl Driver {
                     self.held_back.push((from, msg));
                 } else {
                     // One piece of work per peer: a message that passed the work in progress
-                    // (about another region) does its own inline.
+                    // (about another region) does its own inline. One lock of the engine for
+                    // both the offer and the handling.
+                    let mut st = inner.state.lock();
                     let work = if self.pending.contains_key(&from) {
                         None
                     } else {
-                        inner.state.lock().engine.image_work(from, &msg)
+                        st.engine.image_work(from, &msg)
                     };
                     match work {
                         Some(work) => {
+                            drop(st);
                             self.pending.insert(
                                 from,
                                 PendingWork {
@@ -235,7 +237,14 @@ impl Driver {
                             let task = self.work.spawn_blocking(move || (from, work.run(msg)));
                             self.work_peers.insert(task.id(), from);
                         }
-                        None => handle_protocol(inner, from, msg),
+                        None => {
+                            let r = st.engine.handle_message(from, msg);
+                            st.flush(&inner.transport, &inner.locks);
+                            drop(st);
+                            if let Err(v) = r {
+                                report_violation(inner, from, &v.to_string());
+                            }
+                        }
                     }
                 }
             }
@@ -344,9 +353,15 @@ fn handle_protocol(inner: &NodeInner, from: NodeId, msg: Message) {
         r.err()
     };
     if let Some(v) = violation {
-        inner.violations.fetch_add(1, Ordering::Relaxed);
-        inner.transport.close_peer(from, &v.to_string());
+        report_violation(inner, from, &v.to_string());
     }
+}
+
+/// `from` broke the protocol (or its message could not be handled): counted, and its
+/// connections closed with the reason.
+fn report_violation(inner: &NodeInner, from: NodeId, why: &str) {
+    inner.violations.fetch_add(1, Ordering::Relaxed);
+    inner.transport.close_peer(from, why);
 }
 
 /// A node without a data dir takes no part in durable commits: it votes no.
